@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Build runner's container images without any container registry.
+#
+#   bash images/build-offline.sh            # base + trainer (cached by tag)
+#   REBUILD=1 bash images/build-offline.sh  # ignore the cache
+#
+# The base image is made from Debian packages (debootstrap + `docker import`),
+# so the only network it needs is a Debian mirror and PyPI (for the pure-Python
+# tensorboard wheel, which Debian does not package).  Each image is cached by
+# tag: a rerun that finds the tag skips the build.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+BASE_TAG=${RUNNER_BASE_IMAGE:-runner-base:bookworm}
+TRAINER_TAG=${RUNNER_TRAINER_IMAGE:-runner-trainer:latest}
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+TB_VERSION=${TENSORBOARD_VERSION:-2.14.1}
+
+have_image() { [ -z "${REBUILD:-}" ] && docker image inspect "$1" >/dev/null 2>&1; }
+say() { printf '[build-offline] %s\n' "$*" >&2; }
+
+command -v docker >/dev/null || { say "docker CLI not found: apt-get install -y docker.io"; exit 1; }
+docker info >/dev/null 2>&1 || { say "Docker engine not reachable (is dockerd running?)"; exit 1; }
+
+if have_image "$BASE_TAG"; then
+  say "$BASE_TAG present, skipping (REBUILD=1 to force)"
+else
+  command -v debootstrap >/dev/null || { say "installing debootstrap"; apt-get install -y -q debootstrap >/dev/null; }
+  work=$(mktemp -d /var/tmp/runner-rootfs.XXXXXX)
+  trap 'rm -rf "$work"' EXIT
+  rootfs="$work/rootfs"
+  say "debootstrap bookworm into $rootfs (takes a few minutes)"
+  debootstrap --variant=minbase \
+    --include=python3,python3-torch,python3-numpy,python3-pip,python3-protobuf,python3-packaging,python3-six,python3-absl,ca-certificates,procps \
+    bookworm "$rootfs" "$MIRROR" >"$work/debootstrap.log" 2>&1 \
+    || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
+  say "adding tensorboard $TB_VERSION (pure-Python wheel, no dependencies pulled)"
+  mkdir -p "$rootfs/tmp/wheels"
+  python3 -m pip download -q --no-deps --only-binary=:all: -d "$rootfs/tmp/wheels" "tensorboard==$TB_VERSION"
+  wheel=$(cd "$rootfs/tmp/wheels" && ls -- *.whl)
+  chroot "$rootfs" python3 -m pip install -q --no-deps --no-index --break-system-packages "/tmp/wheels/$wheel"
+  rm -rf "$rootfs/tmp/wheels" "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+  chroot "$rootfs" python3 -c "import torch, torch.utils.tensorboard; print('torch', torch.__version__)"
+  say "importing $BASE_TAG"
+  tar -C "$rootfs" -c . | docker import -c 'ENV LANG=C.UTF-8' -c 'CMD ["python3"]' - "$BASE_TAG" >/dev/null
+fi
+
+if have_image "$TRAINER_TAG"; then
+  say "$TRAINER_TAG present, skipping"
+else
+  say "building $TRAINER_TAG from $BASE_TAG"
+  docker build -q --build-arg "BASE_IMAGE=$BASE_TAG" -t "$TRAINER_TAG" "$here/trainer" >/dev/null
+fi
+say "ready: $BASE_TAG $TRAINER_TAG"

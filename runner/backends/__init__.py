@@ -1,0 +1,1 @@
+"""Container backends behind one narrow interface (base.Backend)."""

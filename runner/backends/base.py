@@ -1,0 +1,56 @@
+"""The backend interface: what the engine needs from a container engine.
+
+Kept narrow (launch, inspect, stop, logs, find by label) so a Slurm backend
+(sbatch a job that runs the container on a node) can implement it too.
+Implementations translate their own exceptions into runner.errors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol
+
+from runner.plan import LaunchPlan
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """What the engine says about one container right now."""
+
+    id: str
+    name: str
+    status: str  # created | running | exited | dead | paused | restarting | removing
+    running: bool
+    exit_code: int | None = None
+    oom_killed: bool = False
+    started_at: str | None = None
+    finished_at: str | None = None
+    error: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ("exited", "dead")
+
+
+class Backend(Protocol):
+    def ping(self) -> None:
+        """Raise EngineUnavailable unless the engine answers."""
+
+    def check_image(self, image: str) -> None:
+        """Raise ImageMissing unless the image is present locally."""
+
+    def launch(self, plan: LaunchPlan) -> str:
+        """Create and start the container; return its id.  Raises GpuUnavailable,
+        LaunchError, ImageMissing.  A container that failed to start is removed."""
+
+    def inspect(self, container_id: str) -> ContainerState:
+        """Current state; raises ContainerNotFound."""
+
+    def stop(self, container_id: str, grace: float) -> None:
+        """SIGTERM, wait up to ``grace`` seconds, then SIGKILL.  Returns when stopped."""
+
+    def logs(self, container_id: str, follow: bool = False) -> Iterator[bytes]:
+        """The container's output (stdout and stderr) as chunks, from its start."""
+
+    def find(self, labels: dict[str, str]) -> list[ContainerState]:
+        """Containers (running or not) carrying all ``labels``."""

@@ -1,0 +1,85 @@
+"""Error types.  Every error runner raises on purpose derives from RunnerError.
+
+Retry decisions live in the type: ``Temporary`` errors may succeed if tried
+again later (engine restarting, socket busy); ``Permanent`` ones will not (a
+bad spec, a missing image).  Third-party exceptions are translated into these
+where they enter (backends/docker.py, the loader), so callers never catch
+docker or yaml exceptions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class RunnerError(Exception):
+    """Root of runner's errors.  ``str(err)`` is one line a person can act on;
+    ``hint`` optionally says what to do about it."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} ({self.hint})"
+
+
+class Temporary(RunnerError):
+    """Trying again later may succeed."""
+
+
+class Permanent(RunnerError):
+    """Trying again will fail the same way until something is changed."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One located problem in a spec file."""
+
+    file: str
+    line: int
+    col: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.col}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class SpecError(Permanent):
+    """A spec is invalid.  Holds every problem found, not just the first."""
+
+    exit_code = 1
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class EngineUnavailable(Temporary):
+    """The container engine cannot be reached."""
+
+
+class ImageMissing(Permanent):
+    """The image a spec names is not present locally."""
+
+
+class GpuUnavailable(Permanent):
+    """GPUs were requested but the engine cannot provide them."""
+
+
+class LaunchError(Permanent):
+    """The engine refused to create or start a container."""
+
+
+class ContainerNotFound(Permanent):
+    """A container the store knows about is gone from the engine."""
+
+
+class NotFound(Permanent):
+    """A run or phase named on the command line does not exist."""
+
+    exit_code = 1

@@ -1,0 +1,152 @@
+"""The pure plan step: a validated phase + inputs → the exact container request.
+
+Nothing here touches Docker or the filesystem (path arithmetic only), so the
+request is tested by equality, like a dry run.  The backend turns a LaunchPlan
+into its engine's call without further decisions.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+from pydantic import ValidationError
+
+from runner.errors import Problem, SpecError
+from runner.spec import interpolate
+from runner.spec.loader import LoadedSpec, dotted, problems_from_validation
+from runner.spec.models import Phase
+
+LABEL_RUN = "runner.run-id"
+LABEL_PHASE = "runner.phase"
+LABEL_SHA = "runner.spec-sha256"
+
+
+@dataclass(frozen=True)
+class BindMount:
+    source: str  # absolute host path
+    target: str
+    read_only: bool = False
+    create: bool = False
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Everything needed to start a phase's container, and nothing engine-specific."""
+
+    run_id: str
+    phase: str
+    container_name: str
+    image: str
+    command: tuple[str, ...]
+    env: dict[str, str]
+    mounts: tuple[BindMount, ...]
+    workdir: str | None
+    gpus: Union[int, str, tuple[str, ...]]  # count (0 = CPU), "all", or device ids
+    shm_size: int | None
+    memory: int | None
+    cpus: float | None
+    user: str | None
+    labels: dict[str, str]
+    stop_grace: float
+    timeout: float | None
+    phase_dir: str
+    inputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def wants_gpu(self) -> bool:
+        return self.gpus != 0
+
+
+def container_name(run_id: str, phase: str) -> str:
+    """Deterministic, so the engine itself refuses a second container for the same phase."""
+    return f"runner-{run_id}-{phase}"
+
+
+def phase_dir(runs_dir: Path | str, run_id: str, phase: str) -> Path:
+    return Path(runs_dir) / run_id / phase
+
+
+def merge_inputs(loaded: LoadedSpec, given: dict[str, str]) -> dict[str, object]:
+    """Spec defaults overridden by ``given``; every required input must be there."""
+    # The raw values, not the model's: they keep their spelling ("1e-6", not "1e-06").
+    declared = (loaded.doc.data or {}).get("inputs") or {}
+    problems = []
+    file = str(loaded.path)
+    for name in given:
+        if name not in declared:
+            line, col = loaded.doc.position(("inputs",))
+            known = ", ".join(sorted(declared)) or "none"
+            problems.append(Problem(file, line, col, "inputs", f"--input {name}: the spec declares no such input (declared: {known})"))
+    merged = {**declared, **{k: v for k, v in given.items() if k in declared}}
+    for name, value in merged.items():
+        if value is None:
+            line, col = loaded.doc.position(("inputs", name), key=True)
+            problems.append(Problem(file, line, col, f"inputs.{name}", f"required input not given; pass --input {name}=VALUE"))
+    if problems:
+        raise SpecError(problems)
+    return merged
+
+
+def resolve(loaded: LoadedSpec, inputs: dict[str, object], run_id: str, runs_dir: Path | str) -> Phase:
+    """The phase with every ``${{ }}`` reference substituted, validated again."""
+    pdir = phase_dir(runs_dir, run_id, loaded.phase.name)
+    context = {
+        "inputs": inputs,
+        "run": {"id": run_id, "dir": str(Path(runs_dir) / run_id)},
+        "phase": {"name": loaded.phase.name, "dir": str(pdir)},
+    }
+    problems: list[Problem] = []
+    file = str(loaded.path)
+
+    def sub(text: str, path: tuple) -> str:
+        try:
+            return interpolate.substitute(text, context)
+        except KeyError as exc:
+            line, col = loaded.doc.position(path)
+            problems.append(Problem(file, line, col, dotted(path), f"cannot resolve ${{{{ {exc.args[0]} }}}}"))
+            return text
+
+    data = loaded.doc.data
+    resolved = dict(data)
+    resolved.update({k: interpolate.walk_strings(v, sub, (k,)) for k, v in data.items() if k != "inputs"})
+    if problems:
+        raise SpecError(problems)
+    try:
+        return Phase.model_validate(resolved)
+    except ValidationError as exc:
+        raise SpecError(problems_from_validation(exc, loaded.doc, file, Phase)) from None
+
+
+def build_plan(loaded: LoadedSpec, given_inputs: dict[str, str], run_id: str, runs_dir: Path | str) -> LaunchPlan:
+    """Pure: the exact launch request for one phase of one run."""
+    inputs = merge_inputs(loaded, given_inputs)
+    phase = resolve(loaded, inputs, run_id, runs_dir)
+    c = phase.container
+    folder = str(loaded.folder)
+    mounts = tuple(
+        BindMount(os.path.normpath(os.path.join(folder, os.path.expanduser(m.source))), m.target, m.read_only, m.create)
+        for m in c.mounts
+    )
+    labels = {**phase.labels, LABEL_RUN: run_id, LABEL_PHASE: phase.name, LABEL_SHA: loaded.sha256}
+    return LaunchPlan(
+        run_id=run_id,
+        phase=phase.name,
+        container_name=container_name(run_id, phase.name),
+        image=c.image,
+        command=tuple(c.command),
+        env=dict(c.env),
+        mounts=mounts,
+        workdir=c.workdir,
+        gpus=tuple(c.gpus) if isinstance(c.gpus, list) else c.gpus,
+        shm_size=c.shm_size,
+        memory=c.memory,
+        cpus=c.cpus,
+        user=c.user,
+        labels=labels,
+        stop_grace=c.stop_grace_period,
+        timeout=phase.timeout,
+        phase_dir=str(phase_dir(runs_dir, run_id, phase.name)),
+        inputs={k: interpolate._text(v) for k, v in inputs.items()},
+    )

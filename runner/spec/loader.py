@@ -1,0 +1,327 @@
+"""Load a phase spec: YAML → plain data with positions → pydantic model.
+
+This is the one boundary where spec input is validated.  Every problem found
+is reported at once as ``FILE:LINE:COL: field.path: message`` in one SpecError.
+
+YAML is read safely and strictly:
+* only plain data (mappings, lists, str/int/float/bool/null); no custom tags;
+* duplicate keys are errors (PyYAML silently keeps the last one);
+* numbers are read as a user means them (YAML 1.2 core schema: ``1e-6`` is a
+  float, ``on``/``yes`` are strings); the text as written is kept so argv
+  lists pass ``1e-6`` through unchanged;
+* files over MAX_BYTES and documents expanding to over MAX_NODES nodes
+  (alias bombs) are refused.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from runner.errors import Problem, SpecError
+from runner.spec import interpolate
+from runner.spec.models import Phase
+
+MAX_BYTES = 1024 * 1024
+MAX_NODES = 100_000
+
+Loc = tuple  # a path into the data: str keys and int indexes
+
+
+class SourceInt(int):
+    """An int that remembers how it was written."""
+
+    source: str
+
+
+class SourceFloat(float):
+    """A float that remembers how it was written (``1e-6`` stays ``1e-6`` in argv)."""
+
+    source: str
+
+
+class _Resolver(yaml.resolver.Resolver):
+    """YAML 1.2 core schema resolution for plain scalars."""
+
+
+_Resolver.yaml_implicit_resolvers = {}
+_Resolver.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"), list("~nN") + [""])
+_Resolver.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Resolver.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
+)
+_Resolver.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+class _Composer(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, yaml.composer.Composer, _Resolver):
+    def __init__(self, stream: str):
+        yaml.reader.Reader.__init__(self, stream)
+        yaml.scanner.Scanner.__init__(self)
+        yaml.parser.Parser.__init__(self)
+        yaml.composer.Composer.__init__(self)
+        _Resolver.__init__(self)
+
+
+@dataclass
+class Document:
+    """Plain data from a YAML file and where each value and key was written (1-based line, col)."""
+
+    data: Any
+    values: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+    keys: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+
+    def position(self, loc: Loc, key: bool = False) -> tuple[int, int]:
+        table = self.keys if key and loc in self.keys else self.values
+        while loc not in table and loc:
+            loc = loc[:-1]
+        return table.get(loc, (1, 1))
+
+
+class _Builder:
+    def __init__(self, file: str):
+        self.file = file
+        self.doc = Document(None)
+        self.problems: list[Problem] = []
+        self.count = 0
+
+    def problem(self, node: yaml.Node, path: Loc, message: str) -> None:
+        self.problems.append(Problem(self.file, node.start_mark.line + 1, node.start_mark.column + 1, dotted(path), message))
+
+    def build(self, node: yaml.Node, path: Loc) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise _TooBig()
+        self.doc.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    self.problem(key_node, path, "only plain keys are allowed (no merge keys '<<' or complex keys)")
+                    continue
+                key = key_node.value
+                if key in out:
+                    first = self.doc.keys[path + (key,)]
+                    self.problem(key_node, path + (key,), f"duplicate key {key!r} (first set at line {first[0]})")
+                    continue
+                self.doc.keys[path + (key,)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                out[key] = self.build(value_node, path + (key,))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
+        return self.scalar(node, path)
+
+    def scalar(self, node: yaml.ScalarNode, path: Loc) -> Any:
+        tag, text = node.tag, node.value
+        if tag == "tag:yaml.org,2002:str":
+            return text
+        if tag == "tag:yaml.org,2002:null":
+            return None
+        if tag == "tag:yaml.org,2002:bool":
+            return text.lower() == "true"
+        if tag == "tag:yaml.org,2002:int":
+            value = SourceInt(int(text, 0) if text[:2] in ("0x", "0o") else int(text))
+            value.source = text
+            return value
+        if tag == "tag:yaml.org,2002:float":
+            value = SourceFloat(text.replace(".inf", "inf").replace(".Inf", "inf").replace(".INF", "inf").lower().replace(".nan", "nan"))
+            value.source = text
+            return value
+        self.problem(node, path, f"unsupported YAML tag {tag!r}: specs hold plain data only")
+        return text
+
+
+class _TooBig(Exception):
+    pass
+
+
+def dotted(path: Loc) -> str:
+    """``("container", "mounts", 0, "target")`` → ``container.mounts[0].target``."""
+    out = ""
+    for seg in path:
+        out += f"[{seg}]" if isinstance(seg, int) else (f".{seg}" if out else str(seg))
+    return out
+
+
+def parse_yaml(text: str, file: str) -> tuple[Document, list[Problem]]:
+    """Plain data and positions from YAML text, with every structural problem found."""
+    builder = _Builder(file)
+    try:
+        node = _Composer(text).get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        reason = exc.problem or exc.context or "invalid YAML"
+        return builder.doc, [Problem(file, line, col, "", f"invalid YAML: {reason}")]
+    except yaml.YAMLError as exc:
+        return builder.doc, [Problem(file, 1, 1, "", f"invalid YAML: {exc}")]
+    if node is None:
+        return builder.doc, [Problem(file, 1, 1, "", "the file is empty; a spec starts with apiVersion: runner/v1")]
+    try:
+        builder.doc.data = builder.build(node, ())
+    except _TooBig:
+        return builder.doc, [Problem(file, 1, 1, "", f"the document expands to over {MAX_NODES} values (alias bomb?)")]
+    if not isinstance(builder.doc.data, dict):
+        builder.problems.append(Problem(file, 1, 1, "", "a spec must be a mapping of fields (apiVersion, kind, name, ...)"))
+    return builder.doc, builder.problems
+
+
+# ---------------------------------------------------------------- pydantic errors → problems
+
+
+def _model_in(tp: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as ``list[Mount] | None``, if any."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    for arg in typing.get_args(tp):
+        found = _model_in(arg)
+        if found:
+            return found
+    return None
+
+
+def _fields_at(root: type[BaseModel], loc: Loc) -> list[str]:
+    """Field names (as written in YAML) of the model found at ``loc``."""
+    model: type[BaseModel] | None = root
+    for seg in loc:
+        if model is None:
+            return []
+        if isinstance(seg, int):
+            continue
+        match = next((f for n, f in model.model_fields.items() if seg in (n, f.alias)), None)
+        if match is None:
+            continue  # a dict key (e.g. an input name): stay on the element type below
+        model = _model_in(match.annotation)
+    return [f.alias or n for n, f in model.model_fields.items()] if model else []
+
+
+def _data_path(data: Any, loc: Loc) -> tuple[Loc, Loc]:
+    """Split a pydantic error location into the part that exists in ``data`` and the rest
+    (union member tags, a missing key)."""
+    here: Loc = ()
+    for i, seg in enumerate(loc):
+        if isinstance(data, dict) and isinstance(seg, str) and seg in data:
+            data = data[seg]
+        elif isinstance(data, list) and isinstance(seg, int) and 0 <= seg < len(data):
+            data = data[seg]
+        else:
+            return here, tuple(loc[i:])
+        here += (seg,)
+    return here, ()
+
+
+def problems_from_validation(exc: ValidationError, doc: Document, file: str, model: type[BaseModel]) -> list[Problem]:
+    out: list[Problem] = []
+    seen: set[tuple[str, str]] = set()
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        kind = err["type"]
+        found, rest = _data_path(doc.data, loc)
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if kind == "extra_forbidden":
+            name = str(loc[-1])
+            message = f"unknown field {name!r}"
+            close = difflib.get_close_matches(name, _fields_at(model, loc[:-1]), n=1, cutoff=0.6)
+            if close:
+                message += f"; did you mean {close[0]!r}?"
+            line, col = doc.position(found, key=True)
+            path = found
+        elif kind == "missing":
+            path = found + rest[:1]
+            message = f"missing required field {str(rest[0]) if rest else ''!r}".replace(" ''", "")
+            line, col = doc.position(found)
+        else:
+            path = found
+            line, col = doc.position(found)
+            if kind == "literal_error" and isinstance(err.get("input"), str):
+                message = f"{message}, got {err['input']!r}"
+        key = (dotted(path), message)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(Problem(file, line, col, dotted(path), message))
+    return out
+
+
+def reference_problems(doc: Document, file: str) -> list[Problem]:
+    """``${{ }}`` references that can never resolve."""
+    data = doc.data if isinstance(doc.data, dict) else {}
+    declared = set(data.get("inputs") or {}) if isinstance(data.get("inputs"), dict) else set()
+    out: list[Problem] = []
+
+    def check(text: str, path: Loc) -> str:
+        for ns, key in interpolate.references(text):
+            msg = interpolate.check_reference(ns, key, declared)
+            if msg:
+                line, col = doc.position(path)
+                out.append(Problem(file, line, col, dotted(path), msg))
+        return text
+
+    interpolate.walk_strings(data, check)
+    return out
+
+
+@dataclass
+class LoadedSpec:
+    """A validated spec and what is needed to locate errors found later (at resolve time)."""
+
+    path: Path
+    text: str
+    sha256: str
+    doc: Document
+    phase: Phase
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+
+def load_spec_text(text: str, path: Path | str) -> LoadedSpec:
+    path = Path(path)
+    file = str(path)
+    if len(text.encode()) > MAX_BYTES:
+        raise SpecError([Problem(file, 1, 1, "", f"file is larger than {MAX_BYTES // 1024} KiB; a spec should be small")])
+    doc, problems = parse_yaml(text, file)
+    if problems and not isinstance(doc.data, dict):
+        raise SpecError(problems)
+    problems += reference_problems(doc, file)
+    phase = None
+    try:
+        phase = Phase.model_validate(doc.data)
+    except ValidationError as exc:
+        problems += problems_from_validation(exc, doc, file, Phase)
+    if problems:
+        problems.sort(key=lambda p: (p.line, p.col))
+        raise SpecError(problems)
+    assert phase is not None
+    return LoadedSpec(path.resolve(), text, hashlib.sha256(text.encode()).hexdigest(), doc, phase)
+
+
+def load_spec(path: str | os.PathLike) -> LoadedSpec:
+    """Read and validate a spec file; SpecError lists every problem, located."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > MAX_BYTES:
+            raise SpecError([Problem(str(p), 1, 1, "", f"file is {size} bytes; a spec may be at most {MAX_BYTES // 1024} KiB")])
+        raw = p.read_bytes()
+    except SpecError:
+        raise
+    except OSError as exc:
+        raise SpecError([Problem(str(p), 0, 0, "", f"cannot read spec: {exc.strerror or exc}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError([Problem(str(p), 1, 1, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
+    return load_spec_text(text, p)

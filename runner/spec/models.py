@@ -1,0 +1,95 @@
+"""Pydantic models of a phase spec (apiVersion runner/v1, kind Phase).
+
+One base model forbids unknown fields and every field carries a description,
+so the JSON Schema generated from these classes is the spec reference.
+Strings may contain ``${{ inputs.NAME }}`` (and the other namespaces listed in
+runner.spec.interpolate); they are substituted when a run is planned.
+"""
+from __future__ import annotations
+
+import posixpath
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from runner.spec.types import Argv, Duration, GpuRequest, InputValue, Size, TextMap
+
+NAME_RE = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
+
+
+class Model(BaseModel):
+    """Base of every spec model: unknown fields are errors, names are as written."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class Mount(Model):
+    """A host folder or file bind-mounted into the container."""
+
+    source: str = Field(description="Host path. A relative path is resolved against the spec file's folder.")
+    target: str = Field(description="Absolute path inside the container.")
+    read_only: bool = Field(False, description="Mount read-only.")
+    create: bool = Field(
+        False,
+        description="Create the source folder if it does not exist (for output folders). "
+        "Otherwise a missing source is an error before launch.",
+    )
+
+    @field_validator("target")
+    @classmethod
+    def _absolute_target(cls, v: str) -> str:
+        if "${{" not in v and not posixpath.isabs(v):
+            raise ValueError(f"must be an absolute path inside the container, got {v!r}")
+        return v
+
+
+class Container(Model):
+    """What to run: the image, the argv command and the resources it gets."""
+
+    image: str = Field(description="Image reference, e.g. runner-trainer:latest. runner never pulls: build or pull it first.")
+    command: Argv = Field(description="The command as an argv list (no shell). Numbers are passed as written.")
+    workdir: str | None = Field(None, description="Working directory inside the container.")
+    env: TextMap = Field(default_factory=dict, description="Environment variables for the container.")
+    mounts: list[Mount] = Field(default_factory=list, description="Bind mounts (host folders into the container).")
+    gpus: GpuRequest = Field(0, description="GPUs: a count (0 = CPU only), 'all', or a list of device ids such as [0, 1].")
+    shm_size: Size | None = Field(None, description="Size of /dev/shm, e.g. 16g (PyTorch data loaders need more than the 64m default).")
+    memory: Size | None = Field(None, description="Memory limit, e.g. 32g. Exceeding it kills the container (recorded as OOM).")
+    cpus: float | None = Field(None, gt=0, description="CPU limit in cores, e.g. 4 or 0.5.")
+    user: str | None = Field(None, description="User (name or uid[:gid]) to run as inside the container.")
+    stop_grace_period: Duration = Field(
+        30.0, description="On stop: time between SIGTERM and SIGKILL, so the trainer can save a checkpoint."
+    )
+
+
+class Phase(Model):
+    """One phase of a training plan: a container to run and how to judge it."""
+
+    api_version: Literal["runner/v1"] = Field(alias="apiVersion", description="Spec format version: runner/v1.")
+    kind: Literal["Phase"] = Field(description="Always Phase.")
+    name: str = Field(pattern=NAME_RE, description="Phase name: lower-case letters, digits, '.', '_' or '-', at most 63 characters.")
+    description: str = Field("", description="What this phase is for, in a sentence a colleague can read.")
+    inputs: dict[str, InputValue] = Field(
+        default_factory=dict,
+        description="Named values used as ${{ inputs.NAME }} in strings. The value is a default; "
+        "null means the input is required (runner apply --input NAME=VALUE).",
+    )
+    container: Container = Field(description="The container that does the work.")
+    labels: TextMap = Field(default_factory=dict, description="Extra labels put on the container (runner.* is reserved).")
+    timeout: Duration | None = Field(None, description="Wall-clock limit of the phase, e.g. 3h. On expiry the container is stopped and the phase fails.")
+
+    @field_validator("inputs")
+    @classmethod
+    def _input_names(cls, v: dict) -> dict:
+        for key in v:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                raise ValueError(f"input name {key!r} must be letters, digits and '_' (not starting with a digit)")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _no_reserved_labels(cls, v: dict) -> dict:
+        for key in v:
+            if key.startswith("runner."):
+                raise ValueError(f"label {key!r}: the runner.* prefix is reserved for runner's own labels")
+        return v

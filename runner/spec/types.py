@@ -1,0 +1,82 @@
+"""Field types shared by the spec models: argv lists, durations, sizes, GPU requests.
+
+Each type validates *before* pydantic's own checks so a user gets one message
+that says what is accepted, instead of one line per union member."""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BeforeValidator, Field, WithJsonSchema
+
+from runner.units import parse_duration, parse_size
+
+
+def _scalar_text(value: object) -> object:
+    """Numbers and booleans written in YAML become the text the user typed
+    (the loader keeps it), so `[--lr, 1e-6]` passes "1e-6" to the program."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return getattr(value, "source", str(value))
+    return value
+
+
+def _argv(value: object) -> object:
+    if isinstance(value, str):
+        raise ValueError(
+            "must be an argv list such as [python, train.py, --lr, '1e-6']; "
+            "a plain string is never split by a shell"
+        )
+    if isinstance(value, list):
+        return [_scalar_text(v) for v in value]
+    return value
+
+
+def _text_map(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _scalar_text(v) for k, v in value.items()}
+    return value
+
+
+def _gpus(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError(f"must be a count (0 = CPU), 'all', or a list of device ids; got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a GPU count cannot be negative (0 means CPU only)")
+        return value
+    if value == "all":
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in value):
+        return [str(v) for v in value]
+    raise ValueError(f"must be a count (0 = CPU), 'all', or a list of device ids such as [0, 1]; got {value!r}")
+
+
+def _duration(value: object) -> float:
+    return parse_duration(value)
+
+
+def _size(value: object) -> int:
+    return parse_size(value)
+
+
+_SCALAR = {"type": ["string", "number", "boolean"]}
+Argv = Annotated[
+    list[str],
+    BeforeValidator(_argv),
+    Field(min_length=1),
+    WithJsonSchema({"type": "array", "items": _SCALAR, "minItems": 1}),
+]
+TextMap = Annotated[dict[str, str], BeforeValidator(_text_map), WithJsonSchema({"type": "object", "additionalProperties": _SCALAR})]
+GpuRequest = Annotated[Union[int, Literal["all"], list[str]], BeforeValidator(_gpus)]
+Duration = Annotated[
+    float,
+    BeforeValidator(_duration),
+    WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d)\s*)+$"}, {"type": "number", "minimum": 0}]}),
+]
+Size = Annotated[
+    int,
+    BeforeValidator(_size),
+    WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[kKmMgGtTpP]?[iI]?[bB]?\s*$"}, {"type": "integer", "minimum": 0}]}),
+]
+InputValue = Union[str, int, float, bool, None]

@@ -1,0 +1,236 @@
+"""The run store: SQLite in WAL mode (runs/runner.db by default).
+
+Tables: runs, phases (one row per phase of a run) and events (every decision
+with its reason).  A transition is committed *before* the side effect it
+announces (e.g. ``launching`` before the container is created), so a runner
+killed at any moment can be reconciled from the store and container labels.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from runner.errors import NotFound, Permanent
+
+SCHEMA_VERSION = 1
+TERMINAL = frozenset({"blocked", "succeeded", "failed", "cancelled", "error", "lost"})
+ACTIVE = frozenset({"pending", "launching", "running", "detached"})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id          TEXT PRIMARY KEY,
+    spec_path   TEXT NOT NULL,
+    created_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS phases (
+    id             INTEGER PRIMARY KEY,
+    run_id         TEXT NOT NULL REFERENCES runs(id),
+    seq            INTEGER NOT NULL,
+    name           TEXT NOT NULL,
+    spec_path      TEXT NOT NULL,
+    spec_sha256    TEXT NOT NULL,
+    inputs_json    TEXT NOT NULL DEFAULT '{}',
+    plan_json      TEXT NOT NULL DEFAULT '{}',
+    container_name TEXT,
+    container_id   TEXT,
+    log_path       TEXT,
+    status         TEXT NOT NULL,
+    reason         TEXT NOT NULL DEFAULT '',
+    exit_code      INTEGER,
+    oom_killed     INTEGER,
+    stop_requested INTEGER NOT NULL DEFAULT 0,
+    created_at     REAL NOT NULL,
+    started_at     REAL,
+    finished_at    REAL,
+    UNIQUE (run_id, seq)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id        INTEGER PRIMARY KEY,
+    run_id    TEXT NOT NULL,
+    phase_id  INTEGER,
+    at        REAL NOT NULL,
+    kind      TEXT NOT NULL,
+    message   TEXT NOT NULL,
+    data_json TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS events_run ON events(run_id, id);
+CREATE INDEX IF NOT EXISTS phases_status ON phases(status);
+"""
+
+PHASE_FIELDS = {
+    "container_name", "container_id", "log_path", "exit_code", "oom_killed", "stop_requested",
+    "started_at", "finished_at", "plan_json", "reason",
+}
+
+
+class Store:
+    """One SQLite database; safe to share between the threads of one process."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise Permanent(f"{self.path} was written by a newer runner (schema {version} > {SCHEMA_VERSION})")
+            self.db.executescript(_SCHEMA)
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise Permanent(f"cannot open run store {self.path}: {exc}") from None
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ writes
+
+    def create_run(self, run_id: str, spec_path: str) -> None:
+        with self.tx() as db:
+            db.execute("INSERT INTO runs (id, spec_path, created_at) VALUES (?, ?, ?)", (run_id, spec_path, time.time()))
+            _event(db, run_id, None, "run.created", f"run {run_id} created from {spec_path}")
+
+    def add_phase(self, run_id: str, name: str, spec_path: str, spec_sha256: str, inputs: dict[str, Any], **fields: Any) -> int:
+        with self.tx() as db:
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM phases WHERE run_id = ?", (run_id,)).fetchone()[0]
+            cur = db.execute(
+                "INSERT INTO phases (run_id, seq, name, spec_path, spec_sha256, inputs_json, status, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
+                (run_id, seq, name, spec_path, spec_sha256, json.dumps(inputs), time.time()),
+            )
+            phase_id = int(cur.lastrowid)
+            _update(db, phase_id, fields)
+            _event(db, run_id, phase_id, "phase.pending", f"phase {name} queued", {"inputs": inputs})
+            return phase_id
+
+    def transition(self, phase_id: int, status: str, reason: str = "", expect: frozenset[str] | None = None, **fields: Any) -> bool:
+        """Set a phase's status (and other fields) and record the event, in one transaction.
+
+        With ``expect``, the transition happens only from one of those statuses
+        (compare-and-set), so two processes finishing the same phase record one
+        outcome; returns whether it happened."""
+        with self.tx() as db:
+            row = db.execute("SELECT run_id, name, status FROM phases WHERE id = ?", (phase_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no phase with id {phase_id}")
+            if expect is not None and row["status"] not in expect:
+                return False
+            db.execute("UPDATE phases SET status = ?, reason = ? WHERE id = ?", (status, reason, phase_id))
+            _update(db, phase_id, fields)
+            message = f"phase {row['name']}: {row['status']} → {status}" + (f": {reason}" if reason else "")
+            _event(db, row["run_id"], phase_id, f"phase.{status}", message, {k: v for k, v in fields.items() if k != "plan_json"})
+            return True
+
+    def update(self, phase_id: int, **fields: Any) -> None:
+        with self.tx() as db:
+            _update(db, phase_id, fields)
+
+    def event(self, run_id: str, phase_id: int | None, kind: str, message: str, data: dict | None = None) -> None:
+        with self.tx() as db:
+            _event(db, run_id, phase_id, kind, message, data or {})
+
+    # ------------------------------------------------------------------ reads
+
+    def resolve_run(self, ref: str | None) -> str:
+        """A run id from an exact id, a unique prefix, or None for the newest run."""
+        with self._lock:
+            if ref is None:
+                row = self.db.execute("SELECT id FROM runs ORDER BY created_at DESC, id DESC LIMIT 1").fetchone()
+                if row is None:
+                    raise NotFound("no runs yet; start one with `runner apply SPEC`")
+                return row["id"]
+            rows = self.db.execute("SELECT id FROM runs WHERE id = ? OR id LIKE ? ORDER BY id", (ref, ref + "%")).fetchall()
+        ids = [r["id"] for r in rows]
+        if ref in ids:
+            return ref
+        if len(ids) == 1:
+            return ids[0]
+        if not ids:
+            raise NotFound(f"no run {ref!r} in {self.path}")
+        raise NotFound(f"run {ref!r} is ambiguous: {', '.join(ids[:5])}")
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        with self._lock:
+            row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no run {run_id!r}")
+        return dict(row)
+
+    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self.db.execute("SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT ?", (limit,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def phases(self, run_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self.db.execute("SELECT * FROM phases WHERE run_id = ? ORDER BY seq", (run_id,)).fetchall()
+        return [_phase_dict(r) for r in rows]
+
+    def phase(self, phase_id: int) -> dict[str, Any]:
+        with self._lock:
+            row = self.db.execute("SELECT * FROM phases WHERE id = ?", (phase_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no phase with id {phase_id}")
+        return _phase_dict(row)
+
+    def active_phases(self) -> list[dict[str, Any]]:
+        marks = ",".join("?" * len(ACTIVE))
+        with self._lock:
+            rows = self.db.execute(f"SELECT * FROM phases WHERE status IN ({marks}) ORDER BY id", tuple(ACTIVE)).fetchall()
+        return [_phase_dict(r) for r in rows]
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self.db.execute("SELECT * FROM events WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
+        return [{**dict(r), "data": json.loads(r["data_json"])} for r in rows]
+
+
+def run_status(phases: list[dict[str, Any]]) -> str:
+    """A run's status, derived from its phases: the first active phase's status, else the last phase's."""
+    for p in phases:
+        if p["status"] in ACTIVE:
+            return p["status"]
+    return phases[-1]["status"] if phases else "pending"
+
+
+def _update(db: sqlite3.Connection, phase_id: int, fields: dict[str, Any]) -> None:
+    unknown = set(fields) - PHASE_FIELDS
+    if unknown:
+        raise ValueError(f"unknown phase fields {sorted(unknown)}")
+    for key, value in fields.items():
+        db.execute(f"UPDATE phases SET {key} = ? WHERE id = ?", (value, phase_id))  # key is from PHASE_FIELDS
+
+
+def _event(db: sqlite3.Connection, run_id: str, phase_id: int | None, kind: str, message: str, data: dict | None = None) -> None:
+    db.execute(
+        "INSERT INTO events (run_id, phase_id, at, kind, message, data_json) VALUES (?, ?, ?, ?, ?, ?)",
+        (run_id, phase_id, time.time(), kind, message, json.dumps(data or {}, default=str)),
+    )
+
+
+def _phase_dict(row: sqlite3.Row) -> dict[str, Any]:
+    d = dict(row)
+    d["inputs"] = json.loads(d.pop("inputs_json") or "{}")
+    d["oom_killed"] = None if d["oom_killed"] is None else bool(d["oom_killed"])
+    d["stop_requested"] = bool(d["stop_requested"])
+    return d
