@@ -33,8 +33,9 @@ class TerminalReporter:
     If the terminal goes away (SIGHUP, a dropped SSH session), writes are
     silently dropped: losing the terminal must never disturb the phase."""
 
-    def __init__(self, console: Console):
-        self.console = console
+    def __init__(self, out: Console, err: Console):
+        self.out = out  # the container's output
+        self.console = err  # runner's own messages and the progress line
         self.dead = False
         self._status = None
 
@@ -50,7 +51,7 @@ class TerminalReporter:
         self._safe(say, self.console, message)
 
     def log_line(self, line: str) -> None:
-        self._safe(say, self.console, line)
+        self._safe(say, self.out, line)
 
     def progress(self, text: str) -> None:
         if not self.console.is_terminal:
@@ -152,7 +153,7 @@ def cmd_schema(args, console: Console) -> int:
 
 
 def cmd_apply(args, console: Console) -> int:
-    reporter = TerminalReporter(Console(stderr=True) if not console.is_terminal else console)
+    reporter = TerminalReporter(console, Console(stderr=True, highlight=False))
     engine = _engine(args, reporter)
 
     def leave(signum, frame):
@@ -232,12 +233,13 @@ def cmd_status(args, console: Console) -> int:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return 0
     table = Table(box=None, pad_edge=False)
-    for col in ("RUN", "PHASE", "STATUS", "EXIT", "REASON", "STARTED"):
-        table.add_column(col, overflow="fold")
+    for col in ("RUN", "PHASE", "STATUS", "EXIT", "STARTED"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("REASON", overflow="fold", min_width=20)
     for view in views:
         for p in view["phases"] or [{"name": "-", "status": view["status"], "exit_code": None, "reason": "", "started_at": None}]:
             table.add_row(view["id"], p["name"], p["status"], "" if p["exit_code"] is None else str(p["exit_code"]),
-                          p["reason"], p["started_at"] or "")
+                          p["started_at"] or "", p["reason"])
     console.print(table)
     if args.run:
         console.print()

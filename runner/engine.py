@@ -72,7 +72,7 @@ class Engine:
                  reporter: Reporter | None = None, poll_s: float = POLL_S):
         self.store = store
         self._backend = backend
-        self.runs_dir = Path(runs_dir)
+        self.runs_dir = Path(runs_dir).resolve()
         self.reporter = reporter or QuietReporter()
         self.poll_s = poll_s
         self.detach_requested = threading.Event()
@@ -80,7 +80,7 @@ class Engine:
     @property
     def backend(self) -> Backend:
         """The backend, connected on first use (validate/status work without an engine)."""
-        if callable(self._backend) and not hasattr(self._backend, "launch"):
+        if isinstance(self._backend, type) or not hasattr(self._backend, "launch"):
             self._backend = self._backend()
         return self._backend  # type: ignore[return-value]
 
@@ -115,8 +115,9 @@ class Engine:
             Path(plan.phase_dir).mkdir(parents=True, exist_ok=True)
             self.store.transition(phase_id, "launching", f"creating container {plan.container_name}")
             container_id = self.backend.launch(plan)
-        except RunnerError as exc:
-            self.store.transition(phase_id, "error", str(exc), finished_at=time.time())
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, RunnerError) else f"internal error: {type(exc).__name__}: {exc}"
+            self.store.transition(phase_id, "error", reason, finished_at=time.time())
             raise
         self.store.transition(phase_id, "running", f"container {container_id[:12]} started",
                               container_id=container_id, started_at=time.time())

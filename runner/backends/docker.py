@@ -5,6 +5,7 @@ this module knows docker-py exists.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Iterator
 
 import docker
@@ -17,7 +18,7 @@ from runner.errors import ContainerNotFound, EngineUnavailable, GpuUnavailable, 
 from runner.plan import LaunchPlan
 
 BUILD_HINT = "runner never pulls; build it first (reference trainer: bash images/build-offline.sh) or `docker pull` it"
-ENGINE_HINT = "start it (systemctl start docker, or dockerd &) or point DOCKER_HOST at a running engine"
+ENGINE_HINT = "start it with `systemctl start docker` (or `dockerd &`), or point DOCKER_HOST at a running engine"
 # Substrings of the engine's error when --gpus is asked of an engine without the NVIDIA runtime.
 _GPU_ERRORS = ("could not select device driver", "nvidia-container-cli", "unknown or invalid runtime name: nvidia")
 
@@ -65,10 +66,26 @@ def _explain(exc: Exception) -> str:
     return str(text).strip().splitlines()[0] if str(text).strip() else type(exc).__name__
 
 
+def _unreachable(exc: Exception) -> EngineUnavailable:
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    text = str(exc)
+    if "FileNotFoundError" in text or "No such file" in text:
+        why = "no engine socket there"
+    elif "Permission denied" in text or "PermissionError" in text:
+        return EngineUnavailable(f"Docker engine at {host}: permission denied", "add your user to the docker group, or run as root")
+    elif "refused" in text:
+        why = "connection refused"
+    elif isinstance(exc, requests.exceptions.Timeout) or "timed out" in text.lower():
+        why = "timed out"
+    else:
+        why = _explain(exc)
+    return EngineUnavailable(f"Docker engine not reachable at {host} ({why})", ENGINE_HINT)
+
+
 def _translate(exc: Exception) -> Exception:
     """The runner error for an exception raised by docker-py or requests."""
     if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
-        return EngineUnavailable(f"Docker engine not reachable: {type(exc).__name__}", ENGINE_HINT)
+        return _unreachable(exc)
     if isinstance(exc, docker.errors.NotFound):
         return ContainerNotFound(_explain(exc))
     msg = _explain(exc)
@@ -86,7 +103,7 @@ class DockerBackend:
             try:
                 client = docker.from_env(timeout=int(timeout))
             except docker.errors.DockerException as exc:
-                raise EngineUnavailable(f"Docker engine not reachable: {_explain(exc)}", ENGINE_HINT) from None
+                raise _unreachable(exc) from None
         self.client = client
         self.api = client.api
 

@@ -1,0 +1,156 @@
+"""The engine's decisions, against the shipped FakeBackend (the real engine is tested in integration/)."""
+import threading
+
+import pytest
+
+from runner.backends.fake import FakeBackend, Script
+from runner.engine import Engine
+from runner.errors import EngineUnavailable, GpuUnavailable, ImageMissing, LaunchError
+from runner.store import Store
+from tests.conftest import MINIMAL
+
+
+class Recorder:
+    def __init__(self):
+        self.lines, self.infos = [], []
+
+    def info(self, m):
+        self.infos.append(m)
+
+    def log_line(self, line):
+        self.lines.append(line)
+
+    def progress(self, text):
+        pass
+
+
+@pytest.fixture
+def make(tmp_path):
+    def make(backend=None, reporter=None):
+        store = Store(tmp_path / "runs" / "runner.db")
+        return Engine(store, backend or FakeBackend(), tmp_path / "runs", reporter or Recorder(), poll_s=0.001)
+
+    return make
+
+
+def test_success_is_recorded_with_logs(make, write_spec, tmp_path):
+    rec = Recorder()
+    backend = FakeBackend(script={"p1": Script(lines=["step 1", "done"], exit_code=0)})
+    engine = make(backend, rec)
+    result = engine.apply(write_spec(MINIMAL))
+    assert (result.status, result.exit_code, result.reason) == ("succeeded", 0, "exit code 0")
+    assert rec.lines == ["step 1", "done"]
+    log = tmp_path / "runs" / result.run_id / "p1" / "container.log"
+    assert log.read_text() == "step 1\ndone\n"
+    kinds = [e["kind"] for e in engine.store.events(result.run_id)]
+    assert kinds == ["run.created", "phase.pending", "phase.launching", "phase.running", "phase.succeeded"]
+
+
+def test_failure_and_oom(make, write_spec):
+    backend = FakeBackend(script={"p1": Script(exit_code=137, oom=True)})
+    result = make(backend).apply(write_spec(MINIMAL))
+    assert result.status == "failed" and "out of memory" in result.reason
+    backend = FakeBackend(script={"p1": Script(exit_code=2)})
+    result = make(backend).apply(write_spec(MINIMAL))
+    assert (result.status, result.reason) == ("failed", "exit code 2")
+
+
+def test_launching_is_recorded_before_the_container_exists(make, write_spec):
+    """Each transition is committed before its side effect."""
+    seen = []
+
+    class Spy(FakeBackend):
+        def launch(self, plan):
+            seen.append(engine.store.phases(plan.run_id)[0]["status"])
+            return super().launch(plan)
+
+    engine = make(Spy())
+    engine.apply(write_spec(MINIMAL))
+    assert seen == ["launching"]
+
+
+@pytest.mark.parametrize("backend,error,reason", [
+    (FakeBackend(images=set()), ImageMissing, "not found"),
+    (FakeBackend(reachable=False), EngineUnavailable, "unreachable"),
+])
+def test_refusals_are_recorded_as_error(make, write_spec, backend, error, reason):
+    engine = make(backend)
+    with pytest.raises(error):
+        engine.apply(write_spec(MINIMAL))
+    (phase,) = engine.store.phases(engine.store.resolve_run(None))
+    assert phase["status"] == "error" and reason in phase["reason"]
+    assert backend.launched == []
+
+
+def test_gpu_without_runtime_fails_before_running(make, write_spec):
+    backend = FakeBackend(gpu=False)
+    engine = make(backend)
+    with pytest.raises(GpuUnavailable):
+        engine.apply(write_spec(MINIMAL + "  gpus: 1\n"))
+    assert backend.containers == {}
+
+
+def test_missing_mount_source_is_an_error_unless_create(make, write_spec, tmp_path):
+    engine = make()
+    with pytest.raises(LaunchError, match="mount source .* does not exist"):
+        engine.apply(write_spec(MINIMAL + "  mounts: [{source: ./nope, target: /x}]\n"))
+    result = engine.apply(write_spec(MINIMAL + "  mounts: [{source: ./out, target: /x, create: true}]\n"))
+    assert result.status == "succeeded" and (tmp_path / "out").is_dir()
+
+
+def test_detach_returns_running_and_refresh_finishes(make, write_spec):
+    backend = FakeBackend(script={"p1": Script(polls=1)})
+    engine = make(backend)
+    result = engine.apply(write_spec(MINIMAL), detach=True)
+    assert result.status == "running"
+    engine.refresh(result.run_id)  # first poll: still running
+    engine.refresh(result.run_id)
+    assert engine.store.phase(result.phase_id)["status"] == "succeeded"
+
+
+def test_detach_request_leaves_container_running(make, write_spec):
+    backend = FakeBackend(script={"p1": Script(polls=10**9)})
+    engine = make(backend)
+    threading.Timer(0.05, engine.detach_requested.set).start()
+    result = engine.apply(write_spec(MINIMAL))
+    assert result.status == "detached"
+    (container,) = backend.containers.values()
+    assert container.status == "running" and container.stop_grace is None
+
+
+def test_cancel_stops_with_grace_and_records_cancelled(make, write_spec):
+    backend = FakeBackend(script={"p1": Script(polls=10**9)})
+    engine = make(backend)
+    result = engine.apply(write_spec(MINIMAL + "  stop_grace_period: 7s\n"), detach=True)
+    (after,) = engine.stop_run(result.run_id)
+    assert after.status == "cancelled"
+    (container,) = backend.containers.values()
+    assert container.stop_grace == 7.0
+    # A later refresh does not record a second outcome.
+    engine.refresh(result.run_id)
+    kinds = [e["kind"] for e in engine.store.events(result.run_id)]
+    assert kinds.count("phase.cancelled") == 1 and "phase.failed" not in kinds
+
+
+def test_timeout_stops_and_fails(make, write_spec):
+    backend = FakeBackend(script={"p1": Script(polls=10**9)})
+    result = make(backend).apply(write_spec(MINIMAL + "timeout: 50ms\n"))
+    assert result.status == "failed" and result.reason.startswith("timeout after")
+
+
+def test_vanished_container_is_lost_never_success(make, write_spec):
+    backend = FakeBackend(script={"p1": Script(polls=10**9)})
+    engine = make(backend)
+    result = engine.apply(write_spec(MINIMAL), detach=True)
+    backend.vanish(result.container_id)
+    engine.refresh(result.run_id)
+    assert engine.store.phase(result.phase_id)["status"] == "lost"
+
+
+def test_same_phase_is_never_launched_twice(make, write_spec):
+    backend = FakeBackend(script={"p1": Script(polls=10**9)})
+    engine = make(backend)
+    engine.apply(write_spec(MINIMAL), detach=True)
+    plan = backend.launched[0]
+    with pytest.raises(LaunchError, match="already exists"):
+        backend.launch(plan)

@@ -1,0 +1,67 @@
+"""The run store: transitions, events, compare-and-set, derived run status."""
+import sqlite3
+
+import pytest
+
+from runner.errors import NotFound
+from runner.store import Store, run_status
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "runs" / "runner.db")
+    yield s
+    s.close()
+
+
+def test_transitions_are_recorded_with_events(store):
+    store.create_run("r1", "/specs/a.yaml")
+    pid = store.add_phase("r1", "p1", "/specs/a.yaml", "abc", {"lr": "1e-6"})
+    assert store.transition(pid, "running", "container c1 started", container_id="c1")
+    assert store.transition(pid, "succeeded", "exit code 0", exit_code=0, oom_killed=0)
+    row = store.phase(pid)
+    assert (row["status"], row["exit_code"], row["oom_killed"], row["container_id"]) == ("succeeded", 0, False, "c1")
+    kinds = [e["kind"] for e in store.events("r1")]
+    assert kinds == ["run.created", "phase.pending", "phase.running", "phase.succeeded"]
+    assert store.events("r1")[-1]["message"] == "phase p1: running → succeeded: exit code 0"
+
+
+def test_compare_and_set_records_one_outcome(store):
+    store.create_run("r1", "a")
+    pid = store.add_phase("r1", "p1", "a", "x", {})
+    store.transition(pid, "running")
+    assert store.transition(pid, "cancelled", "stopped", expect=frozenset({"running"}))
+    assert not store.transition(pid, "failed", "exit 143", expect=frozenset({"running"}))
+    assert store.phase(pid)["status"] == "cancelled"
+    assert [e["kind"] for e in store.events("r1")].count("phase.failed") == 0
+
+
+def test_resolve_run_by_prefix_and_latest(store):
+    store.create_run("20260101-000000-aaaa", "a")
+    store.create_run("20260102-000000-bbbb", "a")
+    assert store.resolve_run(None) == "20260102-000000-bbbb"
+    assert store.resolve_run("20260101") == "20260101-000000-aaaa"
+    with pytest.raises(NotFound, match="ambiguous"):
+        store.resolve_run("2026")
+    with pytest.raises(NotFound, match="no run"):
+        store.resolve_run("nope")
+
+
+def test_wal_mode_and_integrity(store, tmp_path):
+    store.create_run("r1", "a")
+    db = sqlite3.connect(tmp_path / "runs" / "runner.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_run_status_is_derived():
+    assert run_status([{"status": "succeeded"}, {"status": "running"}]) == "running"
+    assert run_status([{"status": "succeeded"}, {"status": "failed"}]) == "failed"
+    assert run_status([]) == "pending"
+
+
+def test_unknown_field_is_a_bug(store):
+    store.create_run("r1", "a")
+    pid = store.add_phase("r1", "p1", "a", "x", {})
+    with pytest.raises(ValueError):
+        store.update(pid, status="x; DROP TABLE runs")
