@@ -12,10 +12,12 @@ the phase is recorded *detached* and can be picked up again.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import secrets
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -61,6 +63,19 @@ class PhaseResult:
     reason: str = ""
     exit_code: int | None = None
     container_id: str | None = None
+
+
+@contextlib.contextmanager
+def _ignoring_sigint():
+    """A second Ctrl-C must not interrupt the stop that the first one asked for."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def new_run_id() -> str:
@@ -142,6 +157,17 @@ class Engine:
         log_path = Path(plan.phase_dir) / "container.log"
         pump = threading.Thread(target=self._pump_logs, args=(container_id, log_path), daemon=True)
         pump.start()
+        try:
+            return self._follow(phase_id, plan, container_id, pump)
+        except KeyboardInterrupt:
+            # Ctrl-C is a person asking to stop: the one signal that stops training.
+            self.reporter.info(f"Ctrl-C: stopping {plan.container_name} (SIGTERM, up to {plan.stop_grace:g}s grace, then SIGKILL)")
+            with _ignoring_sigint():
+                self.cancel(phase_id)
+            pump.join(timeout=5)
+            return self._result(phase_id)
+
+    def _follow(self, phase_id: int, plan: LaunchPlan, container_id: str, pump: threading.Thread) -> PhaseResult:
         started = time.monotonic()
         unreachable_since: float | None = None
         stopping = False

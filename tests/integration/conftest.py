@@ -1,0 +1,82 @@
+"""Integration tests talk to a real Docker engine and use the offline images.
+
+They are never skipped: without an engine they fail, saying how to start one
+(bash scripts/ensure-docker.sh, which .ci/run and scripts/test.sh call)."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import docker
+import pytest
+
+from runner.backends.docker import DockerBackend
+
+BASE_IMAGE = os.environ.get("RUNNER_BASE_IMAGE", "runner-base:bookworm")
+TRAINER_IMAGE = os.environ.get("RUNNER_TRAINER_IMAGE", "runner-trainer:latest")
+TEST_LABEL = "runner-test.id"
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"no Docker engine ({exc}); start one with: bash scripts/ensure-docker.sh", pytrace=False)
+    for image in (BASE_IMAGE, TRAINER_IMAGE):
+        try:
+            client.images.get(image)
+        except docker.errors.ImageNotFound:
+            pytest.fail(f"image {image} missing; build it with: bash images/build-offline.sh", pytrace=False)
+    return client
+
+
+@pytest.fixture
+def test_id(docker_client):
+    """A label value unique to this test; its containers are removed afterwards."""
+    value = uuid.uuid4().hex[:10]
+    yield value
+    for c in docker_client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={value}"}):
+        c.remove(force=True)
+
+
+@pytest.fixture
+def backend(docker_client):
+    return DockerBackend()
+
+
+@pytest.fixture
+def spec_for(tmp_path, test_id):
+    """Write a phase spec running ``command`` on the base image, labelled for cleanup."""
+
+    def make(command, name="p1", extra="", image=BASE_IMAGE, container_extra="") -> str:
+        path = tmp_path / f"{name}.yaml"
+        cmd = ", ".join(json.dumps(c) for c in command)
+        path.write_text(textwrap.dedent(f"""\
+            apiVersion: runner/v1
+            kind: Phase
+            name: {name}
+            labels: {{{TEST_LABEL}: "{test_id}"}}
+            container:
+              image: {image}
+              command: [{cmd}]
+            """) + textwrap.indent(textwrap.dedent(container_extra), "  ") + textwrap.dedent(extra))
+        return str(path)
+
+    return make
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """Run the runner CLI as a separate process, as a user would."""
+    state = tmp_path / "runs" / "runner.db"
+
+    def run(*args, env=None, **kwargs):
+        return subprocess.run([sys.executable, "-m", "runner.cli", "--state", str(state), *args],
+                              capture_output=True, text=True, env={**os.environ, **(env or {})}, **kwargs)
+
+    run.state = state
+    return run

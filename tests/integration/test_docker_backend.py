@@ -1,0 +1,133 @@
+"""The Docker backend and the engine against a real Docker engine."""
+import time
+
+import pytest
+
+from runner.engine import Engine
+from runner.errors import GpuUnavailable, ImageMissing, LaunchError
+from runner.plan import build_plan
+from runner.spec import load_spec
+from runner.store import Store
+
+from .conftest import BASE_IMAGE, TEST_LABEL
+
+
+@pytest.fixture
+def engine(tmp_path, backend):
+    return Engine(Store(tmp_path / "runs" / "runner.db"), backend, tmp_path / "runs", poll_s=0.2)
+
+
+def test_start_logs_labels_and_exit_code(engine, spec_for, docker_client, test_id):
+    spec = spec_for(["python3", "-c", "import sys; print('hello from the container'); sys.exit(3)"])
+    result = engine.apply(spec)
+    assert (result.status, result.exit_code, result.reason) == ("failed", 3, "exit code 3")
+    container = docker_client.containers.get(result.container_id)  # kept: never auto_remove
+    labels = container.labels
+    assert labels["runner.run-id"] == result.run_id
+    assert labels["runner.phase"] == "p1"
+    assert labels["runner.spec-sha256"] == load_spec(spec).sha256
+    assert labels[TEST_LABEL] == test_id
+    log = engine.runs_dir / result.run_id / "p1" / "container.log"
+    assert log.read_text() == "hello from the container\n"
+
+
+def test_success_with_mounts_env_and_workdir(engine, spec_for, tmp_path):
+    out = tmp_path / "out"
+    spec = spec_for(
+        ["python3", "-c", "import os; open('/out/x.txt','w').write(os.environ['GREETING'] + ' ' + os.getcwd())"],
+        container_extra=f"""\
+            env: {{GREETING: hi}}
+            workdir: /tmp
+            mounts: [{{source: {out}, target: /out, create: true}}]
+            """,
+    )
+    result = engine.apply(spec)
+    assert result.status == "succeeded" and result.exit_code == 0
+    assert (out / "x.txt").read_text() == "hi /tmp"
+
+
+def test_oom_is_recorded(engine, spec_for):
+    spec = spec_for(["python3", "-c", "x = bytearray(512 * 1024 * 1024); print(len(x))"], container_extra="memory: 64m\n")
+    result = engine.apply(spec)
+    row = engine.store.phase(result.phase_id)
+    assert result.status == "failed" and "out of memory" in result.reason
+    assert row["oom_killed"] is True and row["exit_code"] == 137
+
+
+def test_cancel_sends_sigterm_then_records_cancelled(engine, spec_for):
+    script = ("import signal, sys, time\n"
+              "def bye(*a):\n    print('got SIGTERM, saving', flush=True); sys.exit(0)\n"
+              "signal.signal(signal.SIGTERM, bye)\nprint('ready', flush=True)\ntime.sleep(600)\n")
+    spec = spec_for(["python3", "-u", "-c", script], container_extra="stop_grace_period: 10s\n")
+    result = engine.apply(spec, detach=True)
+    log_seen = wait_for_log(engine, result.container_id, b"ready")
+    assert log_seen
+    t0 = time.monotonic()
+    (after,) = engine.stop_run(result.run_id)
+    assert after.status == "cancelled"
+    assert time.monotonic() - t0 < 8  # the trainer left on SIGTERM, no SIGKILL wait
+    assert b"got SIGTERM, saving" in b"".join(engine.backend.logs(result.container_id))
+    assert engine.store.phase(result.phase_id)["exit_code"] == 0
+
+
+def test_stop_kills_after_grace_when_sigterm_is_ignored(engine, spec_for):
+    script = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(600)\n"
+    spec = spec_for(["python3", "-u", "-c", script], container_extra="stop_grace_period: 2s\n")
+    result = engine.apply(spec, detach=True)
+    assert wait_for_log(engine, result.container_id, b"ready")
+    t0 = time.monotonic()
+    (after,) = engine.stop_run(result.run_id)
+    elapsed = time.monotonic() - t0
+    assert after.status == "cancelled"
+    assert engine.store.phase(result.phase_id)["exit_code"] == 137
+    assert 1.5 < elapsed < 15
+
+
+def test_missing_image_names_the_build_command(engine, spec_for):
+    with pytest.raises(ImageMissing) as exc:
+        engine.apply(spec_for(["true"], image="runner-no-such-image:latest"))
+    assert "bash images/build-offline.sh" in str(exc.value)
+
+
+def test_gpu_request_without_runtime_fails_before_anything_runs(engine, spec_for, docker_client, test_id):
+    if "nvidia" in (docker_client.info().get("Runtimes") or {}):
+        pytest.fail("this test expects an engine without the NVIDIA runtime (CI has none)")
+    with pytest.raises(GpuUnavailable) as exc:
+        engine.apply(spec_for(["python3", "-c", "print('should not run')"], container_extra="gpus: 1\n"))
+    assert "no GPU runtime" in str(exc.value)
+    # Nothing ran and nothing is left behind.
+    assert docker_client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={test_id}"}) == []
+
+
+def test_bind_mount_missing_source_is_an_engine_error(backend, spec_for, tmp_path):
+    """Mount(type=bind) makes the engine refuse a missing source instead of creating it."""
+    spec = spec_for(["true"], container_extra=f"mounts: [{{source: {tmp_path}/absent, target: /x}}]\n")
+    plan = build_plan(load_spec(spec), {}, "itest", tmp_path / "runs")
+    with pytest.raises(LaunchError, match="absent"):
+        backend.launch(plan)
+    assert not (tmp_path / "absent").exists()
+
+
+def test_find_by_labels(engine, spec_for, backend):
+    result = engine.apply(spec_for(["true"]))
+    found = backend.find({"runner.run-id": result.run_id})
+    assert [c.id for c in found] == [result.container_id]
+    assert found[0].ended and found[0].exit_code == 0
+
+
+def test_second_launch_of_same_phase_is_refused(engine, spec_for, backend, tmp_path):
+    spec = spec_for(["sleep", "30"])
+    result = engine.apply(spec, detach=True)
+    plan = build_plan(load_spec(spec), {}, result.run_id, engine.runs_dir)
+    with pytest.raises(LaunchError, match="already exists"):
+        backend.launch(plan)
+    engine.stop_run(result.run_id)
+
+
+def wait_for_log(engine, container_id, needle, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if needle in b"".join(engine.backend.logs(container_id)):
+            return True
+        time.sleep(0.2)
+    return False
