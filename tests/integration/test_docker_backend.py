@@ -131,3 +131,25 @@ def wait_for_log(engine, container_id, needle, timeout=30):
             return True
         time.sleep(0.2)
     return False
+
+
+def test_reference_trainer_resumes_exactly_on_the_image_torch(engine, spec_for, tmp_path):
+    """The image carries Debian's torch 1.13; the host tests (tests/trainer) cover torch 2.x."""
+    import torch
+
+    from .conftest import TRAINER_IMAGE
+
+    out = tmp_path / "out"
+    mount = f"mounts: [{{source: {out}, target: /out, create: true}}]\n"
+    common = ["python3", "/app/train.py", "--max-steps", "20", "--save-every", "10", "--d-model", "32", "--layers", "1"]
+    full = engine.apply(spec_for(common + ["--output-dir", "/out/a", "--logdir", "/out/a/tb"], name="full",
+                                 image=TRAINER_IMAGE, container_extra=mount))
+    assert full.status == "succeeded", full.reason
+    resumed = engine.apply(spec_for(common + ["--output-dir", "/out/b", "--logdir", "/out/b/tb", "--resume", "/out/a/model_step10.pth"],
+                                    name="resumed", image=TRAINER_IMAGE, container_extra=mount))
+    assert resumed.status == "succeeded", resumed.reason
+    a = torch.load(out / "a" / "model_step20.pth", map_location="cpu")
+    b = torch.load(out / "b" / "model_step20.pth", map_location="cpu")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    log = (engine.runs_dir / resumed.run_id / "resumed" / "container.log").read_text()
+    assert "torch 1.13" in log

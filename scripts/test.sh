@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test suite, as CI runs it: engine, images, install, then pytest
+# (unit tests and integration tests against the real Docker engine).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/ensure-docker.sh
+bash images/build-offline.sh
+bash scripts/install.sh
+exec .venv/bin/python -m pytest -q "$@"

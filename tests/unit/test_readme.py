@@ -1,0 +1,23 @@
+"""The README's spec reference names every field of the schema, and its commands are the ones CI runs."""
+import re
+
+from runner.spec.models import Container, Mount, Phase
+from tests.conftest import REPO
+
+README = (REPO / "README.md").read_text()
+
+
+def test_every_spec_field_is_documented():
+    for prefix, model in (("", Phase), ("container.", Container), ("container.mounts[]", Mount)):
+        for name, field in model.model_fields.items():
+            key = field.alias or name
+            if model is Mount:
+                assert f"`{key}`" in README.split("container.mounts[]")[1].split("\n")[0], key
+            else:
+                assert f"| `{prefix}{key}` |" in README, f"{prefix}{key} missing from the spec reference"
+
+
+def test_ci_runs_the_readme_test_command():
+    commands = re.findall(r"```bash\n(.*?)\n```", README, re.S)
+    assert commands[:2] == ["bash scripts/quickstart.sh", "bash scripts/test.sh"]
+    assert "bash scripts/test.sh" in (REPO / ".ci" / "run").read_text()
