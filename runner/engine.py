@@ -1,11 +1,12 @@
-"""The engine: runs one phase from spec to recorded outcome.
+"""The engine: runs phases from spec to recorded outcome, and chains them.
 
 The CLI and the daemon call the same methods.  Every transition is written to
 the store before its side effect; containers carry labels and deterministic
 names, so a restarted runner can tell what already happened.
 
 A phase ends in exactly one recorded status:
-  succeeded / failed (exit code, OOM, timeout) / cancelled (Ctrl-C, runner stop)
+  succeeded / failed / inconclusive (the verdict on an ended container)
+  / cancelled (Ctrl-C, runner stop) / blocked (a precondition is unmet)
   / error (the engine refused: image missing, no GPU runtime, ...) / lost.
 Losing the terminal (SIGHUP) or the runner process never stops a container:
 the phase is recorded *detached* and can be picked up again.
@@ -20,19 +21,25 @@ import secrets
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
+from runner import chain, preconditions
 from runner.backends.base import Backend, ContainerState
-from runner.errors import ContainerNotFound, EngineUnavailable, LaunchError, RunnerError
-from runner.plan import LaunchPlan, build_plan
-from runner.spec import load_spec
+from runner.criteria import Trip, verdict as judge_verdict
+from runner.errors import ContainerNotFound, EngineUnavailable, ImageMissing, LaunchError, RunnerError, SpecError
+from runner.outputs import phase_outputs
+from runner.plan import LaunchPlan, launch_plan, merge_inputs, resolve
+from runner.spec import LoadedSpec, load_spec
+from runner.spec.models import Phase
 from runner.store import ACTIVE, Store
+from runner.supervision import Supervision, abs_path
 from runner.units import format_duration
 
 POLL_S = 0.5
 ENGINE_RETRY_S = 120.0  # how long supervision rides out an unreachable engine before detaching
+STATUS_OF_VERDICT = {"success": "succeeded", "failure": "failed", "inconclusive": "inconclusive"}
 
 
 class Reporter(Protocol):
@@ -41,6 +48,7 @@ class Reporter(Protocol):
     def info(self, message: str) -> None: ...
     def log_line(self, line: str) -> None: ...
     def progress(self, text: str) -> None: ...
+    def live(self, phase: str, view: dict) -> None: ...
 
 
 class QuietReporter:
@@ -53,6 +61,9 @@ class QuietReporter:
     def progress(self, text: str) -> None:
         pass
 
+    def live(self, phase: str, view: dict) -> None:
+        pass
+
 
 @dataclass
 class PhaseResult:
@@ -63,6 +74,18 @@ class PhaseResult:
     reason: str = ""
     exit_code: int | None = None
     container_id: str | None = None
+    verdict: str | None = None
+    decision: chain.Decision | None = None
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    phases: list[PhaseResult] = field(default_factory=list)
+
+    @property
+    def last(self) -> PhaseResult:
+        return self.phases[-1]
 
 
 @contextlib.contextmanager
@@ -99,25 +122,93 @@ class Engine:
             self._backend = self._backend()
         return self._backend  # type: ignore[return-value]
 
-    # ------------------------------------------------------------------ apply
+    # ------------------------------------------------------------------ apply and chain
 
-    def apply(self, spec_path: str | Path, inputs: dict[str, str] | None = None, detach: bool = False) -> PhaseResult:
-        """Validate, plan, launch and (unless ``detach``) supervise one phase to its end."""
+    def apply(self, spec_path: str | Path, inputs: dict[str, str] | None = None, detach: bool = False) -> RunResult:
+        """Run a spec and, unless ``detach``, every phase its `next:` rules chain after it."""
         loaded = load_spec(spec_path)
         run_id = new_run_id()
-        plan = build_plan(loaded, inputs or {}, run_id, self.runs_dir)
+        phase, plan, merged = self._plan(loaded, inputs or {}, run_id)  # spec errors: no run is created
         self.store.create_run(run_id, str(loaded.path))
+        run = RunResult(run_id)
+        fired: dict[tuple[str, int], int] = {}
+        while True:
+            result = self.run_phase(run_id, loaded, phase, plan, merged, detach=detach, fired=fired)
+            run.phases.append(result)
+            d = result.decision
+            if detach or d is None or d.spec is None:
+                return run
+            key = (str(loaded.path), d.rule)
+            fired[key] = fired.get(key, 0) + 1
+            try:
+                loaded = load_spec(d.spec)
+                phase, plan, merged = self._plan(loaded, d.inputs, run_id)
+            except SpecError as exc:
+                self.store.event(run_id, result.phase_id, "chain.error", f"next spec {d.spec} is invalid:\n{exc}")
+                raise
+
+    def _plan(self, loaded: LoadedSpec, inputs: dict[str, str], run_id: str) -> tuple[Phase, LaunchPlan, dict]:
+        merged = merge_inputs(loaded, inputs)
+        phase = resolve(loaded, merged, run_id, self.runs_dir)
+        return phase, launch_plan(phase, loaded, merged, run_id, self.runs_dir), merged
+
+    def run_phase(self, run_id: str, loaded: LoadedSpec, phase: Phase, plan: LaunchPlan, inputs: dict,
+                  detach: bool = False, fired: dict | None = None) -> PhaseResult:
         phase_id = self.store.add_phase(
             run_id, plan.phase, str(loaded.path), loaded.sha256, plan.inputs,
             container_name=plan.container_name, log_path=str(Path(plan.phase_dir) / "container.log"),
-            plan_json=json.dumps(dataclasses.asdict(plan)),
+            plan_json=json.dumps(dataclasses.asdict(plan)), phase_json=phase.model_dump_json(by_alias=True),
         )
         self.reporter.info(f"run {run_id}: phase {plan.phase} ({plan.image})")
+        blocked = self._preconditions(run_id, phase_id, phase, plan, loaded.folder)
+        if blocked:
+            self.store.transition(phase_id, "blocked", blocked, finished_at=time.time(), decision="blocked: the chain ends")
+            return self._result(phase_id)
         container_id = self.launch(phase_id, plan)
         if detach:
             self.reporter.info(f"detached: container {container_id[:12]} runs on; follow with `runner logs {run_id} -f`")
             return self._result(phase_id)
-        return self.supervise(phase_id, plan, container_id)
+        sup = Supervision(phase, loaded.folder)
+        result = self.supervise(phase_id, plan, container_id, sup)
+        if result.status in ("succeeded", "failed", "inconclusive") and result.verdict:
+            return self._decide(phase_id, phase, loaded, sup, inputs, fired or {})
+        return result
+
+    def _preconditions(self, run_id: str, phase_id: int, phase: Phase, plan: LaunchPlan, folder: Path) -> str:
+        """'' when every precondition is met, else the reasons (each check is recorded)."""
+        if not phase.preconditions:
+            return ""
+
+        def image_present() -> bool:
+            try:
+                self.backend.check_image(plan.image)
+                return True
+            except ImageMissing:
+                return False
+
+        earlier = {p["name"]: p for p in self.store.phases(run_id) if p["id"] != phase_id}
+        unmet = []
+        for pre in phase.preconditions:
+            ok, text = preconditions.check(pre, preconditions.resolver(folder), gpus=plan.gpus,
+                                           image_present=image_present, previous=earlier.get)
+            self.store.event(run_id, phase_id, "precondition." + ("met" if ok else "unmet"), text)
+            if not ok:
+                unmet.append(text)
+        return "; ".join(unmet)
+
+    def _decide(self, phase_id: int, phase: Phase, loaded: LoadedSpec, sup: Supervision, inputs: dict, fired: dict) -> PhaseResult:
+        row = self.store.phase(phase_id)
+        counts = {rule: n for (spec, rule), n in fired.items() if spec == str(loaded.path)}
+        d = chain.decide(phase.next, row["verdict"], sup.metrics, {**row["outputs"], "name": row["name"]}, inputs,
+                         {"id": row["run_id"], "dir": str(self.runs_dir / row["run_id"])}, loaded.folder, counts)
+        self.store.update(phase_id, decision=d.reason)
+        self.store.event(row["run_id"], phase_id, "chain.decision", d.reason, {"next": d.spec, "inputs": d.inputs})
+        self.reporter.info(f"next: {d.reason}")
+        result = self._result(phase_id)
+        result.decision = d
+        return result
+
+    # ------------------------------------------------------------------ launch
 
     def launch(self, phase_id: int, plan: LaunchPlan) -> str:
         """Preflight, record ``launching``, create+start the container, record ``running``.
@@ -151,14 +242,15 @@ class Engine:
 
     # ------------------------------------------------------------------ supervise
 
-    def supervise(self, phase_id: int, plan: LaunchPlan, container_id: str) -> PhaseResult:
-        """Follow a running container to its end: logs to container.log and the reporter,
-        timeout, stop requests, detach requests.  Returns the recorded outcome."""
+    def supervise(self, phase_id: int, plan: LaunchPlan, container_id: str, sup: Supervision | None = None) -> PhaseResult:
+        """Follow a running container to its end: logs, metrics, guards, criteria, timeout, stop and
+        detach requests.  Returns the recorded outcome."""
+        sup = sup or Supervision(Phase.model_validate(json.loads(self.store.phase(phase_id)["phase_json"])), "/")
         log_path = Path(plan.phase_dir) / "container.log"
-        pump = threading.Thread(target=self._pump_logs, args=(container_id, log_path), daemon=True)
+        pump = threading.Thread(target=self._pump_logs, args=(container_id, log_path, sup), daemon=True)
         pump.start()
         try:
-            return self._follow(phase_id, plan, container_id, pump)
+            return self._follow(phase_id, plan, container_id, pump, sup)
         except KeyboardInterrupt:
             # Ctrl-C is a person asking to stop: the one signal that stops training.
             self.reporter.info(f"Ctrl-C: stopping {plan.container_name} (SIGTERM, up to {plan.stop_grace:g}s grace, then SIGKILL)")
@@ -167,10 +259,12 @@ class Engine:
             pump.join(timeout=5)
             return self._result(phase_id)
 
-    def _follow(self, phase_id: int, plan: LaunchPlan, container_id: str, pump: threading.Thread) -> PhaseResult:
+    def _follow(self, phase_id: int, plan: LaunchPlan, container_id: str, pump: threading.Thread, sup: Supervision) -> PhaseResult:
         started = time.monotonic()
         unreachable_since: float | None = None
         stopping = False
+        interval = sup.phase.metrics.poll_interval if sup.phase.metrics else 1.0
+        next_poll = 0.0
         while True:
             if self.detach_requested.is_set():
                 self.store.transition(phase_id, "detached", "runner left; the container keeps running", expect=ACTIVE)
@@ -193,6 +287,21 @@ class Engine:
             if state.ended:
                 break
             elapsed = time.monotonic() - started
+            if time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + interval
+                self._poll_metrics(plan, phase_id, sup)
+                if not stopping and sup.clock():
+                    stopping = True
+                    self.store.event(plan.run_id, phase_id, "guard.tripped", f"guard {sup.trip.guard} tripped: {sup.trip.reason}",
+                                     {"step": sup.trip.step})
+                    self.reporter.info(f"guard {sup.trip.guard} tripped: {sup.trip.reason}; stopping the container")
+                    self._stop_async(container_id, plan.stop_grace)
+                elif not stopping and sup.phase.success and sup.phase.success.stop_when_met and sup.criteria_met():
+                    stopping = sup.met_early = True
+                    self.store.event(plan.run_id, phase_id, "criteria.met", "success criteria met; stopping early")
+                    self.reporter.info("success criteria met (stop_when_met); stopping the container")
+                    self._stop_async(container_id, plan.stop_grace)
+                self.reporter.live(plan.phase, {**sup.view(), "state": state.status})
             if plan.timeout is not None and elapsed > plan.timeout and not stopping:
                 stopping = True
                 self.store.event(plan.run_id, phase_id, "phase.timeout", f"timeout {format_duration(plan.timeout)} reached; stopping")
@@ -201,24 +310,62 @@ class Engine:
             self.reporter.progress(f"{format_duration(elapsed)}  {plan.phase}  {state.status}")
             time.sleep(self.poll_s)
         pump.join(timeout=10)
-        return self.finish(phase_id, state)
+        self._poll_metrics(plan, phase_id, sup)  # what was written just before the end
+        return self.finish(phase_id, state, sup)
 
-    def finish(self, phase_id: int, state: ContainerState) -> PhaseResult:
+    def _poll_metrics(self, plan: LaunchPlan, phase_id: int, sup: Supervision) -> None:
+        new = sup.poll()
+        if new:
+            self.store.save_metrics(phase_id, new, sup.sources.offsets())
+        for problem in sup.sources.problems():
+            self.store.event(plan.run_id, phase_id, "metrics.problem", problem)
+
+    def finish(self, phase_id: int, state: ContainerState, sup: Supervision | None = None) -> PhaseResult:
         """Record the outcome of an ended container, once (a second caller changes nothing)."""
         row = self.store.phase(phase_id)
+        if row["status"] not in ACTIVE:
+            return self._result(phase_id)
+        phase = Phase.model_validate(json.loads(row["phase_json"] or "{}")) if row["phase_json"] not in ("", "{}") else None
+        folder = Path(row["spec_path"]).parent
+        if sup is None and phase is not None:
+            sup = Supervision(phase, folder)
+            self._poll_metrics_quiet(sup)
         if row["stop_requested"]:
-            status, reason = "cancelled", "stopped on request"
-        elif row["reason"].startswith("timeout"):
-            status, reason = "failed", row["reason"]
-        elif state.oom_killed:
-            status, reason = "failed", "killed: out of memory (the container hit its memory limit)"
-        elif state.exit_code == 0:
-            status, reason = "succeeded", "exit code 0"
+            status, reason, v = "cancelled", "stopped on request", None
         else:
-            status, reason = "failed", f"exit code {state.exit_code}" + (f": {state.error}" if state.error else "")
-        self.store.transition(phase_id, status, reason, expect=ACTIVE, exit_code=state.exit_code,
-                              oom_killed=int(state.oom_killed), finished_at=time.time())
+            exit_ok = state.exit_code == 0 and not state.oom_killed
+            if row["reason"].startswith("timeout"):
+                exit_reason = row["reason"]
+                exit_ok = False
+            elif state.oom_killed:
+                exit_reason = "killed: out of memory (the container hit its memory limit)"
+            else:
+                exit_reason = f"exit code {state.exit_code}" + (f": {state.error}" if state.error else "")
+            trip: Trip | None = sup.trip if sup else None
+            success = phase.success if phase else None
+            v = judge_verdict(exit_ok, exit_reason, trip, success, sup.metrics if sup else _empty(),
+                              met_early=bool(sup and sup.met_early))
+            status = STATUS_OF_VERDICT[v.verdict]
+            reason = v.reasons[0]
+            if not exit_ok and trip is None and not (sup and sup.met_early):
+                reason = exit_reason
+        fields = dict(exit_code=state.exit_code, oom_killed=int(state.oom_killed), finished_at=time.time())
+        if v is not None:
+            ckpt = phase.checkpoints if phase else None
+            outputs = phase_outputs(row["log_path"] and str(Path(row["log_path"]).parent), v.verdict,
+                                    sup.metrics if sup else _empty(), ckpt, abs_path(folder, ckpt.dir) if ckpt else None)
+            fields.update(verdict=v.verdict, explanation=v.explanation(), outputs_json=json.dumps(outputs),
+                          judgement_json=json.dumps(v.judgement.as_dict() if v.judgement else None))
+        self.store.transition(phase_id, status, reason, expect=ACTIVE, **fields)
+        if v is not None:
+            self.reporter.info(f"verdict: {v.verdict}\n" + v.explanation())
         return self._result(phase_id)
+
+    def _poll_metrics_quiet(self, sup: Supervision) -> None:
+        try:
+            sup.poll()
+        except OSError:
+            pass
 
     def _stop_async(self, container_id: str, grace: float) -> None:
         threading.Thread(target=self._stop_quietly, args=(container_id, grace), daemon=True).start()
@@ -229,8 +376,8 @@ class Engine:
         except RunnerError as exc:
             self.reporter.info(f"stop failed: {exc}")
 
-    def _pump_logs(self, container_id: str, log_path: Path) -> None:
-        """Copy the container's output to container.log and to the reporter, line by line."""
+    def _pump_logs(self, container_id: str, log_path: Path, sup: Supervision | None = None) -> None:
+        """Copy the container's output to container.log, the reporter and the stdout metric parser."""
         partial = b""
         try:
             with open(log_path, "ab") as out:
@@ -240,11 +387,16 @@ class Engine:
                     lines = (partial + chunk).split(b"\n")
                     partial = lines.pop()
                     for line in lines:
-                        self.reporter.log_line(line.decode("utf-8", "replace"))
+                        self._line(line.decode("utf-8", "replace"), sup)
                 if partial:
-                    self.reporter.log_line(partial.decode("utf-8", "replace"))
+                    self._line(partial.decode("utf-8", "replace"), sup)
         except RunnerError as exc:
             self.reporter.info(f"log stream ended: {exc}")
+
+    def _line(self, text: str, sup: Supervision | None) -> None:
+        self.reporter.log_line(text)
+        if sup is not None:
+            sup.feed_line(text)
 
     # ------------------------------------------------------------------ cancel, stop, refresh
 
@@ -286,4 +438,11 @@ class Engine:
 
     def _result(self, phase_id: int) -> PhaseResult:
         row = self.store.phase(phase_id)
-        return PhaseResult(row["run_id"], phase_id, row["name"], row["status"], row["reason"], row["exit_code"], row["container_id"])
+        return PhaseResult(row["run_id"], phase_id, row["name"], row["status"], row["reason"], row["exit_code"],
+                           row["container_id"], row["verdict"])
+
+
+def _empty():
+    from runner.metrics.series import MetricSet
+
+    return MetricSet()

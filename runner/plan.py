@@ -110,7 +110,8 @@ def resolve(loaded: LoadedSpec, inputs: dict[str, object], run_id: str, runs_dir
 
     data = loaded.doc.data
     resolved = dict(data)
-    resolved.update({k: interpolate.walk_strings(v, sub, (k,)) for k, v in data.items() if k != "inputs"})
+    # `next:` rules are resolved when the phase has ended (they use its outputs).
+    resolved.update({k: interpolate.walk_strings(v, sub, (k,)) for k, v in data.items() if k not in ("inputs", "next")})
     if problems:
         raise SpecError(problems)
     try:
@@ -122,7 +123,11 @@ def resolve(loaded: LoadedSpec, inputs: dict[str, object], run_id: str, runs_dir
 def build_plan(loaded: LoadedSpec, given_inputs: dict[str, str], run_id: str, runs_dir: Path | str) -> LaunchPlan:
     """Pure: the exact launch request for one phase of one run."""
     inputs = merge_inputs(loaded, given_inputs)
-    phase = resolve(loaded, inputs, run_id, runs_dir)
+    return launch_plan(resolve(loaded, inputs, run_id, runs_dir), loaded, inputs, run_id, runs_dir)
+
+
+def launch_plan(phase: Phase, loaded: LoadedSpec, inputs: dict[str, object], run_id: str, runs_dir: Path | str) -> LaunchPlan:
+    """Pure: the launch request for an already resolved phase."""
     c = phase.container
     folder = str(loaded.folder)
     mounts = tuple(

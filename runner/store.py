@@ -18,7 +18,7 @@ from typing import Any, Iterator
 from runner.errors import NotFound, Permanent
 
 SCHEMA_VERSION = 1
-TERMINAL = frozenset({"blocked", "succeeded", "failed", "cancelled", "error", "lost"})
+TERMINAL = frozenset({"blocked", "succeeded", "failed", "inconclusive", "cancelled", "error", "lost"})
 ACTIVE = frozenset({"pending", "launching", "running", "detached"})
 
 _SCHEMA = """
@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS phases (
     spec_sha256    TEXT NOT NULL,
     inputs_json    TEXT NOT NULL DEFAULT '{}',
     plan_json      TEXT NOT NULL DEFAULT '{}',
+    phase_json     TEXT NOT NULL DEFAULT '{}',
     container_name TEXT,
     container_id   TEXT,
     log_path       TEXT,
@@ -44,6 +45,11 @@ CREATE TABLE IF NOT EXISTS phases (
     exit_code      INTEGER,
     oom_killed     INTEGER,
     stop_requested INTEGER NOT NULL DEFAULT 0,
+    verdict        TEXT,
+    explanation    TEXT NOT NULL DEFAULT '',
+    judgement_json TEXT NOT NULL DEFAULT 'null',
+    outputs_json   TEXT NOT NULL DEFAULT '{}',
+    decision       TEXT NOT NULL DEFAULT '',
     created_at     REAL NOT NULL,
     started_at     REAL,
     finished_at    REAL,
@@ -58,13 +64,28 @@ CREATE TABLE IF NOT EXISTS events (
     message   TEXT NOT NULL,
     data_json TEXT NOT NULL DEFAULT '{}'
 );
+CREATE TABLE IF NOT EXISTS metric_points (
+    phase_id INTEGER NOT NULL,
+    name     TEXT NOT NULL,
+    step     INTEGER NOT NULL,
+    value    REAL,
+    wall     REAL NOT NULL,
+    PRIMARY KEY (phase_id, name, step)
+);
+CREATE TABLE IF NOT EXISTS source_offsets (
+    phase_id INTEGER NOT NULL,
+    file     TEXT NOT NULL,
+    offset   INTEGER NOT NULL,
+    PRIMARY KEY (phase_id, file)
+);
 CREATE INDEX IF NOT EXISTS events_run ON events(run_id, id);
 CREATE INDEX IF NOT EXISTS phases_status ON phases(status);
 """
 
 PHASE_FIELDS = {
     "container_name", "container_id", "log_path", "exit_code", "oom_killed", "stop_requested",
-    "started_at", "finished_at", "plan_json", "reason",
+    "started_at", "finished_at", "plan_json", "phase_json", "reason", "verdict", "explanation", "judgement_json", "outputs_json",
+    "decision",
 }
 
 
@@ -149,7 +170,38 @@ class Store:
         with self.tx() as db:
             _event(db, run_id, phase_id, kind, message, data or {})
 
+    def save_metrics(self, phase_id: int, points: dict, offsets: dict[str, int]) -> None:
+        """New metric points (newest write wins per step) and source offsets, in one transaction,
+        so a restarted runner resumes reading where the points end."""
+        with self.tx() as db:
+            for name, (steps, values, walls) in points.items():
+                db.executemany(
+                    "INSERT INTO metric_points (phase_id, name, step, value, wall) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT (phase_id, name, step) DO UPDATE SET value = excluded.value, wall = excluded.wall"
+                    " WHERE excluded.wall >= metric_points.wall",
+                    [(phase_id, name, int(s), _real(v), float(w)) for s, v, w in zip(steps.tolist(), values.tolist(), walls.tolist())],
+                )
+            db.executemany(
+                "INSERT INTO source_offsets (phase_id, file, offset) VALUES (?, ?, ?)"
+                " ON CONFLICT (phase_id, file) DO UPDATE SET offset = excluded.offset",
+                [(phase_id, f, o) for f, o in offsets.items()],
+            )
+
     # ------------------------------------------------------------------ reads
+
+    def metric_points(self, phase_id: int) -> dict[str, list[tuple[int, float, float]]]:
+        with self._lock:
+            rows = self.db.execute("SELECT name, step, value, wall FROM metric_points WHERE phase_id = ? ORDER BY name, step",
+                                   (phase_id,)).fetchall()
+        out: dict[str, list] = {}
+        for r in rows:
+            out.setdefault(r["name"], []).append((r["step"], float("nan") if r["value"] is None else r["value"], r["wall"]))
+        return out
+
+    def offsets(self, phase_id: int) -> dict[str, int]:
+        with self._lock:
+            rows = self.db.execute("SELECT file, offset FROM source_offsets WHERE phase_id = ?", (phase_id,)).fetchall()
+        return {r["file"]: r["offset"] for r in rows}
 
     def resolve_run(self, ref: str | None) -> str:
         """A run id from an exact id, a unique prefix, or None for the newest run."""
@@ -228,9 +280,16 @@ def _event(db: sqlite3.Connection, run_id: str, phase_id: int | None, kind: str,
     )
 
 
+def _real(v: float) -> float | None:
+    # SQLite stores NaN as NULL; infinities are kept.
+    return None if v != v else v
+
+
 def _phase_dict(row: sqlite3.Row) -> dict[str, Any]:
     d = dict(row)
     d["inputs"] = json.loads(d.pop("inputs_json") or "{}")
+    d["outputs"] = json.loads(d.pop("outputs_json") or "{}")
+    d["judgement"] = json.loads(d.pop("judgement_json") or "null")
     d["oom_killed"] = None if d["oom_killed"] is None else bool(d["oom_killed"])
     d["stop_requested"] = bool(d["stop_requested"])
     return d

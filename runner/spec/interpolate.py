@@ -4,6 +4,9 @@ Namespaces known when a phase is planned:
   inputs.NAME   the phase's inputs (spec defaults, overridden by --input / a chain's `with:`)
   run.id        the run id;  run.dir  the run's folder under runs/
   phase.name    the phase name;  phase.dir  the phase's folder runs/RUN/PHASE (created by runner)
+Known only when the phase has ended, so only in `next:` rules:
+  phase.verdict, phase.best_checkpoint, phase.last_checkpoint
+  metrics.NAME.STAT   a metric summary: last, last_step, min, max, mean, count
 
 Substitution is plain text replacement into a string; nothing is ever evaluated
 or handed to a shell.
@@ -14,7 +17,14 @@ import re
 from typing import Any, Callable
 
 REF_RE = re.compile(r"\$\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}")
-NAMESPACES: dict[str, set[str] | None] = {"inputs": None, "run": {"id", "dir"}, "phase": {"name", "dir"}}
+NAMESPACES: dict[str, set[str] | None] = {
+    "inputs": None,
+    "run": {"id", "dir"},
+    "phase": {"name", "dir", "verdict", "best_checkpoint", "last_checkpoint"},
+    "metrics": None,
+}
+OUTPUTS = {("phase", "verdict"), ("phase", "best_checkpoint"), ("phase", "last_checkpoint")}
+STATS = {"last", "last_step", "min", "max", "mean", "count"}
 
 
 def references(text: str) -> list[tuple[str, str]]:
@@ -22,10 +32,17 @@ def references(text: str) -> list[tuple[str, str]]:
     return [(m.group(1), m.group(2)) for m in REF_RE.finditer(text)]
 
 
-def check_reference(namespace: str, key: str, declared_inputs: set[str]) -> str | None:
-    """A message if the reference can never resolve, else None."""
+def check_reference(namespace: str, key: str, declared_inputs: set[str], in_next: bool = False) -> str | None:
+    """A message if the reference can never resolve, else None.  ``in_next``: inside a `next:` rule,
+    where the ended phase's outputs are known."""
     if namespace not in NAMESPACES:
         return f"unknown namespace in ${{{{ {namespace}.{key} }}}}; known: {', '.join(sorted(NAMESPACES))}"
+    if (namespace, key) in OUTPUTS or namespace == "metrics":
+        if not in_next:
+            return f"${{{{ {namespace}.{key} }}}} is known only when the phase has ended: use it in next: rules"
+        if namespace == "metrics" and key.rsplit(".", 1)[-1] not in STATS:
+            return f"${{{{ metrics.{key} }}}}: write metrics.NAME.STAT with STAT one of {', '.join(sorted(STATS))}"
+        return None
     if namespace == "inputs" and key not in declared_inputs:
         known = ", ".join(sorted(declared_inputs)) or "none declared"
         return f"${{{{ inputs.{key} }}}} is not declared under inputs: ({known})"

@@ -262,7 +262,7 @@ def reference_problems(doc: Document, file: str) -> list[Problem]:
 
     def check(text: str, path: Loc) -> str:
         for ns, key in interpolate.references(text):
-            msg = interpolate.check_reference(ns, key, declared)
+            msg = interpolate.check_reference(ns, key, declared, in_next=bool(path) and path[0] == "next")
             if msg:
                 line, col = doc.position(path)
                 out.append(Problem(file, line, col, dotted(path), msg))

@@ -11,17 +11,13 @@ import posixpath
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from runner.spec.criteria_models import Checkpoints, Guard, Metrics, NextRule, Precondition, Success
+from runner.spec.models_base import Model
 from runner.spec.types import Argv, Duration, GpuRequest, InputValue, Size, TextMap
 
 NAME_RE = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
-
-
-class Model(BaseModel):
-    """Base of every spec model: unknown fields are errors, names are as written."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
 
 class Mount(Model):
@@ -77,6 +73,12 @@ class Phase(Model):
     container: Container = Field(description="The container that does the work.")
     labels: TextMap = Field(default_factory=dict, description="Extra labels put on the container (runner.* is reserved).")
     timeout: Duration | None = Field(None, description="Wall-clock limit of the phase, e.g. 3h. On expiry the container is stopped and the phase fails.")
+    preconditions: list[Precondition] = Field(default_factory=list, description="Checks before launch; an unmet one records the phase blocked and launches nothing.")
+    metrics: Metrics | None = Field(None, description="Where the trainer's metrics are read from while it runs.")
+    checkpoints: Checkpoints | None = Field(None, description="The trainer's checkpoint folder, for phase.best_checkpoint / phase.last_checkpoint.")
+    guards: list[Guard] = Field(default_factory=list, description="Checks that stop the run early (NaN, divergence, stall, missing metric, timeout, max steps).")
+    success: Success | None = Field(None, description="Criteria giving the verdict. Without them: success if the container exits 0.")
+    next: list[NextRule] = Field(default_factory=list, description="Ordered rules; the first that matches the verdict or criteria chains the next spec.")
 
     @field_validator("inputs")
     @classmethod

@@ -80,3 +80,48 @@ Size = Annotated[
     WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[kKmMgGtTpP]?[iI]?[bB]?\s*$"}, {"type": "integer", "minimum": 0}]}),
 ]
 InputValue = Union[str, int, float, bool, None]
+
+
+_TEMPLATE = r"^\s*\$\{\{[^}]*\}\}\s*$"
+Template = Annotated[str, Field(pattern=_TEMPLATE)]
+# A number, or a ${{ }} reference that resolves to one when the run is planned.
+Number = Union[float, Template]
+
+
+def _percent_or_number(value: object) -> object:
+    if isinstance(value, str) and value.strip().endswith("%") and "${{" not in value:
+        try:
+            return {"relative": float(value.strip()[:-1]) / 100.0}
+        except ValueError:
+            raise ValueError(f"expected a percentage such as '20%' or an absolute number, got {value!r}") from None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return {"absolute": float(value)}
+    return value
+
+
+def _step_window(value: object) -> object:
+    """'500 steps' / '5 evals' / '10m' / 500 → {'steps': 500} / {'evals': 5} / {'seconds': 600}."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a window such as '500 steps', '5 evals' or '10m', got {value!r}")
+    if isinstance(value, int):
+        return {"steps": value}
+    if isinstance(value, str):
+        text = value.strip()
+        parts = text.split()
+        if len(parts) == 2 and parts[0].isdigit() and parts[1] in ("step", "steps"):
+            return {"steps": int(parts[0])}
+        if len(parts) == 2 and parts[0].isdigit() and parts[1] in ("eval", "evals", "evaluations", "points"):
+            return {"evals": int(parts[0])}
+        try:
+            return {"seconds": parse_duration(text)}
+        except ValueError:
+            pass
+    if isinstance(value, dict):
+        return value
+    raise ValueError(f"expected a window such as '500 steps', '5 evals' or '10m', got {value!r}")
+
+
+Margin = Annotated[dict[str, float], BeforeValidator(_percent_or_number),
+                   WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\s*-?\d+(\.\d+)?\s*%\s*$"}, {"type": "number"}]})]
+StepWindow = Annotated[dict[str, float], BeforeValidator(_step_window),
+                       WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "integer", "minimum": 1}]})]

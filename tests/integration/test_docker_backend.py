@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from runner.engine import Engine
+from runner.engine import Engine, QuietReporter
 from runner.errors import GpuUnavailable, ImageMissing, LaunchError
 from runner.plan import build_plan
 from runner.spec import load_spec
@@ -19,7 +19,7 @@ def engine(tmp_path, backend):
 
 def test_start_logs_labels_and_exit_code(engine, spec_for, docker_client, test_id):
     spec = spec_for(["python3", "-c", "import sys; print('hello from the container'); sys.exit(3)"])
-    result = engine.apply(spec)
+    result = engine.apply(spec).last
     assert (result.status, result.exit_code, result.reason) == ("failed", 3, "exit code 3")
     container = docker_client.containers.get(result.container_id)  # kept: never auto_remove
     labels = container.labels
@@ -41,14 +41,14 @@ def test_success_with_mounts_env_and_workdir(engine, spec_for, tmp_path):
             mounts: [{{source: {out}, target: /out, create: true}}]
             """,
     )
-    result = engine.apply(spec)
+    result = engine.apply(spec).last
     assert result.status == "succeeded" and result.exit_code == 0
     assert (out / "x.txt").read_text() == "hi /tmp"
 
 
 def test_oom_is_recorded(engine, spec_for):
     spec = spec_for(["python3", "-c", "x = bytearray(512 * 1024 * 1024); print(len(x))"], container_extra="memory: 64m\n")
-    result = engine.apply(spec)
+    result = engine.apply(spec).last
     row = engine.store.phase(result.phase_id)
     assert result.status == "failed" and "out of memory" in result.reason
     assert row["oom_killed"] is True and row["exit_code"] == 137
@@ -59,7 +59,7 @@ def test_cancel_sends_sigterm_then_records_cancelled(engine, spec_for):
               "def bye(*a):\n    print('got SIGTERM, saving', flush=True); sys.exit(0)\n"
               "signal.signal(signal.SIGTERM, bye)\nprint('ready', flush=True)\ntime.sleep(600)\n")
     spec = spec_for(["python3", "-u", "-c", script], container_extra="stop_grace_period: 10s\n")
-    result = engine.apply(spec, detach=True)
+    result = engine.apply(spec, detach=True).last
     log_seen = wait_for_log(engine, result.container_id, b"ready")
     assert log_seen
     t0 = time.monotonic()
@@ -73,7 +73,7 @@ def test_cancel_sends_sigterm_then_records_cancelled(engine, spec_for):
 def test_stop_kills_after_grace_when_sigterm_is_ignored(engine, spec_for):
     script = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(600)\n"
     spec = spec_for(["python3", "-u", "-c", script], container_extra="stop_grace_period: 2s\n")
-    result = engine.apply(spec, detach=True)
+    result = engine.apply(spec, detach=True).last
     assert wait_for_log(engine, result.container_id, b"ready")
     t0 = time.monotonic()
     (after,) = engine.stop_run(result.run_id)
@@ -109,7 +109,7 @@ def test_bind_mount_missing_source_is_an_engine_error(backend, spec_for, tmp_pat
 
 
 def test_find_by_labels(engine, spec_for, backend):
-    result = engine.apply(spec_for(["true"]))
+    result = engine.apply(spec_for(["true"])).last
     found = backend.find({"runner.run-id": result.run_id})
     assert [c.id for c in found] == [result.container_id]
     assert found[0].ended and found[0].exit_code == 0
@@ -117,7 +117,7 @@ def test_find_by_labels(engine, spec_for, backend):
 
 def test_second_launch_of_same_phase_is_refused(engine, spec_for, backend, tmp_path):
     spec = spec_for(["sleep", "30"])
-    result = engine.apply(spec, detach=True)
+    result = engine.apply(spec, detach=True).last
     plan = build_plan(load_spec(spec), {}, result.run_id, engine.runs_dir)
     with pytest.raises(LaunchError, match="already exists"):
         backend.launch(plan)
@@ -143,10 +143,10 @@ def test_reference_trainer_resumes_exactly_on_the_image_torch(engine, spec_for, 
     mount = f"mounts: [{{source: {out}, target: /out, create: true}}]\n"
     common = ["python3", "/app/train.py", "--max-steps", "20", "--save-every", "10", "--d-model", "32", "--layers", "1"]
     full = engine.apply(spec_for(common + ["--output-dir", "/out/a", "--logdir", "/out/a/tb"], name="full",
-                                 image=TRAINER_IMAGE, container_extra=mount))
+                                 image=TRAINER_IMAGE, container_extra=mount)).last.last
     assert full.status == "succeeded", full.reason
     resumed = engine.apply(spec_for(common + ["--output-dir", "/out/b", "--logdir", "/out/b/tb", "--resume", "/out/a/model_step10.pth"],
-                                    name="resumed", image=TRAINER_IMAGE, container_extra=mount))
+                                    name="resumed", image=TRAINER_IMAGE, container_extra=mount)).last.last
     assert resumed.status == "succeeded", resumed.reason
     a = torch.load(out / "a" / "model_step20.pth", map_location="cpu")
     b = torch.load(out / "b" / "model_step20.pth", map_location="cpu")

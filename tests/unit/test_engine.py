@@ -4,13 +4,13 @@ import threading
 import pytest
 
 from runner.backends.fake import FakeBackend, Script
-from runner.engine import Engine
+from runner.engine import Engine, QuietReporter
 from runner.errors import EngineUnavailable, GpuUnavailable, ImageMissing, LaunchError
 from runner.store import Store
 from tests.conftest import MINIMAL
 
 
-class Recorder:
+class Recorder(QuietReporter):
     def __init__(self):
         self.lines, self.infos = [], []
 
@@ -37,21 +37,21 @@ def test_success_is_recorded_with_logs(make, write_spec, tmp_path):
     rec = Recorder()
     backend = FakeBackend(script={"p1": Script(lines=["step 1", "done"], exit_code=0)})
     engine = make(backend, rec)
-    result = engine.apply(write_spec(MINIMAL))
+    result = engine.apply(write_spec(MINIMAL)).last
     assert (result.status, result.exit_code, result.reason) == ("succeeded", 0, "exit code 0")
     assert rec.lines == ["step 1", "done"]
     log = tmp_path / "runs" / result.run_id / "p1" / "container.log"
     assert log.read_text() == "step 1\ndone\n"
     kinds = [e["kind"] for e in engine.store.events(result.run_id)]
-    assert kinds == ["run.created", "phase.pending", "phase.launching", "phase.running", "phase.succeeded"]
+    assert kinds == ["run.created", "phase.pending", "phase.launching", "phase.running", "phase.succeeded", "chain.decision"]
 
 
 def test_failure_and_oom(make, write_spec):
     backend = FakeBackend(script={"p1": Script(exit_code=137, oom=True)})
-    result = make(backend).apply(write_spec(MINIMAL))
+    result = make(backend).apply(write_spec(MINIMAL)).last
     assert result.status == "failed" and "out of memory" in result.reason
     backend = FakeBackend(script={"p1": Script(exit_code=2)})
-    result = make(backend).apply(write_spec(MINIMAL))
+    result = make(backend).apply(write_spec(MINIMAL)).last
     assert (result.status, result.reason) == ("failed", "exit code 2")
 
 
@@ -94,14 +94,14 @@ def test_missing_mount_source_is_an_error_unless_create(make, write_spec, tmp_pa
     engine = make()
     with pytest.raises(LaunchError, match="mount source .* does not exist"):
         engine.apply(write_spec(MINIMAL + "  mounts: [{source: ./nope, target: /x}]\n"))
-    result = engine.apply(write_spec(MINIMAL + "  mounts: [{source: ./out, target: /x, create: true}]\n"))
+    result = engine.apply(write_spec(MINIMAL + "  mounts: [{source: ./out, target: /x, create: true}]\n")).last
     assert result.status == "succeeded" and (tmp_path / "out").is_dir()
 
 
 def test_detach_returns_running_and_refresh_finishes(make, write_spec):
     backend = FakeBackend(script={"p1": Script(polls=1)})
     engine = make(backend)
-    result = engine.apply(write_spec(MINIMAL), detach=True)
+    result = engine.apply(write_spec(MINIMAL), detach=True).last
     assert result.status == "running"
     engine.refresh(result.run_id)  # first poll: still running
     engine.refresh(result.run_id)
@@ -112,7 +112,7 @@ def test_detach_request_leaves_container_running(make, write_spec):
     backend = FakeBackend(script={"p1": Script(polls=10**9)})
     engine = make(backend)
     threading.Timer(0.05, engine.detach_requested.set).start()
-    result = engine.apply(write_spec(MINIMAL))
+    result = engine.apply(write_spec(MINIMAL)).last
     assert result.status == "detached"
     (container,) = backend.containers.values()
     assert container.status == "running" and container.stop_grace is None
@@ -121,7 +121,7 @@ def test_detach_request_leaves_container_running(make, write_spec):
 def test_cancel_stops_with_grace_and_records_cancelled(make, write_spec):
     backend = FakeBackend(script={"p1": Script(polls=10**9)})
     engine = make(backend)
-    result = engine.apply(write_spec(MINIMAL + "  stop_grace_period: 7s\n"), detach=True)
+    result = engine.apply(write_spec(MINIMAL + "  stop_grace_period: 7s\n"), detach=True).last
     (after,) = engine.stop_run(result.run_id)
     assert after.status == "cancelled"
     (container,) = backend.containers.values()
@@ -134,14 +134,14 @@ def test_cancel_stops_with_grace_and_records_cancelled(make, write_spec):
 
 def test_timeout_stops_and_fails(make, write_spec):
     backend = FakeBackend(script={"p1": Script(polls=10**9)})
-    result = make(backend).apply(write_spec(MINIMAL + "timeout: 50ms\n"))
+    result = make(backend).apply(write_spec(MINIMAL + "timeout: 50ms\n")).last
     assert result.status == "failed" and result.reason.startswith("timeout after")
 
 
 def test_vanished_container_is_lost_never_success(make, write_spec):
     backend = FakeBackend(script={"p1": Script(polls=10**9)})
     engine = make(backend)
-    result = engine.apply(write_spec(MINIMAL), detach=True)
+    result = engine.apply(write_spec(MINIMAL), detach=True).last
     backend.vanish(result.container_id)
     engine.refresh(result.run_id)
     assert engine.store.phase(result.phase_id)["status"] == "lost"

@@ -1,0 +1,51 @@
+"""Pure: which `next:` rule fires for an ended phase, and with which inputs."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.criteria import judge
+from runner.metrics.series import MetricSet
+from runner.outputs import context
+from runner.spec import interpolate
+from runner.spec.criteria_models import NextRule
+
+
+@dataclass(frozen=True)
+class Decision:
+    rule: int | None  # index in next:, None = the chain ends
+    spec: str | None  # absolute path of the next spec
+    inputs: dict[str, str]
+    reason: str
+
+
+def _matches(rule: NextRule, verdict: str, metrics: MetricSet) -> tuple[bool, str]:
+    when = rule.when
+    if isinstance(when, str):
+        ok = when == "always" or when == verdict
+        return ok, f"when: {when} ({'matches' if ok else 'does not match'} verdict {verdict})"
+    j = judge(when, metrics)
+    return j.passed is True, "when: " + "; ".join(line.strip() for line in j.lines())
+
+
+def decide(rules: list[NextRule], verdict: str, metrics: MetricSet, outputs: dict, inputs: dict, run: dict,
+           spec_folder: Path, fired: dict[int, int]) -> Decision:
+    """The first matching rule that has iterations left; ``fired`` counts earlier firings per rule index."""
+    notes = []
+    for i, rule in enumerate(rules):
+        ok, why = _matches(rule, verdict, metrics)
+        if not ok:
+            notes.append(f"rule {i + 1}: {why}")
+            continue
+        limit = rule.max_iterations or 1
+        if fired.get(i, 0) >= limit:
+            notes.append(f"rule {i + 1}: matches but already fired {fired.get(i, 0)} time(s) (max_iterations {limit})")
+            continue
+        ctx = {**context(outputs), "inputs": inputs, "run": run}
+        ctx["phase"] = {**ctx["phase"], "name": outputs.get("name", "")}
+        with_inputs = {k: interpolate.substitute(v, ctx) if isinstance(v, str) else interpolate._text(v)
+                       for k, v in rule.with_.items()}
+        target = os.path.normpath(os.path.join(spec_folder, rule.apply))
+        return Decision(i, target, with_inputs, f"rule {i + 1} fired ({why}): apply {rule.apply}")
+    return Decision(None, None, {}, "no next rule matched; the chain ends" + (" (" + "; ".join(notes) + ")" if notes else ""))

@@ -1,0 +1,209 @@
+"""Metric sources read while a container runs: TensorBoard logdirs, JSONL files, stdout lines.
+
+Each source is incremental (keeps byte offsets, reads only what was appended)
+and returns new points per *short* metric name.  Offsets are plain data
+(``offsets()`` / ``restore()``) so the store can persist them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from runner.metrics.series import MetricSet
+from runner.metrics.tensorboard import parse_records
+
+Points = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def _merge(into: Points, name: str, steps, values, walls) -> None:
+    if name in into:
+        s, v, w = into[name]
+        into[name] = (np.concatenate([s, steps]), np.concatenate([v, values]), np.concatenate([w, walls]))
+    else:
+        into[name] = (np.asarray(steps, np.int64), np.asarray(values, np.float64), np.asarray(walls, np.float64))
+
+
+class LogdirReader:
+    """Every event file under a logdir (recursively), each read from its own offset."""
+
+    def __init__(self, logdir: str | Path, tags: dict[str, str] | None = None):
+        self.logdir = Path(logdir)
+        self.names = {tag: name for name, tag in (tags or {}).items()}  # tag → short name
+        self.offsets: dict[str, int] = {}
+        self.scalar_tags: dict[str, str] = {}
+        self.problems: list[str] = []
+
+    def files(self) -> list[Path]:
+        if not self.logdir.is_dir():
+            return []
+        found = []
+        for root, _dirs, names in os.walk(self.logdir):
+            found += [Path(root) / n for n in names if "tfevents" in n]
+        # Event file names embed their creation time; older files first so newer writes win ties.
+        return sorted(found, key=lambda p: (_created(p), str(p)))
+
+    def poll(self) -> Points:
+        out: Points = {}
+        for path in self.files():
+            key = str(path)
+            offset = self.offsets.get(key, 0)
+            try:
+                size = path.stat().st_size
+                if size < offset:
+                    self.problems.append(f"{path}: file shrank from {offset} to {size} bytes; reading it again from the start")
+                    offset = 0
+                if size == offset:
+                    continue
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    data = f.read(size - offset)
+            except OSError as exc:
+                self.problems.append(f"{path}: {exc.strerror or exc}")
+                continue
+            chunk, consumed = parse_records(data, key, offset, self.scalar_tags)
+            self.offsets[key] = offset + consumed
+            self.problems += chunk.problems
+            for tag, (s, v, w) in chunk.points.items():
+                name = self.names.get(tag) if self.names else tag
+                if name is not None:
+                    _merge(out, name, s, v, w)
+        return out
+
+
+def _created(path: Path) -> float:
+    m = re.search(r"tfevents\.(\d+(?:\.\d+)?)", path.name)
+    return float(m.group(1)) if m else 0.0
+
+
+class JsonlReader:
+    """A JSON-lines file; a half-written last line waits for the next poll."""
+
+    def __init__(self, path: str | Path, step_field: str = "step", fields: dict[str, str] | None = None):
+        self.path = Path(path)
+        self.step_field = step_field
+        self.fields = fields or {}
+        self.offset = 0
+        self.line_no = 0
+        self.problems: list[str] = []
+
+    def poll(self) -> Points:
+        out: Points = {}
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return out
+        except OSError as exc:
+            self.problems.append(f"{self.path}: {exc.strerror or exc}")
+            return out
+        end = data.rfind(b"\n")
+        if end < 0:
+            return out
+        self.offset += end + 1
+        now = time.time()
+        rows: dict[str, list] = {}
+        for raw in data[: end + 1].splitlines():
+            self.line_no += 1
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+                step = int(obj[self.step_field])
+            except (ValueError, KeyError, TypeError):
+                self.problems.append(f"{self.path}:{self.line_no}: not a JSON object with an integer {self.step_field!r}; skipped")
+                continue
+            wall = float(obj.get("wall_time", now)) if isinstance(obj.get("wall_time", now), (int, float)) else now
+            pairs = ((n, obj.get(k)) for n, k in self.fields.items()) if self.fields else (
+                (k, v) for k, v in obj.items() if k not in (self.step_field, "wall_time"))
+            for name, value in pairs:
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    continue
+                rows.setdefault(name, []).append((step, float(value), wall))
+        for name, items in rows.items():
+            arr = np.array(items, dtype=np.float64)
+            _merge(out, name, arr[:, 0].astype(np.int64), arr[:, 1], arr[:, 2])
+        return out
+
+
+_NUMBER = {"nan": math.nan, "inf": math.inf, "+inf": math.inf, "-inf": -math.inf}
+
+
+class StdoutParser:
+    """Metrics from container output lines: one regex for the step, one per metric."""
+
+    def __init__(self, step: str, patterns: dict[str, str]):
+        self.step_rx = re.compile(step)
+        self.rxs = {name: re.compile(p) for name, p in patterns.items()}
+        self.step: int | None = None
+        self.pending: dict[str, list] = {}
+
+    def feed(self, line: str) -> None:
+        m = self.step_rx.search(line)
+        if m:
+            try:
+                self.step = int(m.group(1))
+            except ValueError:
+                pass
+        if self.step is None:
+            return
+        for name, rx in self.rxs.items():
+            m = rx.search(line)
+            if m:
+                text = m.group(1).strip().lower()
+                try:
+                    value = _NUMBER[text] if text in _NUMBER else float(text)
+                except ValueError:
+                    continue
+                self.pending.setdefault(name, []).append((self.step, value, time.time()))
+
+    def poll(self) -> Points:
+        out: Points = {}
+        pending, self.pending = self.pending, {}
+        for name, items in pending.items():
+            arr = np.array(items, dtype=np.float64)
+            _merge(out, name, arr[:, 0].astype(np.int64), arr[:, 1], arr[:, 2])
+        return out
+
+
+class Sources:
+    """All metric sources of a phase, filling one MetricSet."""
+
+    def __init__(self, tensorboard: LogdirReader | None = None, jsonl: JsonlReader | None = None,
+                 stdout: StdoutParser | None = None):
+        self.tensorboard = tensorboard
+        self.jsonl = jsonl
+        self.stdout = stdout
+        self.metrics = MetricSet()
+
+    def poll(self) -> Points:
+        """New points since the last poll (also added to ``self.metrics``)."""
+        new: Points = {}
+        for src in (self.tensorboard, self.jsonl, self.stdout):
+            if src is None:
+                continue
+            for name, (s, v, w) in src.poll().items():
+                _merge(new, name, s, v, w)
+        for name, (s, v, w) in new.items():
+            self.metrics.add(name, s, v, w)
+        return new
+
+    def problems(self) -> list[str]:
+        out = []
+        for src in (self.tensorboard, self.jsonl):
+            if src is not None and src.problems:
+                out += src.problems
+                src.problems = []
+        return out
+
+    def offsets(self) -> dict[str, int]:
+        offs = dict(self.tensorboard.offsets) if self.tensorboard else {}
+        if self.jsonl:
+            offs[str(self.jsonl.path)] = self.jsonl.offset
+        return offs

@@ -1,0 +1,71 @@
+"""A finished phase's outputs, for `next:` rules and later specs: checkpoints, metric summaries, verdict."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from runner.metrics.series import MetricSet
+from runner.preconditions import step_from_name
+from runner.spec.criteria_models import Checkpoints
+
+
+def checkpoint_files(folder: Path, pattern: str) -> list[tuple[int, Path]]:
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        step = step_from_name(p.name, pattern)
+        if step is not None:
+            found.append((step, p))
+    return sorted(found)
+
+
+def score_at(metrics: MetricSet, name: str, step: int) -> float | None:
+    """The metric's value at ``step``, or the nearest earlier one."""
+    series = metrics.series.get(name)
+    if series is None or not len(series):
+        return None
+    i = int(np.searchsorted(series.steps, step, side="right")) - 1
+    if i < 0:
+        return None
+    v = float(series.values[i])
+    return v if math.isfinite(v) else None
+
+
+def phase_outputs(phase_dir: str, verdict: str, metrics: MetricSet, checkpoints: Checkpoints | None,
+                  ckpt_dir: Path | None) -> dict:
+    out: dict = {"dir": phase_dir, "verdict": verdict, "best_checkpoint": "", "last_checkpoint": "", "metrics": {}}
+    for name, s in metrics.series.items():
+        if not len(s):
+            continue
+        vals = s.values[np.isfinite(s.values)]
+        out["metrics"][name] = {
+            "last": float(s.values[-1]), "last_step": int(s.steps[-1]), "count": len(s),
+            "min": float(vals.min()) if vals.size else None, "max": float(vals.max()) if vals.size else None,
+            "mean": float(vals.mean()) if vals.size else None,
+        }
+    if checkpoints is not None and ckpt_dir is not None:
+        files = checkpoint_files(ckpt_dir, checkpoints.pattern)
+        if files:
+            out["last_checkpoint"] = str(files[-1][1])
+            best = files[-1][1]
+            if checkpoints.keep is not None:
+                scored = [(score_at(metrics, checkpoints.keep.by, st), st, p) for st, p in files]
+                scored = [x for x in scored if x[0] is not None]
+                if scored:
+                    sign = 1 if checkpoints.keep.mode == "min" else -1
+                    best = min(scored, key=lambda x: (sign * x[0], -x[1]))[2]
+            out["best_checkpoint"] = str(best)
+    return out
+
+
+def context(outputs: dict) -> dict:
+    """The ${{ }} namespaces a next rule's `with:` can use."""
+    phase = {k: outputs.get(k, "") for k in ("dir", "verdict", "best_checkpoint", "last_checkpoint")}
+    metrics = {}
+    for name, summary in outputs.get("metrics", {}).items():
+        for stat, value in summary.items():
+            metrics[f"{name}.{stat}"] = value
+    return {"phase": phase, "metrics": metrics}

@@ -1,0 +1,126 @@
+"""Checks before launch.  Each returns (met, explanation); unmet → the phase is *blocked*."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Callable
+
+from runner.errors import RunnerError
+from runner.spec.criteria_models import FileCheck, Precondition
+from runner.units import parse_size
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def step_from_name(name: str, pattern: str) -> int | None:
+    rx = "^" + re.escape(pattern).replace(re.escape("{step}"), r"(\d+)") + "$"
+    m = re.match(rx, name)
+    return int(m.group(1)) if m else None
+
+
+def gpu_free_memory() -> list[tuple[int, int]]:
+    """(index, free bytes) per GPU from nvidia-smi; RunnerError with a clear message on a CPU host."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        raise RunnerError("no NVIDIA GPU visible on this host (nvidia-smi not found)")
+    try:
+        out = subprocess.run([exe, "--query-gpu=index,memory.free", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+    except (subprocess.SubprocessError, OSError) as exc:
+        raise RunnerError(f"nvidia-smi failed: {exc}") from None
+    gpus = []
+    for line in out.strip().splitlines():
+        idx, free = (x.strip() for x in line.split(","))
+        gpus.append((int(idx), int(float(free)) * 1024 * 1024))
+    return gpus
+
+
+def check(pre: Precondition, resolve_path: Callable[[str], Path], *, gpus: object = 0,
+          image_present: Callable[[], bool] | None = None,
+          previous: Callable[[str], dict | None] | None = None) -> tuple[bool, str]:
+    if pre.file_exists is not None:
+        fc = pre.file_exists if isinstance(pre.file_exists, FileCheck) else FileCheck(path=pre.file_exists)
+        path = resolve_path(fc.path)
+        if not path.exists():
+            return False, f"file_exists: {path} does not exist"
+        size = path.stat().st_size if path.is_file() else 0
+        if fc.min_size is not None and size < fc.min_size:
+            return False, f"file_exists: {path} is {_human(size)}, smaller than {_human(fc.min_size)}"
+        return True, f"file_exists: {path} ({_human(size)})"
+    if pre.checkpoint_step is not None:
+        c = pre.checkpoint_step
+        path = resolve_path(c.path)
+        step = step_from_name(path.name, c.pattern)
+        if step is None:
+            return False, f"checkpoint_step: cannot read a step from {path.name!r} with pattern {c.pattern!r}"
+        if not path.exists():
+            return False, f"checkpoint_step: {path} does not exist"
+        if step < c.at_least:
+            return False, f"checkpoint_step: {path.name} is step {step}, below {c.at_least}"
+        return True, f"checkpoint_step: {path.name} is step {step} (≥ {c.at_least})"
+    if pre.disk_free is not None:
+        path = resolve_path(pre.disk_free.path)
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free
+        ok = free >= pre.disk_free.at_least
+        return ok, f"disk_free: {_human(free)} free on {probe} (need {_human(pre.disk_free.at_least)})"
+    if pre.gpu_memory_free is not None:
+        if gpus in (0, None):
+            return True, "gpu_memory_free: phase uses no GPU; not checked"
+        try:
+            found = gpu_free_memory()
+        except RunnerError as exc:
+            return False, f"gpu_memory_free: {exc}"
+        wanted = {int(g) for g in gpus} if isinstance(gpus, (list, tuple)) else None
+        pool = [(i, f) for i, f in found if wanted is None or i in wanted]
+        need = pre.gpu_memory_free.at_least
+        fits = [i for i, f in pool if f >= need]
+        count = len(pool) if gpus == "all" or wanted is not None else int(gpus)
+        ok = len(fits) >= count and count > 0
+        desc = ", ".join(f"GPU {i}: {_human(f)} free" for i, f in pool) or "no GPUs"
+        return ok, f"gpu_memory_free: {desc} (need {_human(need)} on {count})"
+    if pre.phase is not None:
+        pc = pre.phase
+        row = previous(pc.name) if previous else None
+        if row is None:
+            return False, f"phase: no earlier phase {pc.name!r} in this run"
+        if pc.verdict is not None and row.get("verdict") != pc.verdict:
+            return False, f"phase: {pc.name} verdict is {row.get('verdict')}, need {pc.verdict}"
+        if pc.metric:
+            last = ((row.get("outputs") or {}).get("metrics") or {}).get(pc.metric, {}).get("last")
+            if last is None:
+                return False, f"phase: {pc.name} has no {pc.metric}"
+            if pc.below is not None and not last < float(pc.below):
+                return False, f"phase: {pc.name} {pc.metric} {last:.4g} is not below {pc.below}"
+            if pc.above is not None and not last > float(pc.above):
+                return False, f"phase: {pc.name} {pc.metric} {last:.4g} is not above {pc.above}"
+        return True, f"phase: {pc.name} ok (verdict {row.get('verdict')})"
+    if pre.image_present is not None:
+        ok = image_present() if image_present else False
+        return ok, "image_present: " + ("image is present" if ok else "image is not present locally")
+    raise AssertionError("precondition without a check")  # the model forbids it
+
+
+def disk_free_text(path: str) -> str:
+    return _human(shutil.disk_usage(path).free)
+
+
+def resolver(folder: Path) -> Callable[[str], Path]:
+    def resolve(p: str) -> Path:
+        return Path(os.path.normpath(os.path.join(folder, os.path.expanduser(p))))
+
+    return resolve
+
+
+__all__ = ["check", "gpu_free_memory", "resolver", "step_from_name", "parse_size"]

@@ -1,0 +1,234 @@
+"""Spec models for what a phase watches and decides: metrics, checkpoints, preconditions,
+guards, success criteria and next rules."""
+from __future__ import annotations
+
+from typing import Literal, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from runner.spec.models_base import Model
+from runner.spec.types import Duration, Margin, Number, Size, StepWindow
+
+
+class TensorBoardSource(Model):
+    """TensorBoard event files written by the trainer."""
+
+    logdir: str = Field(description="Folder with event files (searched recursively). Relative = relative to the spec file.")
+    tags: dict[str, str] = Field(default_factory=dict, description="Short metric name → TensorBoard tag, e.g. text_loss: train/text_loss. Empty = every tag under its own name.")
+
+
+class JsonlSource(Model):
+    """A JSON-lines file: one object per line with a step and values."""
+
+    path: str = Field(description="The JSONL file. Relative = relative to the spec file.")
+    step_field: str = Field("step", description="Key holding the step.")
+    fields: dict[str, str] = Field(default_factory=dict, description="Short metric name → key in each object. Empty = every numeric key.")
+
+
+class StdoutSource(Model):
+    """Metrics parsed from the container's output with one regex per metric."""
+
+    step: str = Field(description=r"Regex whose first group is the current step, e.g. 'step (\d+)'.")
+    patterns: dict[str, str] = Field(description=r"Metric name → regex whose first group is the value, e.g. 'text_loss ([-+.\deE]+|nan|inf)'.")
+
+    @field_validator("step")
+    @classmethod
+    def _step_regex(cls, v: str) -> str:
+        _compile(v)
+        return v
+
+    @field_validator("patterns")
+    @classmethod
+    def _regexes(cls, v: dict) -> dict:
+        for name, pattern in v.items():
+            try:
+                _compile(pattern)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        return v
+
+
+def _compile(pattern: str):
+    import re
+
+    try:
+        rx = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
+    if rx.groups < 1:
+        raise ValueError(f"regex {pattern!r} needs a capture group for the value")
+    return rx
+
+
+class Metrics(Model):
+    """Where the phase's metrics come from; names defined here are used by guards, criteria and checkpoints."""
+
+    tensorboard: TensorBoardSource | None = Field(None, description="TensorBoard event files.")
+    jsonl: JsonlSource | None = Field(None, description="A JSON-lines metrics file.")
+    stdout: StdoutSource | None = Field(None, description="Regexes over the container's output.")
+    poll_interval: Duration = Field(1.0, description="How often sources are read and guards evaluated.")
+    total_steps: int | None = Field(None, ge=1, description="Expected last step, for progress and ETA (defaults to a max_steps guard).")
+
+
+class Keep(Model):
+    """Which checkpoint is best."""
+
+    by: str = Field(description="Metric that scores a checkpoint (its value at the checkpoint's step, or the nearest before).")
+    mode: Literal["min", "max"] = Field("min", description="Whether lower or higher is better.")
+
+
+class Checkpoints(Model):
+    """The trainer's checkpoint folder."""
+
+    dir: str = Field(description="Folder the trainer writes checkpoints to. Relative = relative to the spec file.")
+    pattern: str = Field("model_step{step}.pth", description="File name with a {step} placeholder.")
+    keep: Keep | None = Field(None, description="How to pick the best checkpoint.")
+
+    @field_validator("pattern")
+    @classmethod
+    def _has_step(cls, v: str) -> str:
+        if v.count("{step}") != 1:
+            raise ValueError("must contain {step} exactly once, e.g. model_step{step}.pth")
+        return v
+
+
+class FileCheck(Model):
+    path: str = Field(description="The file.")
+    min_size: Size | None = Field(None, description="Smallest acceptable size, e.g. 1m.")
+
+
+class CheckpointStepCheck(Model):
+    path: str = Field(description="A checkpoint file whose name holds its step.")
+    pattern: str = Field("model_step{step}.pth", description="File name pattern with {step}.")
+    at_least: int = Field(description="The step must be at least this.")
+
+
+class DiskCheck(Model):
+    path: str = Field(description="A path on the filesystem to check (the nearest existing parent is used).")
+    at_least: Size = Field(description="Free space needed, e.g. 100GiB.")
+
+
+class GpuMemoryCheck(Model):
+    at_least: Size = Field(description="Free memory needed on each GPU the phase uses, e.g. 20GiB.")
+
+
+class PhaseCheck(Model):
+    name: str = Field(description="A phase run earlier in the same run.")
+    verdict: Literal["success", "failure", "inconclusive"] | None = Field(None, description="Its verdict must be this.")
+    metric: str | None = Field(None, description="Or: one of its metric summaries must pass `below`/`above`.")
+    below: Number | None = Field(None, description="The metric's last value must be below this.")
+    above: Number | None = Field(None, description="The metric's last value must be above this.")
+
+
+class Precondition(Model):
+    """One check before launch; exactly one field is set.  Unmet → phase *blocked*, nothing launched."""
+
+    file_exists: Union[str, FileCheck, None] = Field(None, description="A path that must exist (optionally with a minimum size).")
+    checkpoint_step: CheckpointStepCheck | None = Field(None, description="A checkpoint whose step (from its name) is at least N.")
+    disk_free: DiskCheck | None = Field(None, description="Free disk space on a path.")
+    gpu_memory_free: GpuMemoryCheck | None = Field(None, description="Free GPU memory (needs nvidia-smi; GPU phases only).")
+    phase: PhaseCheck | None = Field(None, description="A previous phase's verdict or metric.")
+    image_present: bool | None = Field(None, description="The container image must be present locally.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        set_ = [k for k in type(self).model_fields if getattr(self, k) is not None]
+        if len(set_) != 1:
+            raise ValueError(f"a precondition sets exactly one check ({', '.join(type(self).model_fields)}); got {set_ or 'none'}")
+        return self
+
+
+class Divergence(Model):
+    above_best_by: Margin = Field(description="How far above the best value so far counts as diverging: '20%' or an absolute number.")
+    for_: StepWindow = Field(alias="for", description="How long it must last: '500 steps', '5 evals' or a duration.")
+
+
+class Missing(Model):
+    within: StepWindow = Field(description="The metric must appear within this many steps ('2000 steps') or this time ('30m').")
+
+
+class Guard(Model):
+    """Stops the run early.  Exactly one check per guard."""
+
+    metric: str | None = Field(None, description="The metric it watches (not needed for timeout, max_steps, stall).")
+    mode: Literal["min", "max"] = Field("min", description="For diverges: whether lower (min) or higher (max) is better.")
+    non_finite: bool | None = Field(None, description="Trip on NaN or ±inf.")
+    diverges: Divergence | None = Field(None, description="Trip when the metric moves away from its best by a margin, sustained.")
+    stall: Duration | None = Field(None, description="Trip when no new step is logged for this long.")
+    missing: Missing | None = Field(None, description="Trip when the metric has not appeared within N steps or minutes.")
+    timeout: Duration | None = Field(None, description="Trip after this much wall time.")
+    max_steps: int | None = Field(None, ge=1, description="Trip (stop) once this step is reached.")
+
+    @model_validator(mode="after")
+    def _one_check(self):
+        checks = [k for k in ("non_finite", "diverges", "stall", "missing", "timeout", "max_steps") if getattr(self, k) is not None]
+        if len(checks) != 1:
+            raise ValueError(f"a guard sets exactly one of non_finite, diverges, stall, missing, timeout, max_steps; got {checks or 'none'}")
+        if checks[0] in ("non_finite", "diverges", "missing") and not self.metric:
+            raise ValueError(f"a {checks[0]} guard needs metric:")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("non_finite", "diverges", "stall", "missing", "timeout", "max_steps") if getattr(self, k) is not None)
+
+
+class Progress(Model):
+    from_: Union[Literal["start"], Number] = Field("start", alias="from", description="Baseline: 'start' (the metric's first value in the phase) or a number.")
+    to: Number = Field(description="The target value.")
+    at_least: Margin = Field(description="Fraction of the way from baseline to target that must be covered, e.g. '50%'.")
+
+
+class Criterion(Model):
+    """A measurable statement about one metric, e.g. mean text_loss over the last 500 steps below 1.8."""
+
+    metric: str = Field(description="Metric name.")
+    window: str | int = Field("all", description="'all' (whole phase), 'last 500 steps' (or '500 steps', or 500), or 'since 1000' (from step 1000).")
+    reduce: Literal["last", "mean", "min", "max", "ema", "slope"] = Field("last", description="How the window is reduced to one number (slope is per 1,000 steps).")
+    ema_alpha: float = Field(0.1, gt=0, le=1, description="Smoothing factor for reduce: ema.")
+    below: Number | None = Field(None, description="Passes if the reduced value is below this.")
+    above: Number | None = Field(None, description="Passes if the reduced value is above this.")
+    progress: Progress | None = Field(None, description="Passes if the reduced value covered at least this fraction of the way from baseline to target (the recovery plan's 'success rate').")
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v):
+        from runner.criteria import parse_window
+
+        parse_window(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_comparison(self):
+        n = sum(x is not None for x in (self.below, self.above, self.progress))
+        if n == 0:
+            raise ValueError("a criterion needs below:, above: or progress:")
+        return self
+
+
+class Group(Model):
+    """Criteria combined: all must pass, or any."""
+
+    all: list[Union[Criterion, "Group"]] | None = Field(None, description="Every item must pass.")
+    any: list[Union[Criterion, "Group"]] | None = Field(None, description="At least one item must pass.")
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.all is None) == (self.any is None):
+            raise ValueError("set exactly one of all: or any:")
+        return self
+
+
+class Success(Group):
+    """How the phase is judged: success, failure or inconclusive, with an explanation."""
+
+    stop_when_met: bool = Field(False, description="End the run (stop the container gracefully) as soon as the criteria pass.")
+
+
+class NextRule(Model):
+    """What to run after this phase."""
+
+    when: Union[Literal["success", "failure", "inconclusive", "always"], Criterion, Group] = Field(description="success | failure | inconclusive | always, or criteria over this phase's metrics.")
+    apply: str = Field(description="The next spec file. Relative = relative to this spec file.")
+    with_: dict[str, Union[str, int, float, bool]] = Field(default_factory=dict, alias="with", description="Inputs of the next spec; may use ${{ phase.best_checkpoint }}, ${{ phase.last_checkpoint }}, ${{ phase.verdict }}, ${{ phase.dir }}, ${{ metrics.NAME.last|min|max|mean }}.")
+    max_iterations: int | None = Field(None, ge=1, description="How often this rule may fire in one run; required when the chain loops back.")

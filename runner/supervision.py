@@ -1,0 +1,122 @@
+"""What the engine watches while a phase runs: metric sources, guards, success criteria, live view data."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from runner.criteria import Guards, Judgement, Trip, judge
+from runner.metrics.sources import JsonlReader, LogdirReader, Sources, StdoutParser
+from runner.metrics.series import MetricSet
+from runner.spec.models import Phase
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def abs_path(folder: Path | str, p: str) -> Path:
+    return Path(os.path.normpath(os.path.join(folder, os.path.expanduser(p))))
+
+
+def build_sources(phase: Phase, folder: Path | str) -> Sources:
+    m = phase.metrics
+    if m is None:
+        return Sources()
+    tb = LogdirReader(abs_path(folder, m.tensorboard.logdir), m.tensorboard.tags) if m.tensorboard else None
+    js = JsonlReader(abs_path(folder, m.jsonl.path), m.jsonl.step_field, m.jsonl.fields) if m.jsonl else None
+    so = StdoutParser(m.stdout.step, m.stdout.patterns) if m.stdout else None
+    return Sources(tb, js, so)
+
+
+def sparkline(values: np.ndarray, width: int = 16) -> str:
+    v = values[-width:]
+    v = v[np.isfinite(v)]
+    if v.size < 2:
+        return ""
+    lo, hi = float(v.min()), float(v.max())
+    if hi == lo:
+        return SPARK[3] * v.size
+    return "".join(SPARK[int((x - lo) / (hi - lo) * (len(SPARK) - 1))] for x in v.tolist())
+
+
+class Supervision:
+    """Live state of one phase: sources → metrics → guards and criteria."""
+
+    def __init__(self, phase: Phase, folder: Path | str):
+        self.phase = phase
+        self.sources = build_sources(phase, folder)
+        self.guards = Guards(phase.guards)
+        self.lock = threading.Lock()  # the log pump feeds the stdout parser from its thread
+        self.trip: Trip | None = None
+        self.met_early = False
+        self.standing: Judgement | None = None
+        self.started = time.time()
+        self.last_new_step_at = time.time()
+        self._rate_marks: list[tuple[float, int]] = []
+
+    @property
+    def metrics(self) -> MetricSet:
+        return self.sources.metrics
+
+    def feed_line(self, line: str) -> None:
+        if self.sources.stdout is not None:
+            with self.lock:
+                self.sources.stdout.feed(line)
+
+    def poll(self) -> dict:
+        """Read new points, feed guards; returns the new points (for the store)."""
+        with self.lock:
+            new = self.sources.poll()
+        before = self.guards.last_step
+        trip = self.guards.feed(new)
+        if self.guards.last_step is not None and self.guards.last_step != before:
+            self.last_new_step_at = time.time()
+            self._rate_marks.append((time.time(), self.guards.last_step))
+            self._rate_marks = [m for m in self._rate_marks if m[0] > time.time() - 60]
+        self.trip = self.trip or trip
+        return new
+
+    def clock(self) -> Trip | None:
+        now = time.time()
+        trip = self.guards.check_clock(now - self.started, now - self.last_new_step_at)
+        self.trip = self.trip or trip
+        return self.trip
+
+    def criteria_met(self) -> bool:
+        if self.phase.success is None:
+            return False
+        self.standing = judge(self.phase.success, self.metrics)
+        return self.standing.passed is True
+
+    # ------------------------------------------------------------------ live view data
+
+    def total_steps(self) -> int | None:
+        if self.phase.metrics and self.phase.metrics.total_steps:
+            return self.phase.metrics.total_steps
+        caps = [g.max_steps for g in self.phase.guards if g.max_steps]
+        return min(caps) if caps else None
+
+    def view(self) -> dict:
+        step = self.guards.last_step
+        rate = None
+        if len(self._rate_marks) >= 2:
+            (t0, s0), (t1, s1) = self._rate_marks[0], self._rate_marks[-1]
+            rate = (s1 - s0) / (t1 - t0) if t1 > t0 else None
+        total = self.total_steps()
+        eta = (total - step) / rate if (rate and total and step is not None and total > step) else None
+        metrics = []
+        for name, s in sorted(self.metrics.series.items()):
+            if len(s):
+                metrics.append({"name": name, "step": int(s.steps[-1]), "value": float(s.values[-1]),
+                                "trend": sparkline(s.values)})
+        if self.phase.success is not None and self.standing is None:
+            self.standing = judge(self.phase.success, self.metrics)
+        return {
+            "step": step, "total": total, "rate": rate, "eta": eta, "elapsed": time.time() - self.started,
+            "metrics": metrics,
+            "guards": [{"guard": st.label, "state": "TRIPPED: " + st.tripped.reason if st.tripped else (st.distance or "waiting for data")}
+                       for st in self.guards.states],
+            "criteria": self.standing.lines() if self.standing else [],
+        }
