@@ -30,7 +30,11 @@ def _merge(into: Points, name: str, steps, values, walls) -> None:
 
 
 class LogdirReader:
-    """Every event file under a logdir (recursively), each read from its own offset."""
+    """Every event file under a logdir (recursively), each read from its own offset.
+
+    Tags of files in a subfolder are named "SUBFOLDER/TAG" (TensorBoard's runs).
+    A ``tags`` mapping may name either form: "train/loss" matches that tag in
+    any subfolder, "version_0/train/loss" only there."""
 
     def __init__(self, logdir: str | Path, tags: dict[str, str] | None = None):
         self.logdir = Path(logdir)
@@ -69,8 +73,11 @@ class LogdirReader:
             chunk, consumed = parse_records(data, key, offset, self.scalar_tags)
             self.offsets[key] = offset + consumed
             self.problems += chunk.problems
+            # Like TensorBoard, a subfolder is a run of its own: its tags are "SUBFOLDER/TAG".
+            rel = os.path.relpath(path.parent, self.logdir)
             for tag, (s, v, w) in chunk.points.items():
-                name = self.names.get(tag) if self.names else tag
+                qualified = tag if rel == "." else f"{rel}/{tag}"
+                name = (self.names.get(qualified) or self.names.get(tag)) if self.names else qualified
                 if name is not None:
                     _merge(out, name, s, v, w)
         return out
