@@ -16,8 +16,10 @@ import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from runner import __version__
 from runner.errors import EngineUnavailable, RunnerError, SpecError
@@ -38,6 +40,7 @@ class TerminalReporter:
         self.console = err  # runner's own messages and the progress line
         self.dead = False
         self._status = None
+        self._view: dict | None = None
 
     def _safe(self, fn, *args, **kwargs) -> None:
         if self.dead:
@@ -54,18 +57,55 @@ class TerminalReporter:
         self._safe(say, self.out, line)
 
     def progress(self, text: str) -> None:
-        if not self.console.is_terminal:
+        if self._view is None:
+            self._show(Text(text))
+
+    def live(self, phase: str, view: dict) -> None:
+        self._view = view
+        self._show(render_view(phase, view))
+
+    def _show(self, renderable) -> None:
+        if not self.console.is_terminal or self.dead:
             return
         if self._status is None:
-            self._status = self.console.status(text)
+            self._status = Live(renderable, console=self.console, refresh_per_second=4, transient=True)
             self._safe(self._status.start)
         else:
-            self._safe(self._status.update, text)
+            self._safe(self._status.update, renderable)
 
     def close(self) -> None:
         if self._status is not None:
             self._safe(self._status.stop)
             self._status = None
+        self._view = None
+
+
+def render_view(phase: str, view: dict):
+    """The live status area: step, rate, ETA; metrics with trends; guards; criteria."""
+    from runner.units import format_duration
+
+    step, total = view.get("step"), view.get("total")
+    head = f"[bold]{phase}[/bold]  {view.get('state', '')}  elapsed {format_duration(view.get('elapsed', 0))}"
+    if step is not None:
+        head += f"  step {step:,}" + (f"/{total:,}" if total else "")
+    if view.get("rate"):
+        head += f"  {view['rate']:.1f} steps/s"
+    if view.get("eta") is not None:
+        head += f"  ETA {format_duration(view['eta'])}"
+    table = Table(box=None, pad_edge=False, show_header=True)
+    table.add_column("metric")
+    table.add_column("step", justify="right")
+    table.add_column("latest", justify="right")
+    table.add_column("trend")
+    for m in view.get("metrics", []):
+        table.add_row(m["name"], str(m["step"]), f"{m['value']:.5g}", m["trend"])
+    parts = [Text.from_markup(head), table]
+    for g in view.get("guards", []):
+        style = "red" if g["state"].startswith("TRIPPED") else "dim"
+        parts.append(Text(f"guard {g['guard']}: {g['state']}", style=style))
+    for line in view.get("criteria", []):
+        parts.append(Text(f"criteria {line}"))
+    return Group(*parts)
 
 
 def say(console: Console, text: str) -> None:
@@ -101,6 +141,21 @@ def _parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("stop", help="stop a run's running phases (SIGTERM, grace period, SIGKILL)")
     st.add_argument("run", metavar="RUN")
+
+    m = sub.add_parser("metrics", help="print the scalars runner reads from a logdir, event file or JSONL file")
+    m.add_argument("path", metavar="PATH")
+    m.add_argument("--tag", action="append", default=[], help="only these tags (repeatable)")
+    m.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    pl = sub.add_parser("plan", help="validate a spec and every spec its next: rules reach; print the graph")
+    pl.add_argument("file", metavar="FILE")
+    pl.add_argument("--format", choices=["text", "mermaid"], default="text")
+
+    rp = sub.add_parser("replay", help="run a spec's guards, criteria and next rules over an existing logdir")
+    rp.add_argument("file", metavar="FILE")
+    rp.add_argument("--logdir", required=True)
+    rp.add_argument("--input", "-i", action="append", default=[], metavar="NAME=VALUE")
+    rp.add_argument("--output", "-o", choices=["text", "json"], default="text")
     return p
 
 
@@ -165,14 +220,14 @@ def cmd_apply(args, console: Console) -> int:
     signal.signal(signal.SIGHUP, leave)
     signal.signal(signal.SIGTERM, leave)
     try:
-        result = engine.apply(args.file, _parse_inputs(args.input), detach=args.detach)
+        run = engine.apply(args.file, _parse_inputs(args.input), detach=args.detach)
     finally:
         reporter.close()
-    line = f"run {result.run_id}: phase {result.phase} {result.status}" + (f" ({result.reason})" if result.reason else "")
-    reporter.info(line)
+    for r in run.phases:
+        reporter.info(f"run {r.run_id}: phase {r.phase} {r.status}" + (f" ({r.reason})" if r.reason else ""))
     if args.detach:
-        say(console, result.run_id)
-    return EXIT.get(result.status, 1)
+        say(console, run.run_id)
+    return EXIT.get(run.last.status, 1)
 
 
 def _iso(ts: float | None) -> str | None:
@@ -199,6 +254,11 @@ def _run_view(store: Store, run_id: str, events: bool = False) -> dict[str, Any]
                 "spec": p["spec_path"],
                 "spec_sha256": p["spec_sha256"],
                 "inputs": p["inputs"],
+                "verdict": p["verdict"],
+                "explanation": p["explanation"],
+                "judgement": p["judgement"],
+                "decision": p["decision"],
+                "outputs": p["outputs"],
                 "log": p["log_path"],
                 "started_at": _iso(p["started_at"]),
                 "finished_at": _iso(p["finished_at"]),
@@ -227,21 +287,37 @@ def cmd_status(args, console: Console) -> int:
                 note = f"note: {exc}; statuses may be stale"
     views = [_run_view(store, r, events=bool(args.run)) for r in run_ids]
     if args.output == "json":
+        if args.run:
+            for p, row in zip(views[0]["phases"], store.phases(views[0]["id"])):
+                if row["status"] in ACTIVE:
+                    p["live"] = engine.view(row["id"])
         doc: Any = views[0] if args.run else {"runs": views}
         if note:
             doc = {**doc, "note": note}
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return 0
     table = Table(box=None, pad_edge=False)
-    for col in ("RUN", "PHASE", "STATUS", "EXIT", "STARTED"):
+    for col in ("RUN", "PHASE", "STATUS", "VERDICT", "EXIT", "STARTED"):
         table.add_column(col, no_wrap=True)
     table.add_column("REASON", overflow="fold", min_width=20)
     for view in views:
         for p in view["phases"] or [{"name": "-", "status": view["status"], "exit_code": None, "reason": "", "started_at": None}]:
-            table.add_row(view["id"], p["name"], p["status"], "" if p["exit_code"] is None else str(p["exit_code"]),
-                          p["started_at"] or "", p["reason"])
+            table.add_row(view["id"], p["name"], p["status"], p.get("verdict") or "",
+                          "" if p["exit_code"] is None else str(p["exit_code"]), p["started_at"] or "", p["reason"])
     console.print(table)
     if args.run:
+        for p in views[0]["phases"]:
+            if p["explanation"] or p["decision"]:
+                console.print()
+                say(console, f"phase {p['name']}: verdict {p['verdict'] or '-'}")
+                for line in (p["explanation"] or "").splitlines():
+                    say(console, f"  {line}")
+                if p["decision"]:
+                    say(console, f"  next: {p['decision']}")
+        for row in engine.store.phases(views[0]["id"]):
+            if row["status"] in ACTIVE:
+                console.print()
+                console.print(render_view(row["name"], {**engine.view(row["id"]), "state": row["status"]}))
         console.print()
         for e in views[0]["events"]:
             say(console, f"{e['at']}  {e['message']}")
@@ -293,13 +369,106 @@ def cmd_stop(args, console: Console) -> int:
     return 0
 
 
+def _read_metrics(path: Path, tags: list[str]):
+    from runner.metrics.series import MetricSet
+    from runner.metrics.sources import JsonlReader, LogdirReader
+
+    if not path.exists():
+        raise RunnerError(f"{path} does not exist")
+    if path.is_file() and path.suffix in (".jsonl", ".json", ".ndjson"):
+        reader = JsonlReader(path)
+    elif path.is_file():
+        reader = LogdirReader(path.parent)
+        only = str(path)
+        files = reader.files
+        reader.files = lambda: [p for p in files() if str(p) == only]  # just this event file
+    else:
+        reader = LogdirReader(path)
+    metrics = MetricSet()
+    for name, (st, v, w) in reader.poll().items():
+        if not tags or name in tags:
+            metrics.add(name, st, v, w)
+    return metrics, reader.problems
+
+
+def cmd_metrics(args, console: Console) -> int:
+    metrics, problems = _read_metrics(Path(args.path), args.tag)
+    err = Console(stderr=True)
+    for p in problems:
+        say(err, f"warning: {p}")
+    names = sorted(metrics.series)
+    if args.format == "csv":
+        out = ["tag,step,value"]
+        for name in names:
+            s = metrics.series[name]
+            out += [f"{name},{st},{v!r}" for st, v in zip(s.steps.tolist(), s.values.tolist())]
+        sys.stdout.write("\n".join(out) + "\n")
+    elif args.format == "json":
+        doc = {name: {"steps": metrics.series[name].steps.tolist(),
+                      "values": [v if v == v and abs(v) != float("inf") else str(v) for v in metrics.series[name].values.tolist()]}
+               for name in names}
+        sys.stdout.write(json.dumps(doc) + "\n")
+    else:
+        table = Table(box=None, pad_edge=False)
+        for col in ("TAG", "POINTS", "FIRST STEP", "LAST STEP", "LAST", "MIN", "MAX"):
+            table.add_column(col, no_wrap=True)
+        for name in names:
+            s = metrics.series[name]
+            import numpy as np
+
+            fin = s.values[np.isfinite(s.values)]
+            table.add_row(name, str(len(s)), str(int(s.steps[0])), str(int(s.steps[-1])), f"{s.values[-1]:.6g}",
+                          f"{fin.min():.6g}" if fin.size else "-", f"{fin.max():.6g}" if fin.size else "-")
+        console.print(table)
+        if not names:
+            say(console, f"no scalars found under {args.path}")
+    return 0
+
+
+def cmd_plan(args, console: Console) -> int:
+    from runner import graph
+
+    g = graph.build(args.file)
+    if args.format == "mermaid":
+        say(console, graph.render_mermaid(g))
+    else:
+        say(console, graph.render_tree(g))
+        say(console, f"{len(g.specs)} spec(s), {len(g.edges)} rule(s): all valid")
+    return 0
+
+
+def cmd_replay(args, console: Console) -> int:
+    from runner.replay import replay
+
+    report = replay(args.file, args.logdir, _parse_inputs(args.input))
+    if args.output == "json":
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        return 0
+    for p in report["problems"]:
+        say(console, f"warning: {p}")
+    for name, m in report["metrics"].items():
+        say(console, f"metric {name}: {m['points']} points, steps {m['first_step']}..{m['last_step']}")
+    for g in report["guards"]:
+        where = f"trips at step {g['step']}: {g['reason']}" if g["step"] is not None else "would not trip"
+        say(console, f"guard {g['guard']}: {where}")
+    if report["stopped_at"] is not None:
+        say(console, f"the run would have been stopped at step {report['stopped_at']}")
+    say(console, f"verdict: {report['verdict']}")
+    for line in report["explanation"].splitlines():
+        say(console, f"  {line}")
+    say(console, f"next: {report['next']}")
+    return 0
+
+
 COMMANDS = {"validate": cmd_validate, "schema": cmd_schema, "apply": cmd_apply, "status": cmd_status,
-            "logs": cmd_logs, "stop": cmd_stop}
+            "logs": cmd_logs, "stop": cmd_stop, "metrics": cmd_metrics, "plan": cmd_plan, "replay": cmd_replay}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=200)  # piped: do not squeeze tables to 80 columns
     err = Console(stderr=True, highlight=False)
     try:
         return COMMANDS[args.cmd](args, console)

@@ -266,13 +266,20 @@ class Judgement:
         return {"text": self.text, "value": self.value, "passed": self.passed, "children": [c.as_dict() for c in self.children]}
 
 
+def _num(x) -> str:
+    try:
+        return f"{float(x):.4g}"
+    except (TypeError, ValueError):
+        return str(x)
+
+
 def describe(c: Criterion) -> str:
     w = parse_window(c.window)
     where = "whole phase" if w.kind == "all" else (f"last {w.n} steps" if w.kind == "last" else f"since step {w.n}")
     if c.below is not None:
-        cmp = f"< {c.below}"
+        cmp = f"< {_num(c.below)}"
     elif c.above is not None:
-        cmp = f"> {c.above}"
+        cmp = f"> {_num(c.above)}"
     else:
         p = c.progress
         cmp = f"≥ {_margin_text(p.at_least)} of the way from {p.from_} to {p.to}"

@@ -436,6 +436,22 @@ class Engine:
             if state.ended:
                 self.finish(row["id"], state)
 
+    def view(self, phase_id: int) -> dict:
+        """The live view of a phase nobody in this process supervises, rebuilt from the store."""
+        row = self.store.phase(phase_id)
+        phase = Phase.model_validate(json.loads(row["phase_json"]))
+        sup = Supervision(phase, Path(row["spec_path"]).parent)
+        import numpy as np
+
+        new = {}
+        for name, pts in self.store.metric_points(phase_id).items():
+            arr = np.array(pts, dtype=np.float64)
+            new[name] = (arr[:, 0].astype(np.int64), arr[:, 1], arr[:, 2])
+            sup.metrics.add(name, *new[name])
+        sup.guards.feed(new)
+        sup.started = row["started_at"] or time.time()
+        return sup.view()
+
     def _result(self, phase_id: int) -> PhaseResult:
         row = self.store.phase(phase_id)
         return PhaseResult(row["run_id"], phase_id, row["name"], row["status"], row["reason"], row["exit_code"],
