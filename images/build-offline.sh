@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build runner's container images without any container registry.
 #
-#   bash images/build-offline.sh            # base + trainer (cached by tag)
+#   bash images/build-offline.sh            # base (cached by tag) + trainer (Docker layer cache)
 #   REBUILD=1 bash images/build-offline.sh  # ignore the cache
 #
 # The base image is made from Debian packages (debootstrap + `docker import`),
@@ -45,10 +45,8 @@ else
   tar -C "$rootfs" -c . | docker import -c 'ENV LANG=C.UTF-8' -c 'CMD ["python3"]' - "$BASE_TAG" >/dev/null
 fi
 
-if have_image "$TRAINER_TAG"; then
-  say "$TRAINER_TAG present, skipping"
-else
-  say "building $TRAINER_TAG from $BASE_TAG"
-  docker build -q --build-arg "BASE_IMAGE=$BASE_TAG" -t "$TRAINER_TAG" "$here/trainer" >/dev/null
-fi
+# Always built: Docker's layer cache makes an unchanged trainer a no-op, and a changed
+# train.py is never hidden behind a stale tag.
+say "building $TRAINER_TAG from $BASE_TAG"
+docker build -q --build-arg "BASE_IMAGE=$BASE_TAG" -t "$TRAINER_TAG" "$here/trainer" >/dev/null
 say "ready: $BASE_TAG $TRAINER_TAG"

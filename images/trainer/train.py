@@ -12,7 +12,11 @@ meant to supervise, including their bad habits:
 * resumes exactly from ``--resume CKPT``: batches are a pure function of the
   step, and RNG state is restored, so a resumed run logs the same values;
 * ``--diverge-after STEP`` multiplies the learning rate so the loss blows up,
-  to exercise runner's guards.
+  to exercise runner's guards;
+* on SIGTERM (runner's stop, a guard) it finishes the current step, saves a
+  checkpoint and exits 0 — the behaviour the stop grace period is for.  (As
+  PID 1 in a container, a process without a handler would ignore SIGTERM
+  and be SIGKILLed when the grace period ends.)
 
 Runs on torch 1.13 and 2.x, on CPU or one CUDA device.
 """
@@ -22,6 +26,7 @@ import argparse
 import math
 import os
 import re
+import signal
 import sys
 import time
 
@@ -132,6 +137,13 @@ def main(argv=None) -> int:
         start = int(state["step"])
         print(f"resumed from {args.resume} at step {start}", flush=True)
 
+    stop = {"requested": False}
+
+    def on_sigterm(*_):
+        stop["requested"] = True
+        print(f"SIGTERM received at {time.time():.3f}", flush=True)  # benchmarks/guard_reaction.py reads this
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     writer = SummaryWriter(log_dir=args.logdir, flush_secs=1)
     print(f"training steps {start + 1}..{args.max_steps} on {device} (torch {torch.__version__})", flush=True)
     t0 = time.time()
@@ -159,6 +171,11 @@ def main(argv=None) -> int:
             if args.keep_last > 0:
                 for _, old in list_checkpoints(args.output_dir)[: -args.keep_last]:
                     os.remove(old)
+        if stop["requested"]:
+            save_checkpoint(os.path.join(args.output_dir, f"model_step{step}.pth"), step, model, opt)
+            print(f"SIGTERM: saved model_step{step}.pth and stopped", flush=True)
+            writer.close()
+            return 0
         if args.step_delay:
             time.sleep(args.step_delay)
     writer.close()

@@ -1,0 +1,45 @@
+"""The demo chains in real containers: phase 1 → verdict → next phase, and the divergence guard."""
+import json
+
+from tests.conftest import REPO
+
+
+def status(cli, run=None):
+    out = cli("status", *([run] if run else []), "--output", "json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_success_branch_runs_phase2_from_the_best_checkpoint(cli):
+    out = cli("apply", str(REPO / "specs/demo/pipeline.yaml"), timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run,) = status(cli)["runs"]
+    p1, p2 = run["phases"]
+    assert (p1["name"], p1["status"], p1["verdict"]) == ("demo-phase1", "succeeded", "success")
+    assert (p2["name"], p2["status"], p2["verdict"]) == ("demo-phase2", "succeeded", "success")
+    assert "✓ mean(text_loss, last 50 steps) < 3.2: measured" in p1["explanation"]
+    assert "of the way" in p1["explanation"]
+    assert p1["decision"].startswith("rule 1 fired") and "phase2.yaml" in p1["decision"]
+    best = p1["outputs"]["best_checkpoint"]
+    assert best.endswith(".pth") and p2["inputs"]["resume_from"] == best
+    assert float(p2["inputs"]["baseline"]) == p1["outputs"]["metrics"]["text_loss"]["mean"]
+    assert p2["decision"].startswith("no next rule matched")
+    events = [e["kind"] for e in status(cli, run["id"])["events"]]
+    assert events.count("chain.decision") == 2
+    assert "precondition.met" in events
+
+
+def test_divergence_guard_stops_phase1_and_the_failure_branch_runs(cli):
+    out = cli("apply", str(REPO / "specs/demo/pipeline-diverge.yaml"), timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = status(cli)["runs"][0]
+    p1, p2 = run["phases"]
+    assert (p1["status"], p1["verdict"]) == ("failed", "failure")
+    assert p1["reason"].startswith("guard tripped (text_loss diverges)")
+    assert p2["name"] == "demo-restart" and p2["status"] == "succeeded"
+    assert "restart.yaml" in p1["decision"]
+    # Stopped within seconds: the trainer logged only a few steps past the trip, far from its 300.
+    last = p1["outputs"]["metrics"]["text_loss"]["last_step"]
+    assert 170 <= last <= 220
+    trip = [e for e in status(cli, run["id"])["events"] if e["kind"] == "guard.tripped"]
+    assert len(trip) == 1
