@@ -143,10 +143,10 @@ def test_reference_trainer_resumes_exactly_on_the_image_torch(engine, spec_for, 
     mount = f"mounts: [{{source: {out}, target: /out, create: true}}]\n"
     common = ["python3", "/app/train.py", "--max-steps", "20", "--save-every", "10", "--d-model", "32", "--layers", "1"]
     full = engine.apply(spec_for(common + ["--output-dir", "/out/a", "--logdir", "/out/a/tb"], name="full",
-                                 image=TRAINER_IMAGE, container_extra=mount)).last.last
+                                 image=TRAINER_IMAGE, container_extra=mount)).last
     assert full.status == "succeeded", full.reason
     resumed = engine.apply(spec_for(common + ["--output-dir", "/out/b", "--logdir", "/out/b/tb", "--resume", "/out/a/model_step10.pth"],
-                                    name="resumed", image=TRAINER_IMAGE, container_extra=mount)).last.last
+                                    name="resumed", image=TRAINER_IMAGE, container_extra=mount)).last
     assert resumed.status == "succeeded", resumed.reason
     a = torch.load(out / "a" / "model_step20.pth", map_location="cpu")
     b = torch.load(out / "b" / "model_step20.pth", map_location="cpu")
