@@ -142,6 +142,9 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stop", help="stop a run's running phases (SIGTERM, grace period, SIGKILL)")
     st.add_argument("run", metavar="RUN")
 
+    at = sub.add_parser("attach", help="re-adopt a detached phase: guards, verdict and chain continue where they were")
+    at.add_argument("run", metavar="RUN")
+
     m = sub.add_parser("metrics", help="print the scalars runner reads from a logdir, event file or JSONL file")
     m.add_argument("path", metavar="PATH")
     m.add_argument("--tag", action="append", default=[], help="only these tags (repeatable)")
@@ -208,6 +211,15 @@ def cmd_schema(args, console: Console) -> int:
 
 
 def cmd_apply(args, console: Console) -> int:
+    return _foreground(args, console, lambda engine: engine.apply(args.file, _parse_inputs(args.input), detach=args.detach))
+
+
+def cmd_attach(args, console: Console) -> int:
+    return _foreground(args, console, lambda engine: engine.attach(engine.store.resolve_run(args.run)))
+
+
+def _foreground(args, console: Console, work) -> int:
+    """Run engine work in the foreground: live view, Ctrl-C stops, SIGHUP/SIGTERM detach."""
     reporter = TerminalReporter(console, Console(stderr=True, highlight=False))
     engine = _engine(args, reporter)
 
@@ -220,12 +232,12 @@ def cmd_apply(args, console: Console) -> int:
     signal.signal(signal.SIGHUP, leave)
     signal.signal(signal.SIGTERM, leave)
     try:
-        run = engine.apply(args.file, _parse_inputs(args.input), detach=args.detach)
+        run = work(engine)
     finally:
         reporter.close()
     for r in run.phases:
         reporter.info(f"run {r.run_id}: phase {r.phase} {r.status}" + (f" ({r.reason})" if r.reason else ""))
-    if args.detach:
+    if getattr(args, "detach", False):
         say(console, run.run_id)
     return EXIT.get(run.last.status, 1)
 
@@ -461,7 +473,7 @@ def cmd_replay(args, console: Console) -> int:
 
 
 COMMANDS = {"validate": cmd_validate, "schema": cmd_schema, "apply": cmd_apply, "status": cmd_status,
-            "logs": cmd_logs, "stop": cmd_stop, "metrics": cmd_metrics, "plan": cmd_plan, "replay": cmd_replay}
+            "logs": cmd_logs, "stop": cmd_stop, "attach": cmd_attach, "metrics": cmd_metrics, "plan": cmd_plan, "replay": cmd_replay}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

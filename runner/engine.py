@@ -132,8 +132,12 @@ class Engine:
         self.store.create_run(run_id, str(loaded.path))
         run = RunResult(run_id)
         fired: dict[tuple[str, int], int] = {}
+        result = self.run_phase(run_id, loaded, phase, plan, merged, detach=detach, fired=fired)
+        return self._chain(run, loaded, result, fired, detach)
+
+    def _chain(self, run: RunResult, loaded: LoadedSpec, result: PhaseResult, fired: dict, detach: bool = False) -> RunResult:
+        """Follow `next:` decisions from ``result`` until the chain ends."""
         while True:
-            result = self.run_phase(run_id, loaded, phase, plan, merged, detach=detach, fired=fired)
             run.phases.append(result)
             d = result.decision
             if detach or d is None or d.spec is None:
@@ -142,10 +146,62 @@ class Engine:
             fired[key] = fired.get(key, 0) + 1
             try:
                 loaded = load_spec(d.spec)
-                phase, plan, merged = self._plan(loaded, d.inputs, run_id)
+                phase, plan, merged = self._plan(loaded, d.inputs, run.run_id)
             except SpecError as exc:
-                self.store.event(run_id, result.phase_id, "chain.error", f"next spec {d.spec} is invalid:\n{exc}")
+                self.store.event(run.run_id, result.phase_id, "chain.error", f"next spec {d.spec} is invalid:\n{exc}")
                 raise
+            result = self.run_phase(run.run_id, loaded, phase, plan, merged, fired=fired)
+
+    def attach(self, run_id: str) -> RunResult:
+        """Re-adopt a run's detached (or unsupervised running) phase: metrics continue from the
+        stored points and offsets, guards and criteria apply, then the verdict and the chain."""
+        rows = [r for r in self.store.phases(run_id) if r["status"] in ("running", "detached") and r["container_id"]]
+        if not rows:
+            raise RunnerError(f"run {run_id} has no running or detached phase to attach to")
+        row = rows[-1]
+        loaded = load_spec(row["spec_path"])
+        if loaded.sha256 != row["spec_sha256"]:
+            raise RunnerError(f"{row['spec_path']} changed since phase {row['name']} was launched",
+                              "restore the spec as it was, or let the phase finish with `runner status`")
+        phase = Phase.model_validate(json.loads(row["phase_json"]))
+        plan = LaunchPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(row["plan_json"]).items()})
+        sup = self._restored(row["id"], phase, loaded.folder)
+        self.store.transition(row["id"], "running", "re-attached", expect=frozenset({"running", "detached"}))
+        self.reporter.info(f"run {run_id}: attached to phase {row['name']} (container {row['container_id'][:12]})")
+        result = self.supervise(row["id"], plan, row["container_id"], sup, fresh_log=True)
+        if result.status in ("succeeded", "failed", "inconclusive") and result.verdict:
+            result = self._decide(row["id"], phase, loaded, sup, row["inputs"], self._fired(run_id))
+        return self._chain(RunResult(run_id), loaded, result, self._fired(run_id))
+
+    def _fired(self, run_id: str) -> dict:
+        """How often each (spec, rule) fired in this run so far, from the recorded decisions."""
+        fired: dict = {}
+        for e in self.store.events(run_id):
+            if e["kind"] == "chain.decision" and e["data"].get("next"):
+                rule = e["data"].get("rule")
+                spec = e["data"].get("spec")
+                if rule is not None and spec:
+                    fired[(spec, rule)] = fired.get((spec, rule), 0) + 1
+        return fired
+
+    def _restored(self, phase_id: int, phase: Phase, folder: Path) -> Supervision:
+        """A Supervision seeded from the store: the points read so far and the source offsets."""
+        import numpy as np
+
+        sup = Supervision(phase, folder)
+        new = {}
+        for name, pts in self.store.metric_points(phase_id).items():
+            arr = np.array(pts, dtype=np.float64)
+            new[name] = (arr[:, 0].astype(np.int64), arr[:, 1], arr[:, 2])
+            sup.metrics.add(name, *new[name])
+        sup.guards.feed(new)
+        sup.trip = sup.guards.tripped
+        offsets = self.store.offsets(phase_id)
+        if sup.sources.tensorboard is not None:
+            sup.sources.tensorboard.offsets.update({f: o for f, o in offsets.items() if "tfevents" in f})
+        if sup.sources.jsonl is not None:
+            sup.sources.jsonl.offset = offsets.get(str(sup.sources.jsonl.path), 0)
+        return sup
 
     def _plan(self, loaded: LoadedSpec, inputs: dict[str, str], run_id: str) -> tuple[Phase, LaunchPlan, dict]:
         merged = merge_inputs(loaded, inputs)
@@ -202,7 +258,8 @@ class Engine:
         d = chain.decide(phase.next, row["verdict"], sup.metrics, {**row["outputs"], "name": row["name"]}, inputs,
                          {"id": row["run_id"], "dir": str(self.runs_dir / row["run_id"])}, loaded.folder, counts)
         self.store.update(phase_id, decision=d.reason)
-        self.store.event(row["run_id"], phase_id, "chain.decision", d.reason, {"next": d.spec, "inputs": d.inputs})
+        self.store.event(row["run_id"], phase_id, "chain.decision", d.reason,
+                         {"next": d.spec, "inputs": d.inputs, "rule": d.rule, "spec": str(loaded.path)})
         self.reporter.info(f"next: {d.reason}")
         result = self._result(phase_id)
         result.decision = d
@@ -242,12 +299,13 @@ class Engine:
 
     # ------------------------------------------------------------------ supervise
 
-    def supervise(self, phase_id: int, plan: LaunchPlan, container_id: str, sup: Supervision | None = None) -> PhaseResult:
+    def supervise(self, phase_id: int, plan: LaunchPlan, container_id: str, sup: Supervision | None = None,
+                  fresh_log: bool = False) -> PhaseResult:
         """Follow a running container to its end: logs, metrics, guards, criteria, timeout, stop and
         detach requests.  Returns the recorded outcome."""
         sup = sup or Supervision(Phase.model_validate(json.loads(self.store.phase(phase_id)["phase_json"])), "/")
         log_path = Path(plan.phase_dir) / "container.log"
-        pump = threading.Thread(target=self._pump_logs, args=(container_id, log_path, sup), daemon=True)
+        pump = threading.Thread(target=self._pump_logs, args=(container_id, log_path, sup, "wb" if fresh_log else "ab"), daemon=True)
         pump.start()
         try:
             return self._follow(phase_id, plan, container_id, pump, sup)
@@ -376,11 +434,12 @@ class Engine:
         except RunnerError as exc:
             self.reporter.info(f"stop failed: {exc}")
 
-    def _pump_logs(self, container_id: str, log_path: Path, sup: Supervision | None = None) -> None:
-        """Copy the container's output to container.log, the reporter and the stdout metric parser."""
+    def _pump_logs(self, container_id: str, log_path: Path, sup: Supervision | None = None, mode: str = "ab") -> None:
+        """Copy the container's output to container.log, the reporter and the stdout metric parser.
+        ``mode`` "wb" rewrites the log from the container's start (re-attach: nothing missed while away)."""
         partial = b""
         try:
-            with open(log_path, "ab") as out:
+            with open(log_path, mode) as out:
                 for chunk in self.backend.logs(container_id, follow=True):
                     out.write(chunk)
                     out.flush()
@@ -439,16 +498,7 @@ class Engine:
     def view(self, phase_id: int) -> dict:
         """The live view of a phase nobody in this process supervises, rebuilt from the store."""
         row = self.store.phase(phase_id)
-        phase = Phase.model_validate(json.loads(row["phase_json"]))
-        sup = Supervision(phase, Path(row["spec_path"]).parent)
-        import numpy as np
-
-        new = {}
-        for name, pts in self.store.metric_points(phase_id).items():
-            arr = np.array(pts, dtype=np.float64)
-            new[name] = (arr[:, 0].astype(np.int64), arr[:, 1], arr[:, 2])
-            sup.metrics.add(name, *new[name])
-        sup.guards.feed(new)
+        sup = self._restored(phase_id, Phase.model_validate(json.loads(row["phase_json"])), Path(row["spec_path"]).parent)
         sup.started = row["started_at"] or time.time()
         return sup.view()
 

@@ -65,3 +65,43 @@ def test_unknown_field_is_a_bug(store):
     pid = store.add_phase("r1", "p1", "a", "x", {})
     with pytest.raises(ValueError):
         store.update(pid, status="x; DROP TABLE runs")
+
+
+def test_metric_points_newest_write_wins_and_offsets_roundtrip(store):
+    import numpy as np
+
+    store.create_run("r1", "a")
+    pid = store.add_phase("r1", "p1", "a", "x", {})
+    arr = lambda *xs: np.array(xs, dtype=np.float64)
+    store.save_metrics(pid, {"loss": (np.array([1, 2]), arr(1.0, float("nan")), arr(10, 10))}, {"/tb/events.1": 100})
+    store.save_metrics(pid, {"loss": (np.array([2, 3]), arr(2.5, 3.0), arr(20, 20))}, {"/tb/events.1": 250})
+    store.save_metrics(pid, {"loss": (np.array([3]), arr(99.0), arr(5))}, {})  # an older write: ignored
+    points = store.metric_points(pid)["loss"]
+    assert [(s, v) for s, v, _ in points] == [(1, 1.0), (2, 2.5), (3, 3.0)]
+    assert store.offsets(pid) == {"/tb/events.1": 250}
+
+
+def test_restored_supervision_continues_from_offsets(tmp_path):
+    import json
+
+    import numpy as np
+
+    from runner.backends.fake import FakeBackend
+    from runner.engine import Engine
+    from runner.spec.models import Phase
+
+    store = Store(tmp_path / "runner.db")
+    engine = Engine(store, FakeBackend(), tmp_path)
+    phase = Phase.model_validate({
+        "apiVersion": "runner/v1", "kind": "Phase", "name": "p", "container": {"image": "i", "command": ["x"]},
+        "metrics": {"tensorboard": {"logdir": str(tmp_path / "tb"), "tags": {"loss": "train/loss"}}},
+        "guards": [{"metric": "loss", "diverges": {"above_best_by": "10%", "for": "2 evals"}}],
+    })
+    store.create_run("r", "s")
+    pid = store.add_phase("r", "p", "s", "x", {}, phase_json=phase.model_dump_json(by_alias=True))
+    store.save_metrics(pid, {"loss": (np.array([1, 2, 3]), np.array([1.0, 2.0, 2.0]), np.array([1.0, 2, 3]))},
+                       {str(tmp_path / "tb" / "events.out.tfevents.1"): 4242})
+    sup = engine._restored(pid, Phase.model_validate(json.loads(store.phase(pid)["phase_json"])), tmp_path)
+    assert sup.sources.tensorboard.offsets == {str(tmp_path / "tb" / "events.out.tfevents.1"): 4242}
+    assert sup.metrics.series["loss"].steps.tolist() == [1, 2, 3]
+    assert sup.trip is not None and sup.trip.step == 3  # guard state is rebuilt too
