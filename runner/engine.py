@@ -166,6 +166,8 @@ class Engine:
         phase = Phase.model_validate(json.loads(row["phase_json"]))
         plan = LaunchPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(row["plan_json"]).items()})
         sup = self._restored(row["id"], phase, loaded.folder)
+        if sup.ckpt is not None:
+            sup.ckpt.start()  # recover() repairs the vault; the first rescan finds what was written meanwhile
         self.store.transition(row["id"], "running", "re-attached", expect=frozenset({"running", "detached"}))
         self.reporter.info(f"run {run_id}: attached to phase {row['name']} (container {row['container_id'][:12]})")
         result = self.supervise(row["id"], plan, row["container_id"], sup, fresh_log=True)
@@ -189,6 +191,8 @@ class Engine:
         import numpy as np
 
         sup = Supervision(phase, folder)
+        row = self.store.phase(phase_id)
+        sup.ckpt = self._checkpoint_guard(row["run_id"], phase_id, phase, folder, str(self.runs_dir / row["run_id"] / row["name"]))
         new = {}
         for name, pts in self.store.metric_points(phase_id).items():
             arr = np.array(pts, dtype=np.float64)
@@ -220,15 +224,33 @@ class Engine:
         if blocked:
             self.store.transition(phase_id, "blocked", blocked, finished_at=time.time(), decision="blocked: the chain ends")
             return self._result(phase_id)
-        container_id = self.launch(phase_id, plan)
+        sup = Supervision(phase, loaded.folder)
+        sup.ckpt = self._checkpoint_guard(run_id, phase_id, phase, loaded.folder, plan.phase_dir)
+        if sup.ckpt is not None:
+            sup.ckpt.start()  # watching before the trainer starts: no checkpoint can slip by
+        try:
+            container_id = self.launch(phase_id, plan)
+        except BaseException:
+            if sup.ckpt is not None:
+                sup.ckpt.stop()
+            raise
         if detach:
+            if sup.ckpt is not None:
+                sup.ckpt.stop()  # `runner attach` (or status) takes over; rescans find what was written meanwhile
             self.reporter.info(f"detached: container {container_id[:12]} runs on; follow with `runner logs {run_id} -f`")
             return self._result(phase_id)
-        sup = Supervision(phase, loaded.folder)
         result = self.supervise(phase_id, plan, container_id, sup)
         if result.status in ("succeeded", "failed", "inconclusive") and result.verdict:
             return self._decide(phase_id, phase, loaded, sup, inputs, fired or {})
         return result
+
+    def _checkpoint_guard(self, run_id: str, phase_id: int, phase: Phase, folder: Path, phase_dir: str):
+        if phase.checkpoints is None:
+            return None
+        from runner.checkpoints.guard import CheckpointGuard
+
+        return CheckpointGuard(self.store, run_id, phase_id, phase.checkpoints, abs_path(folder, phase.checkpoints.dir),
+                               Path(phase_dir) / "vault", say=self.reporter.info)
 
     def _preconditions(self, run_id: str, phase_id: int, phase: Phase, plan: LaunchPlan, folder: Path) -> str:
         """'' when every precondition is met, else the reasons (each check is recorded)."""
@@ -377,6 +399,8 @@ class Engine:
             self.store.save_metrics(phase_id, new, sup.sources.offsets())
         for problem in sup.sources.problems():
             self.store.event(plan.run_id, phase_id, "metrics.problem", problem)
+        if sup.ckpt is not None:
+            sup.ckpt.retain(sup.metrics)
 
     def finish(self, phase_id: int, state: ContainerState, sup: Supervision | None = None) -> PhaseResult:
         """Record the outcome of an ended container, once (a second caller changes nothing)."""
@@ -386,7 +410,7 @@ class Engine:
         phase = Phase.model_validate(json.loads(row["phase_json"] or "{}")) if row["phase_json"] not in ("", "{}") else None
         folder = Path(row["spec_path"]).parent
         if sup is None and phase is not None:
-            sup = Supervision(phase, folder)
+            sup = self._restored(phase_id, phase, folder)
             self._poll_metrics_quiet(sup)
         if row["stop_requested"]:
             status, reason, v = "cancelled", "stopped on request", None
@@ -408,10 +432,14 @@ class Engine:
             if not exit_ok and trip is None and not (sup and sup.met_early):
                 reason = exit_reason
         fields = dict(exit_code=state.exit_code, oom_killed=int(state.oom_killed), finished_at=time.time())
+        vaulted = {}
+        if sup is not None and sup.ckpt is not None:
+            vaulted = sup.ckpt.finish(sup.metrics)  # also for cancelled phases: vault what is there
         if v is not None:
             ckpt = phase.checkpoints if phase else None
             outputs = phase_outputs(row["log_path"] and str(Path(row["log_path"]).parent), v.verdict,
                                     sup.metrics if sup else _empty(), ckpt, abs_path(folder, ckpt.dir) if ckpt else None)
+            outputs.update(vaulted)
             fields.update(verdict=v.verdict, explanation=v.explanation(), outputs_json=json.dumps(outputs),
                           judgement_json=json.dumps(v.judgement.as_dict() if v.judgement else None))
         self.store.transition(phase_id, status, reason, expect=ACTIVE, **fields)

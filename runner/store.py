@@ -78,6 +78,23 @@ CREATE TABLE IF NOT EXISTS source_offsets (
     offset   INTEGER NOT NULL,
     PRIMARY KEY (phase_id, file)
 );
+CREATE TABLE IF NOT EXISTS checkpoints (
+    id          INTEGER PRIMARY KEY,
+    phase_id    INTEGER NOT NULL,
+    step        INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    vault_path  TEXT NOT NULL,
+    how         TEXT NOT NULL DEFAULT '',
+    size        INTEGER,
+    sha256      TEXT,
+    score       REAL,
+    metrics_json TEXT NOT NULL DEFAULT '{}',
+    state       TEXT NOT NULL,
+    ever_best   INTEGER NOT NULL DEFAULT 0,
+    vaulted_at  REAL,
+    UNIQUE (phase_id, name)
+);
 CREATE INDEX IF NOT EXISTS events_run ON events(run_id, id);
 CREATE INDEX IF NOT EXISTS phases_status ON phases(status);
 """
@@ -186,6 +203,31 @@ class Store:
                 " ON CONFLICT (phase_id, file) DO UPDATE SET offset = excluded.offset",
                 [(phase_id, f, o) for f, o in offsets.items()],
             )
+
+    def checkpoint_intent(self, phase_id: int, step: int, name: str, source: str, vault_path: str) -> None:
+        """Recorded before the link/copy, so a crash in between is repaired on restart."""
+        with self.tx() as db:
+            db.execute("INSERT INTO checkpoints (phase_id, step, name, source, vault_path, state) VALUES (?, ?, ?, ?, ?, 'vaulting')"
+                       " ON CONFLICT (phase_id, name) DO NOTHING", (phase_id, step, name, source, vault_path))
+
+    def checkpoint_update(self, phase_id: int, name: str, **fields: Any) -> None:
+        allowed = {"how", "size", "sha256", "score", "metrics_json", "state", "ever_best", "vaulted_at"}
+        if set(fields) - allowed:
+            raise ValueError(f"unknown checkpoint fields {sorted(set(fields) - allowed)}")
+        with self.tx() as db:
+            for key, value in fields.items():
+                db.execute(f"UPDATE checkpoints SET {key} = ? WHERE phase_id = ? AND name = ?", (value, phase_id, name))
+
+    def checkpoints(self, phase_id: int) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self.db.execute("SELECT * FROM checkpoints WHERE phase_id = ? ORDER BY step, name", (phase_id,)).fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["metrics"] = json.loads(d.pop("metrics_json") or "{}")
+            d["ever_best"] = bool(d["ever_best"])
+            out.append(d)
+        return out
 
     # ------------------------------------------------------------------ reads
 

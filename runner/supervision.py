@@ -49,6 +49,7 @@ class Supervision:
         self.sources = build_sources(phase, folder)
         self.guards = Guards(phase.guards)
         self.lock = threading.Lock()  # the log pump feeds the stdout parser from its thread
+        self.ckpt = None  # the phase's CheckpointGuard, if it has a checkpoints: block
         self.trip: Trip | None = None
         self.met_early = False
         self.standing: Judgement | None = None

@@ -71,10 +71,14 @@ class Metrics(Model):
 
 
 class Keep(Model):
-    """Which checkpoint is best."""
+    """Which vaulted checkpoints to keep (runner never deletes the trainer's own files)."""
 
-    by: str = Field(description="Metric that scores a checkpoint (its value at the checkpoint's step, or the nearest before).")
+    by: str = Field(description="Metric that scores a checkpoint: its value at the checkpoint's step (or the nearest before).")
     mode: Literal["min", "max"] = Field("min", description="Whether lower or higher is better.")
+    window: int | None = Field(None, ge=1, description="Score with the mean over this many steps up to the checkpoint's step, instead of one value.")
+    best: int = Field(1, ge=1, description="Keep the best K checkpoints. One that has ever been in the best K is never pruned.")
+    latest: int = Field(1, ge=0, description="Also keep the newest N.")
+    every: int | None = Field(None, ge=1, description="Also keep every checkpoint whose step is a multiple of this.")
 
 
 class Checkpoints(Model):
@@ -82,7 +86,10 @@ class Checkpoints(Model):
 
     dir: str = Field(description="Folder the trainer writes checkpoints to. Relative = relative to the spec file.")
     pattern: str = Field("model_step{step}.pth", description="File name with a {step} placeholder.")
-    keep: Keep | None = Field(None, description="How to pick the best checkpoint.")
+    keep: Keep | None = Field(None, description="How to score checkpoints and which vaulted ones to keep. Without it every vaulted checkpoint is kept.")
+    vault: bool = Field(True, description="Protect each complete checkpoint in runs/RUN/PHASE/vault (hard link, or copy across filesystems).")
+    polling: bool = Field(False, description="Watch the folder by polling (network filesystems send no events). Rescans run either way.")
+    settle: Duration = Field(2.0, description="A checkpoint not seen closed or renamed into place counts as complete once its size is stable this long.")
 
     @field_validator("pattern")
     @classmethod
