@@ -145,6 +145,16 @@ def _parser() -> argparse.ArgumentParser:
     at = sub.add_parser("attach", help="re-adopt a detached phase: guards, verdict and chain continue where they were")
     at.add_argument("run", metavar="RUN")
 
+    ck = sub.add_parser("checkpoints", help="list a phase's checkpoints: step, score, sha256, state (best, kept, pruned)")
+    ck.add_argument("run", metavar="RUN")
+    ck.add_argument("phase", nargs="?", metavar="PHASE")
+    ck.add_argument("--output", "-o", choices=["table", "json"], default="table")
+
+    ex = sub.add_parser("export", help="copy a phase's best checkpoint out of the vault and verify its sha256")
+    ex.add_argument("run", metavar="RUN")
+    ex.add_argument("phase", nargs="?", metavar="PHASE")
+    ex.add_argument("--best", required=True, metavar="DEST", help="destination file or folder")
+
     m = sub.add_parser("metrics", help="print the scalars runner reads from a logdir, event file or JSONL file")
     m.add_argument("path", metavar="PATH")
     m.add_argument("--tag", action="append", default=[], help="only these tags (repeatable)")
@@ -472,8 +482,77 @@ def cmd_replay(args, console: Console) -> int:
     return 0
 
 
+def _checkpoint_rows(store: Store, run_id: str, phase: str | None) -> tuple[dict, list[dict]]:
+    if phase is None:
+        with_ck = [p for p in store.phases(run_id) if store.checkpoints(p["id"])]
+        if not with_ck:
+            raise RunnerError(f"run {run_id} has no recorded checkpoints")
+        row = with_ck[-1]
+    else:
+        row = _pick_phase(store, run_id, phase)
+    return row, store.checkpoints(row["id"])
+
+
+def cmd_checkpoints(args, console: Console) -> int:
+    store = _engine(args).store
+    run_id = store.resolve_run(args.run)
+    row, cks = _checkpoint_rows(store, run_id, args.phase)
+    if args.output == "json":
+        doc = {"run": run_id, "phase": row["name"], "checkpoints": [
+            {"step": c["step"], "name": c["name"], "state": c["state"], "ever_best": c["ever_best"], "score": c["score"],
+             "sha256": c["sha256"], "size": c["size"], "vault_path": c["vault_path"], "source": c["source"],
+             "how": c["how"], "metrics": c["metrics"]} for c in cks]}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return 0
+    table = Table(box=None, pad_edge=False)
+    for col in ("STEP", "STATE", "SCORE", "SIZE", "SHA256", "VAULT"):
+        table.add_column(col, no_wrap=True)
+    for c in cks:
+        table.add_row(str(c["step"]), c["state"] + (" (was best)" if c["ever_best"] and c["state"] != "best" else ""),
+                      "" if c["score"] is None else f"{c['score']:.5g}", str(c["size"] or ""), (c["sha256"] or "")[:16],
+                      c["vault_path"])
+    say(console, f"run {run_id}, phase {row['name']}")
+    console.print(table)
+    return 0
+
+
+def cmd_export(args, console: Console) -> int:
+    import hashlib
+    import shutil
+
+    from runner.checkpoints.vault import sha256_of
+
+    store = _engine(args).store
+    run_id = store.resolve_run(args.run)
+    row, cks = _checkpoint_rows(store, run_id, args.phase)
+    best = [c for c in cks if c["state"] == "best" and c["score"] is not None]
+    if not best:
+        raise RunnerError(f"phase {row['name']} of run {run_id} has no scored best checkpoint")
+    mode = json.loads(row["phase_json"] or "{}").get("checkpoints", {}).get("keep", {}).get("mode", "min")
+    sign = 1 if mode == "min" else -1
+    c = min(best, key=lambda c: (sign * c["score"], c["step"]))
+    src = Path(c["vault_path"])
+    dest = Path(args.best)
+    if dest.is_dir():
+        dest = dest / src.name
+    if dest.exists():
+        raise RunnerError(f"{dest} exists; runner does not overwrite")
+    tmp = dest.with_name(dest.name + ".exporting")
+    if src.is_dir():
+        shutil.copytree(src, tmp)
+    else:
+        shutil.copyfile(src, tmp)
+    got = sha256_of(tmp)
+    if got != c["sha256"]:
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink()
+        raise RunnerError(f"sha256 mismatch exporting {src}: vault {c['sha256']}, copy {got}")
+    os.replace(tmp, dest)
+    say(console, f"exported {c['name']} (step {c['step']}, score {c['score']:.5g}) to {dest}; sha256 {got} verified")
+    return 0
+
+
 COMMANDS = {"validate": cmd_validate, "schema": cmd_schema, "apply": cmd_apply, "status": cmd_status,
-            "logs": cmd_logs, "stop": cmd_stop, "attach": cmd_attach, "metrics": cmd_metrics, "plan": cmd_plan, "replay": cmd_replay}
+            "logs": cmd_logs, "stop": cmd_stop, "attach": cmd_attach, "checkpoints": cmd_checkpoints, "export": cmd_export, "metrics": cmd_metrics, "plan": cmd_plan, "replay": cmd_replay}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -217,7 +217,7 @@ class CheckpointGuard:
             latest_step = metrics.latest_step()
             for c in rows:
                 # Score once the metric has reached the checkpoint's step (later values may still arrive before).
-                if c["score"] is None and latest_step is not None and latest_step >= c["step"]:
+                if c["score"] is None and latest_step is not None and (final or latest_step >= c["step"]):
                     value, snap = self.score(metrics, c["step"])
                     c["score"] = value
                     self.store.checkpoint_update(self.phase_id, c["name"], score=value, metrics_json=json.dumps(snap))

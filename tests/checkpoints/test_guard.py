@@ -1,0 +1,166 @@
+"""The checkpoint guard on real files: watchdog events, rescans, hard links, copies, crash recovery."""
+import hashlib
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from runner.checkpoints.guard import CheckpointGuard
+from runner.checkpoints.vault import protect
+from runner.metrics.series import MetricSet
+from runner.spec.criteria_models import Checkpoints
+from runner.store import Store
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "runner.db")
+    s.create_run("r", "spec")
+    s.add_phase("r", "p", "spec", "x", {})
+    return s
+
+
+def make_guard(store, tmp_path, **spec):
+    spec = {"dir": str(tmp_path / "ckpt"), "keep": {"by": "loss", "best": 1, "latest": 1}, "settle": 0.3, **spec}
+    return CheckpointGuard(store, "r", 1, Checkpoints.model_validate(spec), tmp_path / "ckpt", tmp_path / "vault", rescan_s=0.2)
+
+
+def save(folder: Path, step: int, rename: bool = True) -> str:
+    """torch.save a small checkpoint (to a temp name, then rename, like the reference trainer); its sha256."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"model_step{step}.pth"
+    tmp = folder / f"model_step{step}.pth.tmp" if rename else final
+    torch.save({"step": step, "w": torch.full((64,), float(step))}, tmp)
+    if rename:
+        os.replace(tmp, final)
+    return hashlib.sha256(final.read_bytes()).hexdigest()
+
+
+def wait_for(fn, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if fn():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_best_survives_the_trainers_keep_last_rotation(store, tmp_path):
+    guard = make_guard(store, tmp_path)
+    guard.start()
+    losses = {10: 3.0, 20: 2.0, 30: 0.9358, 40: 1.5, 50: 2.5, 60: 4.0}
+    written = {}
+    metrics = MetricSet()
+    for step, loss in losses.items():
+        written[step] = save(tmp_path / "ckpt", step)
+        metrics.add("loss", [step], [loss], [time.time()])
+        assert wait_for(lambda: any(c["step"] == step and c["state"] != "vaulting" for c in store.checkpoints(1)))
+        for old in sorted((tmp_path / "ckpt").glob("model_step*.pth"))[:-2]:  # the trainer's keep-last 2
+            old.unlink()
+        guard.retain(metrics)
+    outputs = guard.finish(metrics)
+    rows = {c["step"]: c for c in store.checkpoints(1)}
+    assert rows[30]["state"] == "best" and outputs["best_checkpoint"] == str(tmp_path / "vault" / "model_step30.pth")
+    assert not (tmp_path / "ckpt" / "model_step30.pth").exists()  # the trainer deleted it long ago
+    assert hashlib.sha256(Path(outputs["best_checkpoint"]).read_bytes()).hexdigest() == written[30] == rows[30]["sha256"]
+    assert outputs["last_checkpoint"].endswith("model_step60.pth")
+    # Ever-best (10, 20, 30) kept; 40, 50 pruned and deleted after the phase; the trash is empty.
+    assert {s for s, c in rows.items() if c["state"] == "pruned"} == {40, 50}
+    assert sorted(p.name for p in (tmp_path / "vault").glob("*.pth")) == [f"model_step{s}.pth" for s in (10, 20, 30, 60)]
+    assert list((tmp_path / "vault" / ".trash").iterdir()) == []
+
+
+def test_vaulting_by_hard_link_is_fast_after_rename(store, tmp_path):
+    guard = make_guard(store, tmp_path)
+    guard.start()
+    try:
+        (tmp_path / "ckpt").mkdir(exist_ok=True)
+        time.sleep(0.3)
+        save(tmp_path / "ckpt", 100)
+        t0 = time.time()
+        assert wait_for(lambda: any(c["state"] == "kept" for c in store.checkpoints(1)), timeout=5)
+        (row,) = store.checkpoints(1)
+        assert row["how"] == "link"
+        assert os.stat(row["vault_path"]).st_ino == os.stat(tmp_path / "ckpt" / "model_step100.pth").st_ino
+        assert row["vaulted_at"] - t0 < 1.0
+    finally:
+        guard.stop()
+
+
+def test_rescan_finds_checkpoints_without_events(store, tmp_path):
+    """A dead observer (or a network filesystem) never means a missed checkpoint."""
+    guard = make_guard(store, tmp_path, polling=True)
+    guard.start()
+    guard.watcher.stop()  # no events at all from here on
+    save(tmp_path / "ckpt", 10, rename=False)  # written in place, never renamed
+    assert wait_for(lambda: any(c["state"] == "kept" for c in store.checkpoints(1)), timeout=10)
+    guard.stop()
+
+
+def test_folder_checkpoints_in_a_just_created_folder(store, tmp_path):
+    guard = make_guard(store, tmp_path, pattern="checkpoint-{step}", keep=None)
+    guard.start()
+    d = tmp_path / "ckpt" / "checkpoint-500"
+    d.mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(os.urandom(4096))
+    (d / "config.json").write_text("{}")
+    assert wait_for(lambda: any(c["state"] == "kept" for c in store.checkpoints(1)), timeout=10)
+    guard.stop()
+    vaulted = tmp_path / "vault" / "checkpoint-500"
+    assert (vaulted / "model.safetensors").read_bytes() == (d / "model.safetensors").read_bytes()
+
+
+def test_half_written_torch_file_is_not_vaulted_until_complete(store, tmp_path):
+    guard = make_guard(store, tmp_path, settle=0.2)
+    (tmp_path / "ckpt").mkdir()
+    path = tmp_path / "ckpt" / "model_step10.pth"
+    full = tmp_path / "full.pth"
+    torch.save({"step": 10, "w": torch.zeros(10000)}, full)
+    data = full.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    guard.scan()
+    time.sleep(0.3)
+    assert guard.scan() == []  # stable but not loadable: waits
+    path.write_bytes(data)
+    guard.scan()
+    time.sleep(0.3)
+    assert guard.scan() == ["model_step10.pth"]
+
+
+def test_copy_across_filesystems_is_fsynced_and_renamed(tmp_path):
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.fail("this test needs /dev/shm on another filesystem than the temp folder")
+    src = tmp_path / "model_step1.pth"
+    src.write_bytes(os.urandom(100_000))
+    vault = shm / f"runner-test-vault-{os.getpid()}"
+    try:
+        dst, how = protect(src, vault)
+        assert how == "copy" and dst.read_bytes() == src.read_bytes()
+        assert not any(p.name.endswith(".vaulting") for p in vault.iterdir())
+    finally:
+        import shutil
+
+        shutil.rmtree(vault, ignore_errors=True)
+
+
+def test_recover_after_a_crash_between_link_and_record(store, tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    save(tmp_path / "ckpt", 10)
+    (tmp_path / "vault").mkdir()
+    os.link(tmp_path / "ckpt" / "model_step10.pth", tmp_path / "vault" / "model_step10.pth")  # linked, never recorded
+    store.checkpoint_intent(1, 20, "model_step20.pth", str(tmp_path / "ckpt" / "model_step20.pth"),
+                            str(tmp_path / "vault" / "model_step20.pth"))  # recorded, never linked
+    save(tmp_path / "ckpt", 20)
+    guard = make_guard(store, tmp_path)
+    guard.recover()
+    guard.scan(final=True)
+    time.sleep(0.35)
+    guard.scan()
+    rows = {c["step"]: c for c in store.checkpoints(1)}
+    assert rows[10]["state"] == "kept" and rows[10]["how"] == "recovered" and rows[10]["sha256"]
+    assert rows[20]["state"] == "kept" and (tmp_path / "vault" / "model_step20.pth").exists()
