@@ -30,7 +30,7 @@ from runner.backends.base import Backend, ContainerState
 from runner.criteria import Trip, verdict as judge_verdict
 from runner.errors import ContainerNotFound, EngineUnavailable, ImageMissing, LaunchError, RunnerError, SpecError
 from runner.outputs import phase_outputs
-from runner.plan import LaunchPlan, launch_plan, merge_inputs, resolve
+from runner.plan import BindMount, LaunchPlan, launch_plan, merge_inputs, resolve
 from runner.spec import LoadedSpec, load_spec
 from runner.spec.models import Phase
 from runner.store import ACTIVE, Store
@@ -165,6 +165,7 @@ class Engine:
                               "restore the spec as it was, or let the phase finish with `runner status`")
         phase = Phase.model_validate(json.loads(row["phase_json"]))
         plan = LaunchPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(row["plan_json"]).items()})
+        plan = dataclasses.replace(plan, mounts=tuple(BindMount(**m) if isinstance(m, dict) else m for m in plan.mounts))
         sup = self._restored(row["id"], phase, loaded.folder)
         if sup.ckpt is not None:
             sup.ckpt.start()  # recover() repairs the vault; the first rescan finds what was written meanwhile
@@ -249,8 +250,18 @@ class Engine:
             return None
         from runner.checkpoints.guard import CheckpointGuard
 
-        return CheckpointGuard(self.store, run_id, phase_id, phase.checkpoints, abs_path(folder, phase.checkpoints.dir),
-                               Path(phase_dir) / "vault", say=self.reporter.info)
+        guard = CheckpointGuard(self.store, run_id, phase_id, phase.checkpoints, abs_path(folder, phase.checkpoints.dir),
+                                Path(phase_dir) / "vault", say=self.reporter.info)
+        if phase.checkpoints.validate_ is not None:
+            from runner.checkpoints.validation import Validator
+
+            row = self.store.phase(phase_id)
+            plan_data = json.loads(row["plan_json"] or "{}")
+            if plan_data:
+                plan = LaunchPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in plan_data.items()})
+                plan = dataclasses.replace(plan, mounts=tuple(BindMount(**m) if isinstance(m, dict) else m for m in plan.mounts))
+                guard.validator = Validator(self.backend, plan, phase.checkpoints.validate_, self.store, run_id, phase_id)
+        return guard
 
     def _preconditions(self, run_id: str, phase_id: int, phase: Phase, plan: LaunchPlan, folder: Path) -> str:
         """'' when every precondition is met, else the reasons (each check is recorded)."""
@@ -434,7 +445,12 @@ class Engine:
         fields = dict(exit_code=state.exit_code, oom_killed=int(state.oom_killed), finished_at=time.time())
         vaulted = {}
         if sup is not None and sup.ckpt is not None:
-            vaulted = sup.ckpt.finish(sup.metrics)  # also for cancelled phases: vault what is there
+            def merge() -> None:  # validation results that arrived after the last poll
+                new = sup.poll()
+                if new:
+                    self.store.save_metrics(phase_id, new, sup.sources.offsets())
+
+            vaulted = sup.ckpt.finish(sup.metrics, merge)  # also for cancelled phases: vault what is there
         if v is not None:
             ckpt = phase.checkpoints if phase else None
             outputs = phase_outputs(row["log_path"] and str(Path(row["log_path"]).parent), v.verdict,

@@ -102,7 +102,7 @@ def resolve(loaded: LoadedSpec, inputs: dict[str, object], run_id: str, runs_dir
 
     def sub(text: str, path: tuple) -> str:
         try:
-            return interpolate.substitute(text, context)
+            return interpolate.substitute(text, context, keep=frozenset({"checkpoint"}))
         except KeyError as exc:
             line, col = loaded.doc.position(path)
             problems.append(Problem(file, line, col, dotted(path), f"cannot resolve ${{{{ {exc.args[0]} }}}}"))

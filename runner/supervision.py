@@ -70,6 +70,14 @@ class Supervision:
         """Read new points, feed guards; returns the new points (for the store)."""
         with self.lock:
             new = self.sources.poll()
+        validator = self.ckpt.validator if self.ckpt is not None else None
+        if validator is not None:
+            from runner.metrics.sources import _merge
+
+            for step, values, wall in validator.take():
+                for name, value in values.items():
+                    _merge(new, name, np.array([step]), np.array([value]), np.array([wall]))
+                    self.metrics.add(name, [step], [value], [wall])
         before = self.guards.last_step
         trip = self.guards.feed(new)
         if self.guards.last_step is not None and self.guards.last_step != before:

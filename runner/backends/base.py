@@ -54,3 +54,6 @@ class Backend(Protocol):
 
     def find(self, labels: dict[str, str]) -> list[ContainerState]:
         """Containers (running or not) carrying all ``labels``."""
+
+    def remove(self, container_id: str) -> None:
+        """Remove an ended container (runner's own helpers only, e.g. validation runs)."""

@@ -108,6 +108,10 @@ class FakeBackend:
         return [self.inspect(c.id) for c in list(self.containers.values())
                 if all(c.plan.labels.get(k) == v for k, v in labels.items())]
 
+    def remove(self, cid: str) -> None:
+        self._get(cid)
+        del self.containers[cid]
+
     def vanish(self, cid: str) -> None:
         """Test helper: the container is removed behind runner's back."""
         del self.containers[cid]

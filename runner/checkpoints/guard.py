@@ -69,6 +69,7 @@ class CheckpointGuard:
         self.watcher = Watcher(folder, polling=spec.polling, interval=rescan_s)
         self.pending: dict[str, tuple[int, float, float]] = {}  # name → (size, mtime, stable since)
         self.disk_full = False
+        self.validator = None  # a checkpoints.validation.Validator, when the spec has validate:
         self.unloadable: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -163,6 +164,8 @@ class CheckpointGuard:
         self._event("checkpoint.vaulted", f"vaulted {name} (step {step}) by {how} in {took * 1000:.1f} ms",
                     {"step": step, "ms": took * 1000})
         self.store.checkpoint_update(self.phase_id, name, sha256=sha256_of(dst), size=size_of(dst))
+        if self.validator is not None:
+            self.validator.offer(step, str(dst))
         return True
 
     def recover(self) -> None:
@@ -202,6 +205,8 @@ class CheckpointGuard:
         i = int(np.searchsorted(s.steps, step, side="right"))
         if i == 0:
             return None, snapshot
+        if self.spec.validate_ is not None and int(s.steps[i - 1]) != step:
+            return None, snapshot  # validation metrics belong to their checkpoint's exact step
         if keep.window:
             lo = int(np.searchsorted(s.steps, step - keep.window + 1, side="left"))
             vals = s.values[lo:i]
@@ -217,7 +222,8 @@ class CheckpointGuard:
             latest_step = metrics.latest_step()
             for c in rows:
                 # Score once the metric has reached the checkpoint's step (later values may still arrive before).
-                if c["score"] is None and latest_step is not None and (final or latest_step >= c["step"]):
+                ready = final or (latest_step is not None and latest_step >= c["step"]) or self.spec.validate_ is not None
+                if c["score"] is None and ready:
                     value, snap = self.score(metrics, c["step"])
                     c["score"] = value
                     self.store.checkpoint_update(self.phase_id, c["name"], score=value, metrics_json=json.dumps(snap))
@@ -246,10 +252,16 @@ class CheckpointGuard:
         self.store.checkpoint_update(self.phase_id, c["name"], state="trash")
         self._event("checkpoint.pruned", f"{c['name']} moved to the vault's trash (deleted when the phase ends)")
 
-    def finish(self, metrics: MetricSet) -> dict:
-        """Stop watching, vault what is left, final retention, empty the trash; the outputs."""
+    def finish(self, metrics: MetricSet, merge: Callable[[], None] | None = None) -> dict:
+        """Stop watching, vault what is left, wait for queued validations (``merge`` pulls their
+        results into ``metrics``), final retention, empty the trash; the outputs."""
         self.stop()
         self.scan(final=True)
+        if self.validator is not None:
+            if not self.validator.drain(timeout=max(60.0, self.validator.spec.timeout)):
+                self._event("validation.failed", "validations still running at the end of the phase; not waited for")
+            if merge is not None:
+                merge()
         self.retain(metrics, final=True)
         for c in self.store.checkpoints(self.phase_id):
             if c["state"] == "trash":

@@ -7,7 +7,7 @@ from typing import Literal, Union
 from pydantic import Field, field_validator, model_validator
 
 from runner.spec.models_base import Model
-from runner.spec.types import Duration, Margin, Number, Size, StepWindow
+from runner.spec.types import Argv, Duration, GpuRequest, Margin, Number, Size, StepWindow
 
 
 class TensorBoardSource(Model):
@@ -81,6 +81,16 @@ class Keep(Model):
     every: int | None = Field(None, ge=1, description="Also keep every checkpoint whose step is a multiple of this.")
 
 
+class Validate(Model):
+    """A validation command run in its own container against new checkpoints."""
+
+    command: Argv = Field(description="argv; ${{ checkpoint.path }} (the vaulted file, which must be visible in the container) and ${{ checkpoint.step }} are substituted. The last JSON object printed gives metrics, e.g. {\"val_loss\": 1.23}.")
+    image: str | None = Field(None, description="Image (default: the phase's image). Mounts, env and workdir are the phase's.")
+    every: int = Field(1, ge=1, description="Validate every Nth vaulted checkpoint.")
+    gpus: GpuRequest = Field(0, description="GPUs for the validation container (default CPU); validations run one at a time, queued.")
+    timeout: Duration = Field(3600.0, description="Limit for one validation run.")
+
+
 class Checkpoints(Model):
     """The trainer's checkpoint folder."""
 
@@ -90,6 +100,7 @@ class Checkpoints(Model):
     vault: bool = Field(True, description="Protect each complete checkpoint in runs/RUN/PHASE/vault (hard link, or copy across filesystems).")
     polling: bool = Field(False, description="Watch the folder by polling (network filesystems send no events). Rescans run either way.")
     settle: Duration = Field(2.0, description="A checkpoint not seen closed or renamed into place counts as complete once its size is stable this long.")
+    validate_: Validate | None = Field(None, alias="validate", description="Run a validation command against each new checkpoint; its metrics (e.g. val_loss) are usable everywhere, scoring included (at the checkpoint's exact step).")
 
     @field_validator("pattern")
     @classmethod

@@ -22,6 +22,7 @@ NAMESPACES: dict[str, set[str] | None] = {
     "run": {"id", "dir"},
     "phase": {"name", "dir", "verdict", "best_checkpoint", "last_checkpoint"},
     "metrics": None,
+    "checkpoint": {"path", "step"},
 }
 OUTPUTS = {("phase", "verdict"), ("phase", "best_checkpoint"), ("phase", "last_checkpoint")}
 STATS = {"last", "last_step", "min", "max", "mean", "count"}
@@ -37,6 +38,8 @@ def check_reference(namespace: str, key: str, declared_inputs: set[str], in_next
     where the ended phase's outputs are known."""
     if namespace not in NAMESPACES:
         return f"unknown namespace in ${{{{ {namespace}.{key} }}}}; known: {', '.join(sorted(NAMESPACES))}"
+    if namespace == "checkpoint":
+        return None  # placement is checked by the loader (only in checkpoints.validate.command)
     if (namespace, key) in OUTPUTS or namespace == "metrics":
         if not in_next:
             return f"${{{{ {namespace}.{key} }}}} is known only when the phase has ended: use it in next: rules"
@@ -52,11 +55,14 @@ def check_reference(namespace: str, key: str, declared_inputs: set[str], in_next
     return None
 
 
-def substitute(text: str, context: dict[str, dict[str, Any]]) -> str:
-    """Replace every reference in ``text`` from ``context``; KeyError names a missing one."""
+def substitute(text: str, context: dict[str, dict[str, Any]], keep: frozenset[str] = frozenset()) -> str:
+    """Replace every reference in ``text`` from ``context``; KeyError names a missing one.
+    References in a ``keep`` namespace are left as they are (filled in later)."""
 
     def repl(m: re.Match) -> str:
         ns, key = m.group(1), m.group(2)
+        if ns in keep:
+            return m.group(0)
         try:
             value = context[ns][key]
         except KeyError:

@@ -263,6 +263,8 @@ def reference_problems(doc: Document, file: str) -> list[Problem]:
     def check(text: str, path: Loc) -> str:
         for ns, key in interpolate.references(text):
             msg = interpolate.check_reference(ns, key, declared, in_next=bool(path) and path[0] == "next")
+            if ns == "checkpoint" and tuple(path[:3]) != ("checkpoints", "validate", "command"):
+                msg = f"${{{{ checkpoint.{key} }}}} is only known in checkpoints.validate.command"
             if msg:
                 line, col = doc.position(path)
                 out.append(Problem(file, line, col, dotted(path), msg))
