@@ -101,7 +101,8 @@ class Validator:
         if state.exit_code != 0 or found is None:
             tail = " | ".join(output.strip().splitlines()[-3:])
             raise RunnerError(f"exit code {state.exit_code}, no JSON metrics in its output ({tail})")
-        metrics = {k: float(v) for k, v in found.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metrics = {k: float(v) for k, v in found.items()
+                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
         with self._lock:
             self.results.append((step, metrics, time.time()))
         self.store.event(self.run_id, self.phase_id, "validation.done",

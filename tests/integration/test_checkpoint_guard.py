@@ -92,3 +92,22 @@ def test_sigkill_mid_phase_then_attach_loses_nothing(cli, tmp_path):
 def checkpoints_or_empty(cli, run_id):
     out = cli("checkpoints", run_id, "--output", "json")
     return json.loads(out.stdout)["checkpoints"] if out.returncode == 0 else []
+
+
+def test_validation_runs_score_checkpoints_by_val_loss(cli):
+    out = cli("apply", str(REPO / "specs/demo/validate.yaml"), timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_id = status(cli)["runs"][0]["id"]
+    cks = checkpoints(cli, run_id, "demo-validate")
+    assert [c["step"] for c in cks] == [50, 100, 150, 200, 250, 300]
+    events = status(cli, run_id)["events"]
+    validated = {e["message"].split()[2].rstrip(":") for e in events if e["kind"] == "validation.done"}
+    assert validated == {"50", "100", "150", "200", "250", "300"}
+    for c in cks:  # the score is the val_loss the validation printed for that very checkpoint
+        assert c["score"] is not None
+        msg = next(e["message"] for e in events if e["kind"] == "validation.done" and e["message"].startswith(f"validated step {c['step']}:"))
+        assert f"val_loss={c['score']:.5g}" in msg
+    # Retention by val_loss: the best two are 'best'; nothing that was ever best is pruned.
+    two_best = sorted(cks, key=lambda c: (c["score"], c["step"]))[:2]
+    assert {c["step"] for c in cks if c["state"] == "best"} == {c["step"] for c in two_best}
+    assert not any(c["ever_best"] and c["state"] == "pruned" for c in cks)
