@@ -44,7 +44,7 @@ def decide(rules: list[NextRule], verdict: str, metrics: MetricSet, outputs: dic
             continue
         ctx = {**context(outputs), "inputs": inputs, "run": run}
         ctx["phase"] = {**ctx["phase"], "name": outputs.get("name", "")}
-        with_inputs = {k: interpolate.substitute(v, ctx) if isinstance(v, str) else interpolate._text(v)
+        with_inputs = {k: interpolate.substitute(v, ctx) if isinstance(v, str) else interpolate.as_text(v)
                        for k, v in rule.with_.items()}
         target = os.path.normpath(os.path.join(spec_folder, rule.apply))
         return Decision(i, target, with_inputs, f"rule {i + 1} fired ({why}): apply {rule.apply}")

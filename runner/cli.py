@@ -400,10 +400,7 @@ def _read_metrics(path: Path, tags: list[str]):
     if path.is_file() and path.suffix in (".jsonl", ".json", ".ndjson"):
         reader = JsonlReader(path)
     elif path.is_file():
-        reader = LogdirReader(path.parent)
-        only = str(path)
-        files = reader.files
-        reader.files = lambda: [p for p in files() if str(p) == only]  # just this event file
+        reader = LogdirReader(path.parent, only=path)
     else:
         reader = LogdirReader(path)
     metrics = MetricSet()

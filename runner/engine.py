@@ -28,6 +28,7 @@ from typing import Callable, Protocol
 from runner import chain, preconditions
 from runner.backends.base import Backend, ContainerState
 from runner.criteria import Trip, verdict as judge_verdict
+from runner.metrics.series import MetricSet
 from runner.errors import ContainerNotFound, EngineUnavailable, ImageMissing, LaunchError, RunnerError, SpecError
 from runner.outputs import phase_outputs
 from runner.plan import BindMount, LaunchPlan, launch_plan, merge_inputs, resolve
@@ -164,8 +165,7 @@ class Engine:
             raise RunnerError(f"{row['spec_path']} changed since phase {row['name']} was launched",
                               "restore the spec as it was, or let the phase finish with `runner status`")
         phase = Phase.model_validate(json.loads(row["phase_json"]))
-        plan = LaunchPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(row["plan_json"]).items()})
-        plan = dataclasses.replace(plan, mounts=tuple(BindMount(**m) if isinstance(m, dict) else m for m in plan.mounts))
+        plan = _stored_plan(row)
         sup = self._restored(row["id"], phase, loaded.folder)
         if sup.ckpt is not None:
             sup.ckpt.start()  # recover() repairs the vault; the first rescan finds what was written meanwhile
@@ -255,11 +255,8 @@ class Engine:
         if phase.checkpoints.validate_ is not None:
             from runner.checkpoints.validation import Validator
 
-            row = self.store.phase(phase_id)
-            plan_data = json.loads(row["plan_json"] or "{}")
-            if plan_data:
-                plan = LaunchPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in plan_data.items()})
-                plan = dataclasses.replace(plan, mounts=tuple(BindMount(**m) if isinstance(m, dict) else m for m in plan.mounts))
+            plan = _stored_plan(self.store.phase(phase_id))
+            if plan is not None:
                 guard.validator = Validator(self.backend, plan, phase.checkpoints.validate_, self.store, run_id, phase_id)
         return guard
 
@@ -552,7 +549,15 @@ class Engine:
                            row["container_id"], row["verdict"])
 
 
-def _empty():
-    from runner.metrics.series import MetricSet
-
+def _empty() -> MetricSet:
     return MetricSet()
+
+
+def _stored_plan(row: dict) -> LaunchPlan | None:
+    """The LaunchPlan recorded for a phase (JSON lists back to tuples, mounts back to BindMount)."""
+    data = json.loads(row["plan_json"] or "{}")
+    if not data:
+        return None
+    data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    data["mounts"] = tuple(BindMount(**m) if isinstance(m, dict) else m for m in data["mounts"])
+    return LaunchPlan(**data)

@@ -153,5 +153,5 @@ def launch_plan(phase: Phase, loaded: LoadedSpec, inputs: dict[str, object], run
         stop_grace=c.stop_grace_period,
         timeout=phase.timeout,
         phase_dir=str(phase_dir(runs_dir, run_id, phase.name)),
-        inputs={k: interpolate._text(v) for k, v in inputs.items()},
+        inputs={k: interpolate.as_text(v) for k, v in inputs.items()},
     )

@@ -36,14 +36,17 @@ class LogdirReader:
     A ``tags`` mapping may name either form: "train/loss" matches that tag in
     any subfolder, "version_0/train/loss" only there."""
 
-    def __init__(self, logdir: str | Path, tags: dict[str, str] | None = None):
+    def __init__(self, logdir: str | Path, tags: dict[str, str] | None = None, only: str | Path | None = None):
         self.logdir = Path(logdir)
+        self.only = Path(only) if only is not None else None  # read just this event file
         self.names = {tag: name for name, tag in (tags or {}).items()}  # tag → short name
         self.offsets: dict[str, int] = {}
         self.scalar_tags: dict[str, str] = {}
         self.problems: list[str] = []
 
     def files(self) -> list[Path]:
+        if self.only is not None:
+            return [self.only] if self.only.is_file() else []
         if not self.logdir.is_dir():
             return []
         found = []

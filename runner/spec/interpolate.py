@@ -69,12 +69,13 @@ def substitute(text: str, context: dict[str, dict[str, Any]], keep: frozenset[st
             raise KeyError(f"{ns}.{key}") from None
         if value is None:
             raise KeyError(f"{ns}.{key}")
-        return _text(value)
+        return as_text(value)
 
     return REF_RE.sub(repl, text)
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A value as it is substituted into a string (numbers as the user wrote them)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
