@@ -154,3 +154,42 @@ def test_same_phase_is_never_launched_twice(make, write_spec):
     plan = backend.launched[0]
     with pytest.raises(LaunchError, match="already exists"):
         backend.launch(plan)
+
+
+STDOUT_METRICS = """
+metrics:
+  stdout: {step: 'step (\\d+)', patterns: {loss: 'loss ([-+.\\deE]+|nan|inf)'}}
+  poll_interval: 10ms
+"""
+
+
+def test_stop_when_met_ends_the_run_early_with_success(make, write_spec):
+    backend = FakeBackend(script={"p1": Script(lines=[f"step {s} loss {3.0 - s / 100}" for s in range(10, 200, 10)], polls=10**9)})
+    spec = MINIMAL + STDOUT_METRICS + "success:\n  stop_when_met: true\n  all:\n    - {metric: loss, below: 1.5}\n"
+    engine = make(backend)
+    result = engine.apply(write_spec(spec)).last
+    assert (result.status, result.verdict) == ("succeeded", "success")
+    assert result.reason.startswith("criteria met, run stopped early")
+    (container,) = backend.containers.values()
+    assert container.stop_grace is not None  # stopped by runner, gracefully
+    kinds = [e["kind"] for e in engine.store.events(result.run_id)]
+    assert "criteria.met" in kinds
+
+
+def test_guard_trip_stops_and_fails_and_chain_takes_failure(make, write_spec, tmp_path):
+    (tmp_path / "restart.yaml").write_text(MINIMAL.replace("name: p1", "name: restart"))
+    backend = FakeBackend(script={"p1": Script(lines=["step 10 loss 2.0", "step 20 loss nan"], polls=10**9)})
+    spec = MINIMAL + STDOUT_METRICS + "guards:\n  - {metric: loss, non_finite: true}\nnext:\n  - {when: failure, apply: restart.yaml}\n"
+    run = make(backend).apply(write_spec(spec))
+    first, second = run.phases
+    assert (first.status, first.verdict) == ("failed", "failure")
+    assert first.reason == "guard tripped (loss non-finite): loss is nan at step 20"
+    assert second.phase == "restart" and second.status == "succeeded"
+
+
+def test_blocked_precondition_launches_nothing(make, write_spec):
+    backend = FakeBackend()
+    spec = MINIMAL + "preconditions:\n  - file_exists: /no/such/checkpoint.pth\n"
+    result = make(backend).apply(write_spec(spec)).last
+    assert result.status == "blocked" and "does not exist" in result.reason
+    assert backend.launched == []
