@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Any, Sequence
@@ -514,7 +513,6 @@ def cmd_checkpoints(args, console: Console) -> int:
 
 
 def cmd_export(args, console: Console) -> int:
-    import hashlib
     import shutil
 
     from runner.checkpoints.vault import sha256_of

@@ -35,7 +35,8 @@ from runner.plan import BindMount, LaunchPlan, launch_plan, merge_inputs, resolv
 from runner.spec import LoadedSpec, load_spec
 from runner.spec.models import Phase
 from runner.store import ACTIVE, Store
-from runner.supervision import Supervision, abs_path
+from runner.preconditions import abs_path
+from runner.supervision import Supervision
 from runner.units import format_duration
 
 POLL_S = 0.5
@@ -433,7 +434,7 @@ class Engine:
                 exit_reason = f"exit code {state.exit_code}" + (f": {state.error}" if state.error else "")
             trip: Trip | None = sup.trip if sup else None
             success = phase.success if phase else None
-            v = judge_verdict(exit_ok, exit_reason, trip, success, sup.metrics if sup else _empty(),
+            v = judge_verdict(exit_ok, exit_reason, trip, success, sup.metrics if sup else MetricSet(),
                               met_early=bool(sup and sup.met_early))
             status = STATUS_OF_VERDICT[v.verdict]
             reason = v.reasons[0]
@@ -451,7 +452,7 @@ class Engine:
         if v is not None:
             ckpt = phase.checkpoints if phase else None
             outputs = phase_outputs(row["log_path"] and str(Path(row["log_path"]).parent), v.verdict,
-                                    sup.metrics if sup else _empty(), ckpt, abs_path(folder, ckpt.dir) if ckpt else None)
+                                    sup.metrics if sup else MetricSet(), ckpt, abs_path(folder, ckpt.dir) if ckpt else None)
             outputs.update(vaulted)
             fields.update(verdict=v.verdict, explanation=v.explanation(), outputs_json=json.dumps(outputs),
                           judgement_json=json.dumps(v.judgement.as_dict() if v.judgement else None))
@@ -547,10 +548,6 @@ class Engine:
         row = self.store.phase(phase_id)
         return PhaseResult(row["run_id"], phase_id, row["name"], row["status"], row["reason"], row["exit_code"],
                            row["container_id"], row["verdict"])
-
-
-def _empty() -> MetricSet:
-    return MetricSet()
 
 
 def _stored_plan(row: dict) -> LaunchPlan | None:

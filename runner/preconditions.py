@@ -10,7 +10,6 @@ from typing import Callable
 
 from runner.errors import RunnerError
 from runner.spec.criteria_models import FileCheck, Precondition
-from runner.units import parse_size
 
 
 def _human(n: float) -> str:
@@ -112,15 +111,10 @@ def check(pre: Precondition, resolve_path: Callable[[str], Path], *, gpus: objec
     raise AssertionError("precondition without a check")  # the model forbids it
 
 
-def disk_free_text(path: str) -> str:
-    return _human(shutil.disk_usage(path).free)
-
-
 def resolver(folder: Path) -> Callable[[str], Path]:
-    def resolve(p: str) -> Path:
-        return Path(os.path.normpath(os.path.join(folder, os.path.expanduser(p))))
-
-    return resolve
+    """Spec paths resolve against the spec file's folder."""
+    return lambda p: abs_path(folder, p)
 
 
-__all__ = ["check", "gpu_free_memory", "resolver", "step_from_name", "parse_size"]
+def abs_path(folder: Path | str, p: str) -> Path:
+    return Path(os.path.normpath(os.path.join(folder, os.path.expanduser(p))))

@@ -1,7 +1,6 @@
 """What the engine watches while a phase runs: metric sources, guards, success criteria, live view data."""
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
@@ -11,13 +10,10 @@ import numpy as np
 from runner.criteria import Guards, Judgement, Trip, judge
 from runner.metrics.sources import JsonlReader, LogdirReader, Sources, StdoutParser
 from runner.metrics.series import MetricSet
+from runner.preconditions import abs_path
 from runner.spec.models import Phase
 
 SPARK = "▁▂▃▄▅▆▇█"
-
-
-def abs_path(folder: Path | str, p: str) -> Path:
-    return Path(os.path.normpath(os.path.join(folder, os.path.expanduser(p))))
 
 
 def build_sources(phase: Phase, folder: Path | str) -> Sources:

@@ -8,7 +8,6 @@ until overwritten, so nothing a trainer logged is dropped silently.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,7 +102,3 @@ class MetricSet:
     def latest_step(self) -> int | None:
         lasts = [s.last()[0] for s in self.series.values() if len(s)]
         return max(lasts) if lasts else None
-
-
-def finite(x: float) -> bool:
-    return math.isfinite(x)

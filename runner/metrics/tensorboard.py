@@ -26,10 +26,8 @@ A record whose CRC fails is skipped and reported, never accepted.
 """
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -99,7 +97,6 @@ class Decoded:
     wall: float
     step: int
     values: list[tuple[str, float]]
-    plugins: dict[str, str]
     layout: Layout | None  # set when the event holds exactly one scalar and fixed fields
 
 
@@ -109,7 +106,6 @@ def decode_event(b: bytes, scalar_tags: dict[str, str]) -> Decoded:
     wall_off = step_off = step_len = -1
     values: list[tuple[str, float]] = []
     value_at: list[tuple[int, str]] = []
-    plugins: dict[str, str] = {}
     for num, wt, v, _ in _fields(b, 0, len(b)):
         if num == 1 and wt == 1:
             wall = struct.unpack_from("<d", b, v[0])[0]
@@ -120,15 +116,15 @@ def decode_event(b: bytes, scalar_tags: dict[str, str]) -> Decoded:
         elif num == 5 and wt == 2:
             for snum, swt, sv, _ in _fields(b, v[0], v[1]):
                 if snum == 1 and swt == 2:
-                    _decode_value(b, sv, scalar_tags, values, value_at, plugins)
+                    _decode_value(b, sv, scalar_tags, values, value_at)
     layout = None
     if len(values) == 1 and wall_off >= 0 and step_off >= 0 and value_at:
         off, kind = value_at[0]
         layout = Layout(values[0][0], wall_off, step_off, step_len, off, kind)
-    return Decoded(wall, step, values, plugins, layout)
+    return Decoded(wall, step, values, layout)
 
 
-def _decode_value(b, span, scalar_tags, values, value_at, plugins) -> None:
+def _decode_value(b, span, scalar_tags, values, value_at) -> None:
     tag = None
     simple = None
     tensor = None
@@ -149,7 +145,6 @@ def _decode_value(b, span, scalar_tags, values, value_at, plugins) -> None:
     if tag is None:
         return
     if plugin is not None:
-        plugins[tag] = plugin
         scalar_tags[tag] = plugin
     if simple is not None:
         values.append((tag, struct.unpack_from("<f", b, simple)[0]))
