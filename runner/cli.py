@@ -128,6 +128,29 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("file", metavar="FILE")
     a.add_argument("--input", "-i", action="append", default=[], metavar="NAME=VALUE", help="set an input (repeatable)")
     a.add_argument("--detach", "-d", action="store_true", help="start the phase and return at once")
+    a.add_argument("--priority", type=int, default=0, help="queue priority when a server runs (higher first; default 0)")
+    a.add_argument("--local", action="store_true",
+                   help="run in this terminal even if a server (runner serve) runs for this run store")
+
+    sv = sub.add_parser("serve", help="run as a server: inbox, queue, GPU slots; re-adopts running containers on start")
+    sv.add_argument("--inbox", default=os.environ.get("RUNNER_INBOX"), metavar="DIR",
+                    help="watch DIR for dropped spec files (default $RUNNER_INBOX; none: only `runner apply` submits)")
+    sv.add_argument("--specs", action="append", default=None, metavar="DIR",
+                    help="spec library (repeatable; default ./specs): mounts from it are allowed, and a dropped copy of "
+                         "one of its files runs as that file")
+    sv.add_argument("--allow-mount", action="append", default=[], metavar="DIR",
+                    help="also allow bind mounts from under DIR (repeatable; also $RUNNER_ALLOW_MOUNTS, ':'-separated)")
+    sv.add_argument("--gpus", default=os.environ.get("RUNNER_GPUS"), metavar="IDS",
+                    help="GPU ids to schedule, e.g. 0,1,3, or 'none' (default $RUNNER_GPUS, else ask nvidia-smi)")
+    sv.add_argument("--cpu-slots", type=int, default=int(os.environ.get("RUNNER_CPU_SLOTS", "4")), metavar="N",
+                    help="CPU-only phases that may run at once (default $RUNNER_CPU_SLOTS or 4)")
+    sv.add_argument("--notify", default=os.environ.get("RUNNER_NOTIFY"), metavar="URL",
+                    help="POST a JSON message to URL on verdicts, guard trips and lost phases (default $RUNNER_NOTIFY)")
+    sv.add_argument("--quiet", type=float, default=10.0, metavar="SECONDS",
+                    help="with no file events, an inbox file is read once unchanged this long (default 10)")
+
+    q = sub.add_parser("queue", help="list the server's waiting work, in the order it will start")
+    q.add_argument("--output", "-o", choices=["table", "json"], default="table")
 
     s = sub.add_parser("status", help="show runs and their phases")
     s.add_argument("run", nargs="?", metavar="RUN", help="run id or unique prefix (default: recent runs)")
@@ -220,6 +243,11 @@ def cmd_schema(args, console: Console) -> int:
 
 
 def cmd_apply(args, console: Console) -> int:
+    from runner.daemon import find_server
+
+    server = None if args.local else find_server(_state_path(args).parent)
+    if server is not None:
+        return _submit_to_server(args, console, server)
     return _foreground(args, console, lambda engine: engine.apply(args.file, _parse_inputs(args.input), detach=args.detach))
 
 
@@ -249,6 +277,120 @@ def _foreground(args, console: Console, work) -> int:
     if getattr(args, "detach", False):
         say(console, run.run_id)
     return EXIT.get(run.last.status, 1)
+
+
+def _submit_to_server(args, console: Console, server: dict) -> int:
+    """Queue the spec for the running server (found through its heartbeat file) instead of running it here."""
+    from runner.policy import MountPolicy
+
+    path = Path(args.file).resolve()
+    roots = [Path(r) for r in server.get("mount_roots") or []]
+    if roots and not any(path == r or r in path.parents for r in roots):
+        raise RunnerError(f"the server cannot see {path}: it reads specs under {', '.join(map(str, roots))}",
+                          "move the spec under one of them, or run it here with --local")
+    engine = _engine(args)
+    engine.policy = MountPolicy(tuple(server.get("mount_roots") or ())) if server.get("mount_roots") else None
+    run_id = engine.submit(path, _parse_inputs(args.input), source="apply-server", priority=args.priority)
+    waiting = [s for s in engine.store.submissions(("queued",)) if not s["source"] == "apply"]
+    position = next((i + 1 for i, s in enumerate(waiting) if s["run_id"] == run_id), None)
+    say(Console(stderr=True, highlight=False),
+        f"submitted to the server (pid {server['pid']} on {server['host']}, found through {server['path']}, "
+        f"heartbeat {server['heartbeat_age']:.0f}s ago): run {run_id}"
+        + (f", queue position {position}" if position else "")
+        + f"; follow with `runner status {run_id}` or `runner logs {run_id} -f` (--local runs it here instead)")
+    say(console, run_id)
+    return 0
+
+
+def cmd_serve(args, console: Console) -> int:
+    from runner.backends.docker import DockerBackend
+    from runner.daemon import Server, find_server
+    from runner.policy import MountPolicy
+    from runner.scheduler import detect_gpus, parse_gpus
+
+    state = _state_path(args)
+    runs_dir = state.parent.resolve()
+    running = find_server(runs_dir)
+    if running is not None and running["pid"] != os.getpid():
+        raise RunnerError(f"a server already serves {runs_dir} (pid {running['pid']} on {running['host']}, "
+                          f"heartbeat {running['heartbeat_age']:.0f}s ago)", "stop it first; one server per run store")
+    specs = [Path(p) for p in (args.specs or (["specs"] if Path("specs").is_dir() else []))]
+    inbox = Path(args.inbox).resolve() if args.inbox else None
+    extra = [p for p in os.environ.get("RUNNER_ALLOW_MOUNTS", "").split(":") if p]
+    roots = [runs_dir, *specs, *([inbox] if inbox else []), *args.allow_mount, *extra]
+    configured = parse_gpus(args.gpus)
+    gpus, gpu_source = configured if configured is not None else detect_gpus()
+    if args.cpu_slots < 1:
+        raise RunnerError("--cpu-slots must be at least 1")
+    DockerBackend().ping()  # fail now, with the one-line reason, not in the first run
+    server = Server(Store(state), DockerBackend, runs_dir, inbox, specs, gpus, gpu_source, args.cpu_slots,
+                    policy=MountPolicy.of(roots), notify=args.notify, quiet=args.quiet)
+
+    def leave(signum, frame):
+        # SIGTERM (docker stop, compose down) or Ctrl-C: stop supervising; containers keep running.
+        server.say(f"signal {signal.Signals(signum).name}: leaving; training containers keep running")
+        server.stop()
+
+    signal.signal(signal.SIGTERM, leave)
+    signal.signal(signal.SIGINT, leave)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    server.serve()
+    return 0
+
+
+def _queue_rows(store: Store) -> list[dict[str, Any]]:
+    """Waiting work in start order: runs not started yet, and phases waiting for GPUs or CPU slots."""
+    rows = []
+    for sub in store.submissions(("queued", "started")):
+        if sub["source"] == "apply":
+            continue
+        phases = store.phases(sub["run_id"])
+        pending = [p for p in phases if p["status"] == "pending"]
+        if phases and not pending:
+            continue
+        rows.append({"run": sub["run_id"], "priority": sub["priority"], "source": sub["source"],
+                     "spec": sub["spec_path"] if not pending else pending[-1]["spec_path"],
+                     "phase": pending[-1]["name"] if pending else None,
+                     "waiting_for": pending[-1]["reason"] if pending else "its turn (no phase started yet)",
+                     "submitted_at": _iso(sub["submitted_at"])})
+    return rows
+
+
+def cmd_queue(args, console: Console) -> int:
+    from runner.daemon import find_server
+
+    state = _state_path(args)
+    if not state.exists():
+        raise RunnerError(f"no run store at {state}", "start a server with `runner serve`, or pass --state")
+    server = find_server(state.parent)
+    rows = _queue_rows(Store(state))
+    if args.output == "json":
+        sys.stdout.write(json.dumps({"server": server, "queue": rows}, indent=2, default=str) + "\n")
+        return 0
+    say(console, _server_line(server))
+    if not rows:
+        say(console, "queue: empty")
+        return 0
+    table = Table(box=None, pad_edge=False)
+    for col in ("#", "RUN", "PRIO", "PHASE", "SUBMITTED", "SOURCE"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("WAITING FOR", overflow="fold", min_width=20)
+    for i, r in enumerate(rows, 1):
+        table.add_row(str(i), r["run"], str(r["priority"]), r["phase"] or Path(r["spec"]).name, r["submitted_at"] or "",
+                      r["source"], r["waiting_for"])
+    console.print(table)
+    return 0
+
+
+def _server_line(server: dict | None) -> str:
+    if server is None:
+        return "server: none running for this run store (`runner serve`, or `docker compose up -d`)"
+    sched = server.get("scheduler") or {}
+    gpus = sched.get("gpus") or {}
+    used = sum(1 for v in gpus.values() if v is not None)
+    return (f"server: pid {server['pid']} on {server['host']}, heartbeat {server['heartbeat_age']:.0f}s ago; "
+            f"GPUs {used}/{len(gpus)} in use ({server.get('gpu_source', '')}); "
+            f"CPU slots {len(sched.get('cpu_in_use') or [])}/{sched.get('cpu_slots', '?')}; inbox {server.get('inbox') or '-'}")
 
 
 def _iso(ts: float | None) -> str | None:
@@ -317,14 +459,26 @@ def cmd_status(args, console: Console) -> int:
             doc = {**doc, "note": note}
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return 0
+    if not args.run:
+        from runner.daemon import find_server
+
+        server = find_server(state.parent)
+        waiting = _queue_rows(store)
+        if server is not None or waiting:
+            say(console, _server_line(server))
+            say(console, f"queue: {len(waiting)} waiting" + (" (`runner queue` lists them)" if waiting else ""))
+            console.print()
     table = Table(box=None, pad_edge=False)
-    for col in ("RUN", "PHASE", "STATUS", "VERDICT", "EXIT", "STARTED"):
+    for col in ("RUN", "PHASE", "STATUS", "VERDICT", "EXIT", "STARTED", "PROGRESS"):
         table.add_column(col, no_wrap=True)
     table.add_column("REASON", overflow="fold", min_width=20)
     for view in views:
+        rows = {r["name"]: r for r in store.phases(view["id"])}
         for p in view["phases"] or [{"name": "-", "status": view["status"], "exit_code": None, "reason": "", "started_at": None}]:
+            row = rows.get(p["name"])
+            progress = _progress(engine, row) if row and row["status"] in ("running", "detached") else ""
             table.add_row(view["id"], p["name"], p["status"], p.get("verdict") or "",
-                          "" if p["exit_code"] is None else str(p["exit_code"]), p["started_at"] or "", p["reason"])
+                          "" if p["exit_code"] is None else str(p["exit_code"]), p["started_at"] or "", progress, p["reason"])
     console.print(table)
     if args.run:
         for p in views[0]["phases"]:
@@ -345,6 +499,25 @@ def cmd_status(args, console: Console) -> int:
     if note:
         say(console, note)
     return 0
+
+
+def _progress(engine, row: dict) -> str:
+    """step/total, ETA, GPUs and the latest metrics of a running phase, rebuilt from the store."""
+    from runner.units import format_duration
+
+    try:
+        v = engine.view(row["id"])
+    except (RunnerError, OSError, ValueError):
+        return ""
+    parts = []
+    if v.get("step") is not None:
+        parts.append(f"step {v['step']:,}" + (f"/{v['total']:,}" if v.get("total") else ""))
+    if v.get("eta") is not None:
+        parts.append(f"ETA {format_duration(v['eta'])}")
+    gpus = v.get("gpus")
+    parts.append(f"GPUs {','.join(map(str, gpus))}" if isinstance(gpus, list) else ("CPU" if not gpus else f"GPUs {gpus}"))
+    parts += [f"{m['name']} {m['value']:.4g}" for m in v.get("metrics", [])[:2]]
+    return ", ".join(parts)
 
 
 def _pick_phase(store: Store, run_id: str, name: str | None) -> dict[str, Any]:
@@ -547,6 +720,7 @@ def cmd_export(args, console: Console) -> int:
 
 
 COMMANDS = {"validate": cmd_validate, "schema": cmd_schema, "apply": cmd_apply, "status": cmd_status,
+            "serve": cmd_serve, "queue": cmd_queue,
             "logs": cmd_logs, "stop": cmd_stop, "attach": cmd_attach, "checkpoints": cmd_checkpoints, "export": cmd_export, "metrics": cmd_metrics, "plan": cmd_plan, "replay": cmd_replay}
 
 

@@ -103,6 +103,33 @@ def _ignoring_sigint():
         signal.signal(signal.SIGINT, previous)
 
 
+class Slots(Protocol):
+    """Who may launch now.  The server's scheduler hands out GPU ids and CPU slots in queue order."""
+
+    def acquire(self, phase_id: int, plan: LaunchPlan) -> LaunchPlan | None:
+        """Block until the phase may launch; return the plan with the granted devices
+        (None: the server is shutting down and the phase stays pending)."""
+
+    def claim(self, phase_id: int, plan: LaunchPlan) -> None:
+        """Record that an already running phase holds its plan's devices (re-adoption)."""
+
+    def release(self, phase_id: int) -> None:
+        """The phase no longer runs (idempotent)."""
+
+
+class Unlimited:
+    """The foreground: every phase may launch at once, with the devices its spec asks for."""
+
+    def acquire(self, phase_id: int, plan: LaunchPlan) -> LaunchPlan:
+        return plan
+
+    def claim(self, phase_id: int, plan: LaunchPlan) -> None:
+        pass
+
+    def release(self, phase_id: int) -> None:
+        pass
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
@@ -116,6 +143,9 @@ class Engine:
         self.reporter = reporter or QuietReporter()
         self.poll_s = poll_s
         self.detach_requested = threading.Event()
+        self.slots: Slots = Unlimited()  # the server puts its GPU/CPU scheduler here
+        self.policy = None  # the server's mount policy (runner.policy.MountPolicy); None in the foreground
+        self.persistent = False  # the server keeps supervising through engine outages instead of detaching
 
     @property
     def backend(self) -> Backend:
@@ -124,35 +154,63 @@ class Engine:
             self._backend = self._backend()
         return self._backend  # type: ignore[return-value]
 
-    # ------------------------------------------------------------------ apply and chain
+    # ------------------------------------------------------------------ apply, drive, chain
 
     def apply(self, spec_path: str | Path, inputs: dict[str, str] | None = None, detach: bool = False) -> RunResult:
         """Run a spec and, unless ``detach``, every phase its `next:` rules chain after it."""
-        loaded = load_spec(spec_path)
-        run_id = new_run_id()
-        phase, plan, merged = self._plan(loaded, inputs or {}, run_id)  # spec errors: no run is created
-        self.store.create_run(run_id, str(loaded.path))
-        run = RunResult(run_id)
-        fired: dict[tuple[str, int], int] = {}
-        result = self.run_phase(run_id, loaded, phase, plan, merged, detach=detach, fired=fired)
-        return self._chain(run, loaded, result, fired, detach)
+        run_id = self.submit(spec_path, inputs or {}, source="apply", state="started")
+        return self.drive(run_id, detach=detach)
 
-    def _chain(self, run: RunResult, loaded: LoadedSpec, result: PhaseResult, fired: dict, detach: bool = False) -> RunResult:
-        """Follow `next:` decisions from ``result`` until the chain ends."""
-        while True:
-            run.phases.append(result)
-            d = result.decision
-            if detach or d is None or d.spec is None:
-                return run
-            key = (str(loaded.path), d.rule)
-            fired[key] = fired.get(key, 0) + 1
-            try:
-                loaded = load_spec(d.spec)
-                phase, plan, merged = self._plan(loaded, d.inputs, run.run_id)
-            except SpecError as exc:
-                self.store.event(run.run_id, result.phase_id, "chain.error", f"next spec {d.spec} is invalid:\n{exc}")
-                raise
-            result = self.run_phase(run.run_id, loaded, phase, plan, merged, fired=fired)
+    def submit(self, spec_path: str | Path, inputs: dict[str, str], source: str, priority: int = 0,
+               state: str = "queued", run_id: str | None = None, loaded: LoadedSpec | None = None) -> str:
+        """Validate and plan a spec (spec errors: nothing is recorded), then record a run for it."""
+        loaded = loaded or load_spec(spec_path)
+        run_id = run_id or new_run_id()
+        self.plan(loaded, inputs, run_id)
+        self.store.submit(run_id, str(loaded.path), loaded.sha256, inputs, source, priority, state)
+        return run_id
+
+    def drive(self, run_id: str, detach: bool = False) -> RunResult:
+        """Carry a run forward from whatever the store says, until its chain ends.
+
+        The one entry for `apply`, `attach` and the daemon (also after a restart): each
+        step reads the recorded state and does the next thing, and every step is
+        recorded before its side effect, so a runner killed anywhere resumes here
+        without launching anything twice or deciding a chain twice."""
+        run = RunResult(run_id)
+        while not self.detach_requested.is_set():
+            phases = self.store.phases(run_id)
+            last = phases[-1] if phases else None
+            if last is None:
+                sub = self.store.submission(run_id)
+                result = self._start(run_id, sub["spec_path"], sub["inputs"], detach)
+            elif last["status"] == "pending":
+                result = self._run_pending(last["id"], detach)
+            elif last["status"] == "launching":
+                self._recover_launching(last)
+                continue
+            elif last["status"] in ("running", "detached"):
+                if detach or (run.phases and run.phases[-1].phase_id == last["id"] and not self.persistent):
+                    run.phases.append(self._result(last["id"]))
+                    return run
+                result = self._readopt(last)
+            elif last["verdict"] and not last["decision"]:
+                result = self._decide(last["id"], self._restored(last["id"], _phase_of(last), _folder(last)))
+            else:
+                nxt = self._decided_next(last)
+                if nxt is None:
+                    if not run.phases or run.phases[-1].phase_id != last["id"]:
+                        run.phases.append(self._result(last["id"]))
+                    return run
+                result = self._start(run_id, nxt["next"], nxt["inputs"], detach, after=last)
+            if run.phases and run.phases[-1].phase_id == result.phase_id:
+                run.phases[-1] = result
+            else:
+                run.phases.append(result)
+        if not run.phases:
+            phases = self.store.phases(run_id)
+            run.phases.append(self._result(phases[-1]["id"]) if phases else PhaseResult(run_id, 0, "-", "pending"))
+        return run
 
     def attach(self, run_id: str) -> RunResult:
         """Re-adopt a run's detached (or unsupervised running) phase: metrics continue from the
@@ -160,22 +218,102 @@ class Engine:
         rows = [r for r in self.store.phases(run_id) if r["status"] in ("running", "detached") and r["container_id"]]
         if not rows:
             raise RunnerError(f"run {run_id} has no running or detached phase to attach to")
-        row = rows[-1]
-        loaded = load_spec(row["spec_path"])
-        if loaded.sha256 != row["spec_sha256"]:
-            raise RunnerError(f"{row['spec_path']} changed since phase {row['name']} was launched",
-                              "restore the spec as it was, or let the phase finish with `runner status`")
-        phase = Phase.model_validate(json.loads(row["phase_json"]))
+        return self.drive(run_id)
+
+    def _start(self, run_id: str, spec_path: str, inputs: dict, detach: bool, after: dict | None = None) -> PhaseResult:
+        """Plan a spec as the run's next phase, record it *pending*, and run it."""
+        try:
+            loaded = load_spec(spec_path)
+            phase, plan, merged = self.plan(loaded, inputs, run_id)
+        except SpecError as exc:
+            if after is not None:
+                self.store.event(run_id, after["id"], "chain.error", f"next spec {spec_path} is invalid:\n{exc}")
+            raise
+        phase_id = self.store.add_phase(
+            run_id, plan.phase, str(loaded.path), loaded.sha256, plan.inputs,
+            container_name=plan.container_name, log_path=str(Path(plan.phase_dir) / "container.log"),
+            plan_json=json.dumps(dataclasses.asdict(plan)), phase_json=phase.model_dump_json(by_alias=True),
+        )
+        return self._run_pending(phase_id, detach)
+
+    def _run_pending(self, phase_id: int, detach: bool = False) -> PhaseResult:
+        """Wait for resources, check preconditions, launch and supervise a recorded *pending* phase."""
+        row = self.store.phase(phase_id)
+        run_id, phase, folder = row["run_id"], _phase_of(row), _folder(row)
         plan = _stored_plan(row)
-        sup = self._restored(row["id"], phase, loaded.folder)
-        if sup.ckpt is not None:
-            sup.ckpt.start()  # recover() repairs the vault; the first rescan finds what was written meanwhile
-        self.store.transition(row["id"], "running", "re-attached", expect=frozenset({"running", "detached"}))
-        self.reporter.info(f"run {run_id}: attached to phase {row['name']} (container {row['container_id'][:12]})")
-        result = self.supervise(row["id"], plan, row["container_id"], sup, fresh_log=True)
+        try:
+            granted = self.slots.acquire(phase_id, plan)
+        except RunnerError as exc:  # can never fit (more GPUs than the server has)
+            self.store.transition(phase_id, "error", str(exc), finished_at=time.time())
+            return self._result(phase_id)
+        if granted is None:  # the server is shutting down: the phase stays pending, resumed on restart
+            return self._result(phase_id)
+        try:
+            if granted != plan:
+                plan = granted
+                self.store.update(phase_id, plan_json=json.dumps(dataclasses.asdict(plan)))
+            self.reporter.info(f"run {run_id}: phase {plan.phase} ({plan.image})")
+            blocked = self._preconditions(run_id, phase_id, phase, plan, folder)
+            if blocked:
+                self.store.transition(phase_id, "blocked", blocked, finished_at=time.time(), decision="blocked: the chain ends")
+                return self._result(phase_id)
+            sup = Supervision(phase, folder)
+            sup.ckpt = self._checkpoint_guard(run_id, phase_id, phase, folder, plan.phase_dir)
+            if sup.ckpt is not None:
+                sup.ckpt.start()  # watching before the trainer starts: no checkpoint can slip by
+            try:
+                container_id = self.launch(phase_id, plan)
+            except BaseException:
+                if sup.ckpt is not None:
+                    sup.ckpt.stop()
+                raise
+            if detach:
+                if sup.ckpt is not None:
+                    sup.ckpt.stop()  # `runner attach` (or the server) takes over; rescans find what was written meanwhile
+                self.reporter.info(f"detached: container {container_id[:12]} runs on; follow with `runner logs {run_id} -f`")
+                return self._result(phase_id)
+            result = self.supervise(phase_id, plan, container_id, sup)
+        finally:
+            self.slots.release(phase_id)
         if result.status in ("succeeded", "failed", "inconclusive") and result.verdict:
-            result = self._decide(row["id"], phase, loaded, sup, row["inputs"], self._fired(run_id))
-        return self._chain(RunResult(run_id), loaded, result, self._fired(run_id))
+            return self._decide(phase_id, sup)
+        return result
+
+    def _recover_launching(self, row: dict) -> None:
+        """The runner stopped between recording *launching* and recording the container: look
+        for the container by its deterministic name before anything else happens."""
+        found = [c for c in self.backend.find({"runner.run-id": row["run_id"], "runner.phase": row["name"]})
+                 if c.name == row["container_name"]]
+        if found:
+            self.store.transition(row["id"], "running", f"found container {found[0].id[:12]} after a restart",
+                                  expect=frozenset({"launching"}), container_id=found[0].id, started_at=time.time())
+        else:
+            self.store.transition(row["id"], "pending", "the runner stopped while launching and no container exists;"
+                                  " launching it now", expect=frozenset({"launching"}))
+
+    def _readopt(self, row: dict) -> PhaseResult:
+        """Supervise a phase whose container runs (or ran) while nobody watched it."""
+        phase, plan = _phase_of(row), _stored_plan(row)
+        sup = self._restored(row["id"], phase, _folder(row))
+        self.slots.claim(row["id"], plan)
+        try:
+            if sup.ckpt is not None:
+                sup.ckpt.start()  # recover() repairs the vault; the first rescan finds what was written meanwhile
+            self.store.transition(row["id"], "running", "re-attached", expect=frozenset({"running", "detached"}))
+            self.reporter.info(f"run {row['run_id']}: attached to phase {row['name']} (container {row['container_id'][:12]})")
+            result = self.supervise(row["id"], plan, row["container_id"], sup, fresh_log=True)
+        finally:
+            self.slots.release(row["id"])
+        if result.status in ("succeeded", "failed", "inconclusive") and result.verdict:
+            return self._decide(row["id"], sup)
+        return result
+
+    def _decided_next(self, row: dict) -> dict | None:
+        """The next spec and inputs a finished phase's recorded decision names, if any."""
+        for e in reversed(self.store.events(row["run_id"])):
+            if e["kind"] == "chain.decision" and e["phase_id"] == row["id"]:
+                return e["data"] if e["data"].get("next") else None
+        return None
 
     def _fired(self, run_id: str) -> dict:
         """How often each (spec, rule) fired in this run so far, from the recorded decisions."""
@@ -209,42 +347,16 @@ class Engine:
             sup.sources.jsonl.offset = offsets.get(str(sup.sources.jsonl.path), 0)
         return sup
 
-    def _plan(self, loaded: LoadedSpec, inputs: dict[str, str], run_id: str) -> tuple[Phase, LaunchPlan, dict]:
+    def plan(self, loaded: LoadedSpec, inputs: dict[str, str], run_id: str) -> tuple[Phase, LaunchPlan, dict]:
+        """Pure apart from the policy: the resolved phase, its launch plan and the merged inputs (SpecError)."""
         merged = merge_inputs(loaded, inputs)
         phase = resolve(loaded, merged, run_id, self.runs_dir)
-        return phase, launch_plan(phase, loaded, merged, run_id, self.runs_dir), merged
-
-    def run_phase(self, run_id: str, loaded: LoadedSpec, phase: Phase, plan: LaunchPlan, inputs: dict,
-                  detach: bool = False, fired: dict | None = None) -> PhaseResult:
-        phase_id = self.store.add_phase(
-            run_id, plan.phase, str(loaded.path), loaded.sha256, plan.inputs,
-            container_name=plan.container_name, log_path=str(Path(plan.phase_dir) / "container.log"),
-            plan_json=json.dumps(dataclasses.asdict(plan)), phase_json=phase.model_dump_json(by_alias=True),
-        )
-        self.reporter.info(f"run {run_id}: phase {plan.phase} ({plan.image})")
-        blocked = self._preconditions(run_id, phase_id, phase, plan, loaded.folder)
-        if blocked:
-            self.store.transition(phase_id, "blocked", blocked, finished_at=time.time(), decision="blocked: the chain ends")
-            return self._result(phase_id)
-        sup = Supervision(phase, loaded.folder)
-        sup.ckpt = self._checkpoint_guard(run_id, phase_id, phase, loaded.folder, plan.phase_dir)
-        if sup.ckpt is not None:
-            sup.ckpt.start()  # watching before the trainer starts: no checkpoint can slip by
-        try:
-            container_id = self.launch(phase_id, plan)
-        except BaseException:
-            if sup.ckpt is not None:
-                sup.ckpt.stop()
-            raise
-        if detach:
-            if sup.ckpt is not None:
-                sup.ckpt.stop()  # `runner attach` (or status) takes over; rescans find what was written meanwhile
-            self.reporter.info(f"detached: container {container_id[:12]} runs on; follow with `runner logs {run_id} -f`")
-            return self._result(phase_id)
-        result = self.supervise(phase_id, plan, container_id, sup)
-        if result.status in ("succeeded", "failed", "inconclusive") and result.verdict:
-            return self._decide(phase_id, phase, loaded, sup, inputs, fired or {})
-        return result
+        plan = launch_plan(phase, loaded, merged, run_id, self.runs_dir)
+        if self.policy is not None:
+            problems = self.policy.problems(loaded, plan)
+            if problems:
+                raise SpecError(problems)
+        return phase, plan, merged
 
     def _checkpoint_guard(self, run_id: str, phase_id: int, phase: Phase, folder: Path, phase_dir: str):
         if phase.checkpoints is None:
@@ -283,15 +395,15 @@ class Engine:
                 unmet.append(text)
         return "; ".join(unmet)
 
-    def _decide(self, phase_id: int, phase: Phase, loaded: LoadedSpec, sup: Supervision, inputs: dict, fired: dict) -> PhaseResult:
+    def _decide(self, phase_id: int, sup: Supervision) -> PhaseResult:
+        """The chain decision of a judged phase, recorded once (with what `drive` needs to act on it)."""
         row = self.store.phase(phase_id)
-        counts = {rule: n for (spec, rule), n in fired.items() if spec == str(loaded.path)}
-        d = chain.decide(phase.next, row["verdict"], sup.metrics, {**row["outputs"], "name": row["name"]}, inputs,
-                         {"id": row["run_id"], "dir": str(self.runs_dir / row["run_id"])}, loaded.folder, counts)
-        self.store.update(phase_id, decision=d.reason)
-        self.store.event(row["run_id"], phase_id, "chain.decision", d.reason,
-                         {"next": d.spec, "inputs": d.inputs, "rule": d.rule, "spec": str(loaded.path)})
-        self.reporter.info(f"next: {d.reason}")
+        spec = row["spec_path"]
+        counts = {rule: n for (s, rule), n in self._fired(row["run_id"]).items() if s == spec}
+        d = chain.decide(_phase_of(row).next, row["verdict"], sup.metrics, {**row["outputs"], "name": row["name"]},
+                         row["inputs"], {"id": row["run_id"], "dir": str(self.runs_dir / row["run_id"])}, _folder(row), counts)
+        if self.store.record_decision(phase_id, d.reason, {"next": d.spec, "inputs": d.inputs, "rule": d.rule, "spec": spec}):
+            self.reporter.info(f"next: {d.reason}")
         result = self._result(phase_id)
         result.decision = d
         return result
@@ -417,7 +529,7 @@ class Engine:
         if row["status"] not in ACTIVE:
             return self._result(phase_id)
         phase = Phase.model_validate(json.loads(row["phase_json"] or "{}")) if row["phase_json"] not in ("", "{}") else None
-        folder = Path(row["spec_path"]).parent
+        folder = _folder(row)
         if sup is None and phase is not None:
             sup = self._restored(phase_id, phase, folder)
             self._poll_metrics_quiet(sup)
@@ -540,9 +652,17 @@ class Engine:
     def view(self, phase_id: int) -> dict:
         """The live view of a phase nobody in this process supervises, rebuilt from the store."""
         row = self.store.phase(phase_id)
-        sup = self._restored(phase_id, Phase.model_validate(json.loads(row["phase_json"])), Path(row["spec_path"]).parent)
+        sup = self._restored(phase_id, _phase_of(row), _folder(row))
         sup.started = row["started_at"] or time.time()
-        return sup.view()
+        view = sup.view()
+        if view["rate"] is None:  # nobody here watched it run: the step rate from the points' wall times
+            view["rate"] = _step_rate(sup.metrics)
+            step, total, rate = view["step"], view["total"], view["rate"]
+            if rate and total and step is not None and total > step:
+                view["eta"] = (total - step) / rate
+        plan = _stored_plan(row)
+        view["gpus"] = list(plan.gpus) if plan is not None and isinstance(plan.gpus, tuple) else (plan.gpus if plan else 0)
+        return view
 
     def _result(self, phase_id: int) -> PhaseResult:
         row = self.store.phase(phase_id)
@@ -558,3 +678,26 @@ def _stored_plan(row: dict) -> LaunchPlan | None:
     data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
     data["mounts"] = tuple(BindMount(**m) if isinstance(m, dict) else m for m in data["mounts"])
     return LaunchPlan(**data)
+
+
+def _phase_of(row: dict) -> Phase:
+    """The resolved phase recorded when it was planned (the spec file may have changed since)."""
+    return Phase.model_validate(json.loads(row["phase_json"]))
+
+
+def _folder(row: dict) -> Path:
+    """The folder a phase's relative paths resolve against: its spec file's."""
+    return Path(row["spec_path"]).parent
+
+
+def _step_rate(metrics: MetricSet, window_s: float = 120.0) -> float | None:
+    """Steps per second over the last ``window_s`` of the longest series (by wall time)."""
+    series = max(metrics.series.values(), key=len, default=None)
+    if series is None or len(series) < 2:
+        return None
+    walls, steps = series.walls, series.steps
+    recent = walls >= walls[-1] - window_s
+    w, st = walls[recent], steps[recent]
+    if len(w) < 2 or w[-1] <= w[0]:
+        return None
+    return float(st[-1] - st[0]) / float(w[-1] - w[0])

@@ -40,8 +40,10 @@ def _when_text(when) -> str:
     return joiner.join(_when_text(i) for i in items)
 
 
-def build(path: str | Path) -> Graph:
-    """Load the spec and every spec its rules reach; SpecError lists every problem in every file."""
+def build(path: str | Path, root: LoadedSpec | None = None) -> Graph:
+    """Load the spec and every spec its rules reach; SpecError lists every problem in every file.
+    ``root``: the spec at ``path`` already loaded (e.g. an inbox file not yet moved there)."""
+    preloaded = root
     root = str(Path(path).resolve())
     graph = Graph(root)
     problems: list[Problem] = []
@@ -51,7 +53,7 @@ def build(path: str | Path) -> Graph:
         if current in graph.specs:
             continue
         try:
-            loaded = load_spec(current)
+            loaded = preloaded if preloaded is not None and current == graph.root else load_spec(current)
         except SpecError as exc:
             problems += exc.problems
             continue

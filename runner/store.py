@@ -95,6 +95,29 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     vaulted_at  REAL,
     UNIQUE (phase_id, name)
 );
+CREATE TABLE IF NOT EXISTS submissions (
+    run_id       TEXT PRIMARY KEY REFERENCES runs(id),
+    spec_path    TEXT NOT NULL,
+    spec_sha256  TEXT NOT NULL,
+    inputs_json  TEXT NOT NULL DEFAULT '{}',
+    priority     INTEGER NOT NULL DEFAULT 0,
+    source       TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    submitted_at REAL NOT NULL,
+    note         TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS intake (
+    id       INTEGER PRIMARY KEY,
+    name     TEXT NOT NULL,
+    sha256   TEXT,
+    state    TEXT NOT NULL,
+    reason   TEXT NOT NULL DEFAULT '',
+    run_id   TEXT,
+    source   TEXT NOT NULL,
+    moved_to TEXT NOT NULL,
+    moved    INTEGER NOT NULL DEFAULT 0,
+    at       REAL NOT NULL
+);
 CREATE INDEX IF NOT EXISTS events_run ON events(run_id, id);
 CREATE INDEX IF NOT EXISTS phases_status ON phases(status);
 """
@@ -147,6 +170,70 @@ class Store:
         with self.tx() as db:
             db.execute("INSERT INTO runs (id, spec_path, created_at) VALUES (?, ?, ?)", (run_id, spec_path, time.time()))
             _event(db, run_id, None, "run.created", f"run {run_id} created from {spec_path}")
+
+    def submit(self, run_id: str, spec_path: str, spec_sha256: str, inputs: dict[str, Any], source: str,
+               priority: int = 0, state: str = "queued", intake: dict[str, Any] | None = None) -> int | None:
+        """Record a run and its submission (and, for an inbox file, its intake record) in one
+        transaction; returns the intake record's id."""
+        with self.tx() as db:
+            _submit(db, run_id, spec_path, spec_sha256, inputs, source, priority, state)
+            return _intake(db, run_id=run_id, **intake) if intake is not None else None
+
+    def submission(self, run_id: str) -> dict[str, Any]:
+        with self._lock:
+            row = self.db.execute("SELECT * FROM submissions WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"run {run_id} has no submission record")
+        return _sub_dict(row)
+
+    def submissions(self, states: tuple[str, ...] = ("queued", "started")) -> list[dict[str, Any]]:
+        """Submissions in ``states``, in queue order: priority (high first), then submission time."""
+        marks = ",".join("?" * len(states))
+        with self._lock:
+            rows = self.db.execute(f"SELECT * FROM submissions WHERE state IN ({marks})"
+                                   " ORDER BY priority DESC, submitted_at, run_id", states).fetchall()
+        return [_sub_dict(r) for r in rows]
+
+    def set_submission(self, run_id: str, state: str, note: str = "") -> None:
+        with self.tx() as db:
+            db.execute("UPDATE submissions SET state = ?, note = ? WHERE run_id = ?", (state, note, run_id))
+            _event(db, run_id, None, f"run.{state}", f"run {run_id}: {state}" + (f": {note}" if note else ""))
+
+    def duplicate_of(self, spec_sha256: str, inputs: dict[str, Any]) -> str | None:
+        """The queued or running submission with this content and these inputs, if any."""
+        with self._lock:
+            row = self.db.execute("SELECT run_id FROM submissions WHERE spec_sha256 = ? AND inputs_json = ?"
+                                  " AND state IN ('queued', 'started') ORDER BY submitted_at LIMIT 1",
+                                  (spec_sha256, json.dumps(inputs, sort_keys=True))).fetchone()
+        return row["run_id"] if row else None
+
+    def record_intake(self, **fields: Any) -> int:
+        """An inbox file's outcome (rejected, duplicate, refused), recorded before the file is moved."""
+        with self.tx() as db:
+            return _intake(db, **fields)
+
+    def intake_moved(self, intake_id: int) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE intake SET moved = 1 WHERE id = ?", (intake_id,))
+
+    def intake(self, unmoved: bool = False, limit: int = 50) -> list[dict[str, Any]]:
+        where = "WHERE moved = 0" if unmoved else ""
+        with self._lock:
+            rows = self.db.execute(f"SELECT * FROM intake {where} ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def record_decision(self, phase_id: int, reason: str, data: dict[str, Any]) -> bool:
+        """A judged phase's chain decision and the event naming the next spec, in one transaction,
+        once: returns False (and changes nothing) if the phase already has a decision."""
+        with self.tx() as db:
+            row = db.execute("SELECT run_id, decision FROM phases WHERE id = ?", (phase_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no phase with id {phase_id}")
+            if row["decision"]:
+                return False
+            db.execute("UPDATE phases SET decision = ? WHERE id = ?", (reason, phase_id))
+            _event(db, row["run_id"], phase_id, "chain.decision", reason, data)
+            return True
 
     def add_phase(self, run_id: str, name: str, spec_path: str, spec_sha256: str, inputs: dict[str, Any], **fields: Any) -> int:
         with self.tx() as db:
@@ -293,6 +380,17 @@ class Store:
             rows = self.db.execute(f"SELECT * FROM phases WHERE status IN ({marks}) ORDER BY id", tuple(ACTIVE)).fetchall()
         return [_phase_dict(r) for r in rows]
 
+    def last_event_id(self) -> int:
+        with self._lock:
+            return int(self.db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+
+    def events_since(self, after_id: int, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+        marks = ",".join("?" * len(kinds))
+        with self._lock:
+            rows = self.db.execute(f"SELECT * FROM events WHERE id > ? AND kind IN ({marks}) ORDER BY id",
+                                   (after_id, *kinds)).fetchall()
+        return [{**dict(r), "data": json.loads(r["data_json"])} for r in rows]
+
     def events(self, run_id: str) -> list[dict[str, Any]]:
         with self._lock:
             rows = self.db.execute("SELECT * FROM events WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
@@ -305,6 +403,30 @@ def run_status(phases: list[dict[str, Any]]) -> str:
         if p["status"] in ACTIVE:
             return p["status"]
     return phases[-1]["status"] if phases else "pending"
+
+
+def _submit(db: sqlite3.Connection, run_id: str, spec_path: str, sha: str, inputs: dict, source: str, priority: int,
+            state: str) -> None:
+    now = time.time()
+    db.execute("INSERT INTO runs (id, spec_path, created_at) VALUES (?, ?, ?)", (run_id, spec_path, now))
+    db.execute("INSERT INTO submissions (run_id, spec_path, spec_sha256, inputs_json, priority, source, state, submitted_at)"
+               " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (run_id, spec_path, sha, json.dumps(inputs, sort_keys=True), priority,
+                                                    source, state, now))
+    _event(db, run_id, None, "run.created", f"run {run_id} created from {spec_path} ({source})",
+           {"inputs": inputs, "priority": priority})
+
+
+def _intake(db: sqlite3.Connection, name: str, state: str, reason: str, moved_to: str, source: str,
+            sha256: str | None = None, run_id: str | None = None) -> int:
+    cur = db.execute("INSERT INTO intake (name, sha256, state, reason, run_id, source, moved_to, at)"
+                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (name, sha256, state, reason, run_id, source, moved_to, time.time()))
+    return int(cur.lastrowid)
+
+
+def _sub_dict(row: sqlite3.Row) -> dict[str, Any]:
+    d = dict(row)
+    d["inputs"] = json.loads(d.pop("inputs_json") or "{}")
+    return d
 
 
 def _update(db: sqlite3.Connection, phase_id: int, fields: dict[str, Any]) -> None:

@@ -22,6 +22,18 @@ class _Hint(FileSystemEventHandler):
     def on_any_event(self, event) -> None:  # created, modified, deleted: look again soon
         self.watcher.changed.set()
 
+    def on_created(self, event) -> None:  # also a rename into the folder from outside it
+        self.watcher.saw(event.src_path, "created")
+
+    def on_opened(self, event) -> None:
+        self.watcher.saw(event.src_path, "opened")
+
+    def on_modified(self, event) -> None:
+        self.watcher.saw(event.src_path, "modified")
+
+    def on_closed_no_write(self, event) -> None:  # someone only read it (us included)
+        self.watcher.saw(event.src_path, "read")
+
     def on_closed(self, event) -> None:  # a writer closed the file: it may be complete
         self.watcher.finished(event.src_path)
 
@@ -32,13 +44,16 @@ class _Hint(FileSystemEventHandler):
 class Watcher:
     """Watches a folder (recursively) with the native observer, or by polling (network filesystems)."""
 
-    def __init__(self, folder: Path, polling: bool = False, interval: float = 1.0):
+    def __init__(self, folder: Path, polling: bool = False, interval: float = 1.0, recursive: bool = True):
         self.folder = folder
         self.changed = threading.Event()
         self.changed.set()  # the first tick always scans
         self._finished: set[str] = set()
+        self.last: dict[str, str] = {}
+        self._before_open: dict[str, str] = {}
         self._lock = threading.Lock()
         self.polling = polling
+        self.recursive = recursive
         self.interval = interval
         self._observer = None
 
@@ -46,7 +61,7 @@ class Watcher:
         self.folder.mkdir(parents=True, exist_ok=True)
         observer = PollingObserver(timeout=self.interval) if self.polling else Observer()
         try:
-            observer.schedule(_Hint(self), str(self.folder), recursive=True)
+            observer.schedule(_Hint(self), str(self.folder), recursive=self.recursive)
             observer.start()
         except OSError:
             return  # e.g. inotify watch limit: rescans alone still find every checkpoint
@@ -55,7 +70,28 @@ class Watcher:
     def finished(self, path: str) -> None:
         with self._lock:
             self._finished.add(path)
+            self.last[path] = "closed"
         self.changed.set()
+
+    def saw(self, path: str, kind: str) -> None:
+        with self._lock:
+            if kind == "read":  # opened and closed without writing: back to what it was before the open
+                if self.last.get(path) == "opened":
+                    self.last[path] = self._before_open.pop(path, "closed")
+            else:
+                if kind == "opened":
+                    self._before_open[path] = self.last.get(path, "closed")
+                self.last[path] = kind
+
+    def last_event(self, path: str) -> str | None:
+        """The last hint for ``path``: created | opened | modified | closed (closed after writing, or
+        renamed into place); None if no event was seen (polling, or it was there before we watched)."""
+        with self._lock:
+            return self.last.get(path)
+
+    def forget(self, path: str) -> None:
+        with self._lock:
+            self.last.pop(path, None)
 
     def take_finished(self) -> set[str]:
         """Paths closed or renamed into place since the last call."""

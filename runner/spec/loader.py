@@ -221,6 +221,26 @@ def _data_path(data: Any, loc: Loc) -> tuple[Loc, Loc]:
     return here, ()
 
 
+# Docker options a spec can never ask for: runner holds the Docker socket (root on the
+# host), so it creates containers from an allow-list of fields.  These would otherwise be
+# reported as merely "unknown"; say why instead.
+_ISOLATION = "runner never weakens a container's isolation (it holds the Docker socket, which is root on the host)"
+REFUSED_FIELDS = {
+    "privileged": _ISOLATION,
+    "cap_add": _ISOLATION,
+    "capabilities": _ISOLATION,
+    "security_opt": _ISOLATION,
+    "devices": "GPUs are requested with container.gpus; other host devices are not passed through",
+    "network_mode": "host networking is not available to specs",
+    "network": "host networking is not available to specs",
+    "pid": "the host PID namespace is not available to specs",
+    "pid_mode": "the host PID namespace is not available to specs",
+    "ipc_mode": "the host IPC namespace is not available to specs",
+    "userns_mode": _ISOLATION,
+    "volumes": "use container.mounts (bind mounts under the allowed roots)",
+}
+
+
 def problems_from_validation(exc: ValidationError, doc: Document, file: str, model: type[BaseModel]) -> list[Problem]:
     out: list[Problem] = []
     seen: set[tuple[str, str]] = set()
@@ -232,7 +252,9 @@ def problems_from_validation(exc: ValidationError, doc: Document, file: str, mod
         if kind == "extra_forbidden":
             name = str(loc[-1])
             message = f"unknown field {name!r}"
-            close = difflib.get_close_matches(name, _fields_at(model, loc[:-1]), n=1, cutoff=0.6)
+            if name in REFUSED_FIELDS:
+                message = f"{name!r} is not allowed: {REFUSED_FIELDS[name]}"
+            close = [] if name in REFUSED_FIELDS else difflib.get_close_matches(name, _fields_at(model, loc[:-1]), n=1, cutoff=0.6)
             if close:
                 message += f"; did you mean {close[0]!r}?"
             line, col = doc.position(found, key=True)
@@ -322,8 +344,13 @@ def load_spec(path: str | os.PathLike) -> LoadedSpec:
         raise
     except OSError as exc:
         raise SpecError([Problem(str(p), 0, 0, "", f"cannot read spec: {exc.strerror or exc}")]) from None
+    return load_spec_bytes(raw, p)
+
+
+def load_spec_bytes(raw: bytes, path: str | os.PathLike) -> LoadedSpec:
+    """Validate a spec's bytes as if read from ``path`` (errors and relative paths use it)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SpecError([Problem(str(p), 1, 1, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
-    return load_spec_text(text, p)
+        raise SpecError([Problem(str(path), 1, 1, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
+    return load_spec_text(text, Path(path))

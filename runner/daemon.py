@@ -1,0 +1,320 @@
+"""`runner serve`: the long-running server.  Inbox, queue, GPU slots, reconcile on start.
+
+It runs the same core as `runner apply` (Engine.drive), one thread per run.
+Training containers never depend on this process: stopping the server (SIGTERM,
+or even SIGKILL) leaves them running, and the next start reconciles from the
+store and container labels:
+
+* a phase whose container still runs is re-adopted (logs, metric offsets and
+  checkpoint watching continue where they stopped);
+* a container that ended meanwhile is judged from what it left;
+* a container that vanished makes the phase *lost* (never success, never relaunched);
+* a phase recorded *launching* is matched to its container by its deterministic
+  name before anything is launched; nothing is launched twice;
+* a judged phase without a chain decision is decided once; a decision whose next
+  phase was not created yet is carried out.
+
+Discovery: the server writes ``RUNS/server.json`` (pid, host, inbox, GPUs, queue)
+and refreshes its heartbeat every couple of seconds; `runner apply` with the same
+run store finds it there and submits instead of running in the foreground.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import traceback
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+from runner import __version__, graph
+from runner.engine import Engine, new_run_id
+from runner.errors import NotFound, RunnerError, SpecError
+from runner.inbox import Inbox, Outcome, sha256_bytes
+from runner.plan import LaunchPlan
+from runner.scheduler import Scheduler
+from runner.spec.loader import load_spec_bytes
+from runner.store import Store
+
+HEARTBEAT_S = 2.0
+ALIVE_S = 15.0  # a heartbeat older than this means no server is running
+NOTIFY_KINDS = ("phase.succeeded", "phase.failed", "phase.inconclusive", "phase.lost", "phase.error", "phase.blocked",
+                "guard.tripped")
+SERVER_SOURCES_SKIPPED = ("apply",)  # runs a foreground `runner apply` owns (re-adopt them with `runner attach`)
+
+
+def info_path(runs_dir: Path) -> Path:
+    return Path(runs_dir) / "server.json"
+
+
+def find_server(runs_dir: Path) -> dict | None:
+    """The running server for this run store, from its heartbeat file (None: none is running)."""
+    path = info_path(runs_dir)
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    age = time.time() - float(info.get("heartbeat_at", 0))
+    if info.get("state") != "serving" or age > ALIVE_S:
+        return None
+    info["heartbeat_age"] = age
+    info["path"] = str(path)
+    return info
+
+
+class LogReporter:
+    """The server's own log: one timestamped line per engine message (container output goes to container.log)."""
+
+    def __init__(self, say: Callable[[str], None], prefix: str = ""):
+        self.say = say
+        self.prefix = prefix
+
+    def info(self, message: str) -> None:
+        for line in message.splitlines():
+            self.say(f"{self.prefix}{line}")
+
+    def log_line(self, line: str) -> None:
+        pass
+
+    def progress(self, text: str) -> None:
+        pass
+
+    def live(self, phase: str, view: dict) -> None:
+        pass
+
+
+def _print(line: str) -> None:
+    print(time.strftime("%Y-%m-%dT%H:%M:%S ") + line, flush=True)
+
+
+class Server:
+    def __init__(self, store: Store, backend_factory: Callable, runs_dir: Path, inbox: Path | None, specs: list[Path],
+                 gpus: list[str], gpu_source: str, cpu_slots: int, policy=None, notify: str | None = None,
+                 tick: float = 0.5, quiet: float = 10.0, say: Callable[[str], None] = _print):
+        self.store = store
+        self.backend_factory = backend_factory
+        self.runs_dir = Path(runs_dir).resolve()
+        self.specs = [Path(s).resolve() for s in specs]
+        self.policy = policy
+        self.notify = notify
+        self.tick = tick
+        self.say = say
+        self.gpu_source = gpu_source
+        self.stopping = threading.Event()
+        self.scheduler = Scheduler(gpus, cpu_slots, self._rank, self._note)
+        self.inbox = Inbox(inbox, store, quiet=quiet) if inbox else None
+        self.threads: dict[str, threading.Thread] = {}
+        self.started_at = time.time()
+        self._notified = 0
+
+    # ------------------------------------------------------------------ engines
+
+    def engine(self, prefix: str = "") -> Engine:
+        """An engine for one thread (its own Docker client), sharing the store, slots and policy."""
+        engine = Engine(self.store, self.backend_factory, self.runs_dir, LogReporter(self.say, prefix))
+        engine.detach_requested = self.stopping
+        engine.slots = self.scheduler
+        engine.policy = self.policy
+        engine.persistent = True
+        return engine
+
+    def _rank(self, run_id: str) -> tuple:
+        try:
+            sub = self.store.submission(run_id)
+        except NotFound:
+            return (0, float("inf"))
+        return (-sub["priority"], sub["submitted_at"])
+
+    def _note(self, phase_id: int, text: str) -> None:
+        self.store.update(phase_id, reason=text)
+
+    # ------------------------------------------------------------------ main loop
+
+    def serve(self) -> None:
+        """Run until ``stop()`` (SIGTERM/SIGINT): reconcile, then intake, queue and heartbeat."""
+        self.say(f"runner {__version__} serving: runs {self.runs_dir}, store {self.store.path}, "
+                 f"inbox {self.inbox.folder if self.inbox else '-'}, GPUs [{', '.join(self.scheduler.gpus)}] "
+                 f"({self.gpu_source}), CPU slots {self.scheduler.cpu_slots}")
+        self._notified = self.store.last_event_id()
+        self._write_info()
+        self.reconcile()
+        if self.inbox is not None:
+            self.inbox.start()
+        beat = 0.0
+        try:
+            while not self.stopping.is_set():
+                if self.inbox is not None:
+                    for outcome in self.inbox.scan(self._accept):
+                        self._log_outcome(outcome)
+                self._start_queued()
+                self._post_notifications()
+                if time.monotonic() - beat >= HEARTBEAT_S:
+                    beat = time.monotonic()
+                    self._write_info()
+                if self.inbox is not None:
+                    self.inbox.watcher.changed.wait(self.tick)
+                else:
+                    self.stopping.wait(self.tick)
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        """Leave: supervision stops, containers keep running, pending phases stay queued."""
+        self.stopping.set()
+        self.scheduler.stop()
+        if self.inbox is not None:
+            self.inbox.watcher.changed.set()
+
+    def _shutdown(self) -> None:
+        self.stop()
+        for t in list(self.threads.values()):
+            t.join(timeout=20)
+        if self.inbox is not None:
+            self.inbox.stop()
+        self._write_info(state="stopped")
+        self.say("server stopped; training containers keep running and are re-adopted on the next start")
+
+    # ------------------------------------------------------------------ reconcile
+
+    def reconcile(self) -> None:
+        """Before any thread starts: every phase that has (or may have) a container claims its devices,
+        so queued phases cannot be handed GPUs that re-adopted containers still use."""
+        from runner.engine import _stored_plan
+
+        adopted = 0
+        for row in self.store.active_phases():
+            if not self._owned(row["run_id"]):
+                continue
+            if row["status"] in ("running", "detached", "launching"):
+                plan = _stored_plan(row)
+                if plan is not None:
+                    self.scheduler.claim(row["id"], plan)
+                adopted += 1
+        queued = len([s for s in self.store.submissions() if s["source"] not in SERVER_SOURCES_SKIPPED])
+        self.say(f"reconcile: {adopted} phase(s) with containers to re-adopt, {queued} run(s) to carry on")
+
+    def _owned(self, run_id: str) -> bool:
+        try:
+            return self.store.submission(run_id)["source"] not in SERVER_SOURCES_SKIPPED
+        except NotFound:
+            return False
+
+    # ------------------------------------------------------------------ runs
+
+    def _start_queued(self) -> None:
+        for sub in self.store.submissions(("queued", "started")):
+            run_id = sub["run_id"]
+            if sub["source"] in SERVER_SOURCES_SKIPPED or run_id in self.threads:
+                continue
+            t = threading.Thread(target=self._drive, args=(run_id,), name=f"run-{run_id}", daemon=True)
+            self.threads[run_id] = t
+            t.start()
+
+    def _drive(self, run_id: str) -> None:
+        if self.store.submission(run_id)["state"] == "queued":
+            self.store.set_submission(run_id, "started")
+        engine = self.engine(prefix=f"[{run_id}] ")
+        try:
+            result = engine.drive(run_id)
+        except (SpecError, RunnerError) as exc:
+            if self.stopping.is_set():
+                return
+            self.store.set_submission(run_id, "done", f"error: {exc}")
+            self.say(f"[{run_id}] run ended with an error: {exc}")
+            return
+        except Exception as exc:  # a bug: record it, keep serving the other runs
+            self.say(f"[{run_id}] internal error: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+            if not self.stopping.is_set():
+                self.store.set_submission(run_id, "done", f"internal error: {type(exc).__name__}: {exc}")
+            return
+        if self.stopping.is_set():
+            return  # carried on after the restart
+        last = result.last
+        self.store.set_submission(run_id, "done", f"phase {last.phase} {last.status}")
+        self.say(f"[{run_id}] run done: last phase {last.phase} {last.status}")
+
+    # ------------------------------------------------------------------ inbox
+
+    def library_twin(self, sha: str) -> Path | None:
+        """A spec in the library (--specs) with exactly these bytes: a dropped copy of it runs as
+        that file, so its relative paths (next: specs, mounts) mean what they mean there."""
+        for root in self.specs:
+            for path in sorted(root.rglob("*.y*ml")):
+                try:
+                    if path.is_file() and not path.is_symlink() and sha256_bytes(path.read_bytes()) == sha:
+                        return path
+                except OSError:
+                    continue
+        return None
+
+    def _accept(self, name: str, data: bytes, sha: str, path: Path) -> tuple[str, str, str | None]:
+        """Validate a complete inbox file; record it accepted (then move it) or say why not."""
+        assert self.inbox is not None
+        dup = self.store.duplicate_of(sha, {})
+        if dup is not None:
+            state = self.store.submission(dup)["state"]
+            return "duplicate", f"same content as run {dup} ({state}); not run twice", dup
+        run_id = new_run_id()
+        dest = self.inbox.target("accepted", name, run_id)
+        twin = self.library_twin(sha)
+        spec_path = twin or dest
+        loaded = load_spec_bytes(data, spec_path)
+        graph.build(spec_path, root=loaded)  # every next: spec must exist and be valid
+        self.engine().plan(loaded, {}, run_id)  # inputs, interpolation and the mount policy
+        reason = f"queued as run {run_id}" + (f" (same content as {twin}: runs as that file)" if twin else "")
+        intake_id = self.store.submit(run_id, str(spec_path), loaded.sha256, {}, f"inbox:{name}", 0, "queued",
+                                      intake=dict(name=name, state="accepted", reason=reason, moved_to=str(dest),
+                                                  source="inbox", sha256=sha))
+        self.inbox.move_accepted(intake_id, name, dest)
+        return "accepted", reason, run_id
+
+    def _log_outcome(self, o: Outcome) -> None:
+        first = o.reason.splitlines()[0] if o.reason else ""
+        more = f" (+{len(o.reason.splitlines()) - 1} more, see {o.moved_to}.error.txt)" if "\n" in o.reason else ""
+        self.say(f"inbox: {o.name}: {o.state}: {first}{more}")
+
+    # ------------------------------------------------------------------ visibility
+
+    def _write_info(self, state: str = "serving") -> None:
+        info = {
+            "state": state,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "version": __version__,
+            "started_at": self.started_at,
+            "heartbeat_at": time.time(),
+            "store": str(self.store.path.resolve()),
+            "runs": str(self.runs_dir),
+            "inbox": str(self.inbox.folder.resolve()) if self.inbox else None,
+            "inbox_waiting": dict(self.inbox.waiting) if self.inbox else {},
+            "specs": [str(s) for s in self.specs],
+            "mount_roots": list(self.policy.roots) if self.policy else [],
+            "gpu_source": self.gpu_source,
+            "scheduler": self.scheduler.snapshot(),
+        }
+        path = info_path(self.runs_dir)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(info, indent=2))
+        os.replace(tmp, path)
+
+    def _post_notifications(self) -> None:
+        if not self.notify:
+            return
+        for e in self.store.events_since(self._notified, NOTIFY_KINDS):
+            self._notified = e["id"]
+            phase = self.store.phase(e["phase_id"])["name"] if e["phase_id"] else None
+            body = {"event": e["kind"], "run": e["run_id"], "phase": phase, "message": e["message"], "at": e["at"],
+                    "data": e["data"]}
+            threading.Thread(target=self._post, args=(body,), daemon=True).start()
+
+    def _post(self, body: dict) -> None:
+        req = urllib.request.Request(self.notify, data=json.dumps(body, default=str).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", "User-Agent": f"runner/{__version__}"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                resp.read()
+        except Exception as exc:  # a webhook that is down never disturbs a run
+            self.say(f"notify: POST {self.notify} failed: {exc}")
