@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build runner's container images without any container registry.
 #
-#   bash images/build-offline.sh            # base (cached by tag) + trainer (Docker layer cache)
+#   bash images/build-offline.sh            # base (cached by tag) + trainer + server (Docker layer cache)
 #   REBUILD=1 bash images/build-offline.sh  # ignore the cache
 #
 # The base image is made from Debian packages (debootstrap + `docker import`),
@@ -13,6 +13,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 BASE_TAG=${RUNNER_BASE_IMAGE:-runner-base:bookworm}
 TRAINER_TAG=${RUNNER_TRAINER_IMAGE:-runner-trainer:latest}
+SERVER_TAG=${RUNNER_SERVER_IMAGE:-runner-server:latest}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 TB_VERSION=${TENSORBOARD_VERSION:-2.14.1}
 
@@ -49,4 +50,17 @@ fi
 # train.py is never hidden behind a stale tag.
 say "building $TRAINER_TAG from $BASE_TAG"
 docker build -q --build-arg "BASE_IMAGE=$BASE_TAG" -t "$TRAINER_TAG" "$here/trainer" >/dev/null
-say "ready: $BASE_TAG $TRAINER_TAG"
+# The server image (compose.yaml's runner and tensorboard services).  Its Python dependencies
+# are downloaded here as wheels for the base image's Python (3.11), so the build needs no network.
+wheels="$here/runner/wheels"
+if [ -n "${REBUILD:-}" ] || [ ! -f "$wheels/.complete" ] || [ "$here/runner/requirements.txt" -nt "$wheels/.complete" ]; then
+  say "downloading the server's Python wheels into $wheels"
+  rm -rf "$wheels" && mkdir -p "$wheels"
+  python3 -m pip download -q --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
+    -d "$wheels" -r "$here/runner/requirements.txt"
+  touch "$wheels/.complete"
+fi
+say "building $SERVER_TAG from $BASE_TAG"
+docker build -q --build-arg "BASE_IMAGE=$BASE_TAG" -f "$here/runner/Dockerfile" -t "$SERVER_TAG" "$here/.." >/dev/null
+say "ready: $BASE_TAG $TRAINER_TAG $SERVER_TAG"

@@ -304,16 +304,17 @@ def _submit_to_server(args, console: Console, server: dict) -> int:
 
 def cmd_serve(args, console: Console) -> int:
     from runner.backends.docker import DockerBackend
-    from runner.daemon import Server, find_server
+    from runner.daemon import Server, ServerLock
     from runner.policy import MountPolicy
     from runner.scheduler import detect_gpus, parse_gpus
 
     state = _state_path(args)
     runs_dir = state.parent.resolve()
-    running = find_server(runs_dir)
-    if running is not None and running["pid"] != os.getpid():
-        raise RunnerError(f"a server already serves {runs_dir} (pid {running['pid']} on {running['host']}, "
-                          f"heartbeat {running['heartbeat_age']:.0f}s ago)", "stop it first; one server per run store")
+    lock = ServerLock(runs_dir)
+    if not lock.acquire():
+        running = find_server(runs_dir) or {}
+        raise RunnerError(f"a server already serves {runs_dir} (pid {running.get('pid', '?')} on {running.get('host', '?')})",
+                          "stop it first; one server per run store")
     specs = [Path(p) for p in (args.specs or (["specs"] if Path("specs").is_dir() else []))]
     inbox = Path(args.inbox).resolve() if args.inbox else None
     extra = [p for p in os.environ.get("RUNNER_ALLOW_MOUNTS", "").split(":") if p]
@@ -334,7 +335,10 @@ def cmd_serve(args, console: Console) -> int:
     signal.signal(signal.SIGTERM, leave)
     signal.signal(signal.SIGINT, leave)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    server.serve()
+    try:
+        server.serve()
+    finally:
+        lock.release()
     return 0
 
 
@@ -442,8 +446,11 @@ def cmd_status(args, console: Console) -> int:
     store = engine.store
     run_ids = [store.resolve_run(args.run)] if args.run else [r["id"] for r in store.runs()]
     note = ""
+    from runner.daemon import find_server
+
+    served = find_server(state.parent) is not None  # a live server judges its own phases
     for run_id in run_ids:
-        if any(p["status"] in ACTIVE for p in store.phases(run_id)):
+        if not served and any(p["status"] in ACTIVE for p in store.phases(run_id)):
             try:
                 engine.refresh(run_id)
             except EngineUnavailable as exc:
@@ -460,8 +467,6 @@ def cmd_status(args, console: Console) -> int:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return 0
     if not args.run:
-        from runner.daemon import find_server
-
         server = find_server(state.parent)
         waiting = _queue_rows(store)
         if server is not None or waiting:
