@@ -33,7 +33,7 @@ from typing import Callable
 
 from runner import __version__, graph
 from runner.engine import Engine, new_run_id
-from runner.errors import NotFound, RunnerError, SpecError
+from runner.errors import NotFound, Problem, RunnerError, SpecError
 from runner.inbox import Inbox, Outcome, sha256_bytes
 from runner.plan import LaunchPlan
 from runner.scheduler import Scheduler
@@ -111,6 +111,22 @@ def find_server(runs_dir: Path) -> dict | None:
     info["heartbeat_age"] = time.time() - float(info.get("heartbeat_at", 0))
     info["path"] = str(path)
     return info
+
+
+def _next_specs_beside(loaded) -> None:
+    """A dropped file that is no library spec resolves relative `next:` specs beside its accepted
+    copy (inbox/accepted/); say so where they are missing, instead of "no such file"."""
+    problems = []
+    for i, rule in enumerate(loaded.phase.next):
+        if "${{" in rule.apply or os.path.isabs(rule.apply) or (loaded.folder / rule.apply).exists():
+            continue
+        line, col = loaded.doc.position(("next", i, "apply"))
+        problems.append(Problem(str(loaded.path), line, col, f"next[{i}].apply",
+                                f"{rule.apply} not found beside the accepted copy ({loaded.folder}): a dropped spec "
+                                "that is not an exact copy of a library spec resolves relative paths there; use an "
+                                "absolute path, or `runner apply` the spec where it lives"))
+    if problems:
+        raise SpecError(problems)
 
 
 class LogReporter:
@@ -309,9 +325,16 @@ class Server:
         dest = self.inbox.target("accepted", name, run_id)
         twin = self.library_twin(sha)
         spec_path = twin or dest
-        loaded = load_spec_bytes(data, spec_path)
-        graph.build(spec_path, root=loaded)  # every next: spec must exist and be valid
-        self.engine().plan(loaded, {}, run_id)  # inputs, interpolation and the mount policy
+        try:
+            loaded = load_spec_bytes(data, spec_path)
+            if twin is None:
+                _next_specs_beside(loaded)
+            graph.build(spec_path, root=loaded)  # every next: spec must exist and be valid
+            self.engine().plan(loaded, {}, run_id)  # inputs, interpolation and the mount policy
+        except SpecError as exc:  # located in the file where the person will find it: rejected/NAME
+            shown = str(self.inbox.folder / "rejected" / name)
+            raise SpecError([Problem(shown, p.line, p.col, p.path, p.message) if p.file == str(spec_path) else p
+                             for p in exc.problems]) from None
         reason = f"queued as run {run_id}" + (f" (same content as {twin}: runs as that file)" if twin else "")
         intake_id = self.store.submit(run_id, str(spec_path), loaded.sha256, {}, f"inbox:{name}", 0, "queued",
                                       intake=dict(name=name, state="accepted", reason=reason, moved_to=str(dest),

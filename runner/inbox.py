@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from runner.errors import Problem, SpecError
+from runner.errors import SpecError
 from runner.store import Store
 
 SUBFOLDERS = ("accepted", "rejected", "duplicates")
@@ -50,8 +50,8 @@ def sha256_bytes(data: bytes) -> str:
 class Inbox:
     """Finds complete files in ``folder`` and settles each one with ``accept``.
 
-    ``accept(name, data, sha)`` returns (state, reason, run_id, spec_note) after
-    recording a submission for an accepted file; it raises SpecError for an invalid one."""
+    ``accept(name, data, sha, path)`` returns (state, reason, run_id) after recording a
+    submission for an accepted file; it raises SpecError for an invalid one."""
 
     def __init__(self, folder: Path, store: Store, settle: float = 0.5, quiet: float = 10.0, stale: float = 300.0,
                  polling: bool = False):
@@ -133,9 +133,7 @@ class Inbox:
         try:
             state, reason, run_id = accept(name, data, sha, path)
         except SpecError as exc:
-            shown = str(self.folder / "rejected" / name)
-            problems = [Problem(shown, p.line, p.col, p.path, p.message) for p in exc.problems]
-            return self._settle(name, sha, "rejected", "\n".join(str(p) for p in problems))
+            return self._settle(name, sha, "rejected", "\n".join(str(p) for p in exc.problems))
         if state == "accepted":  # the submission and intake row were recorded together; now move it
             self.watcher.forget(str(path))
             self._seen.pop(name, None)

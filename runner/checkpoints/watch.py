@@ -78,6 +78,8 @@ class Watcher:
             if kind == "read":  # opened and closed without writing: back to what it was before the open
                 if self.last.get(path) == "opened":
                     self.last[path] = self._before_open.pop(path, "closed")
+            elif kind == "modified" and self.last.get(path) == "closed":
+                pass  # an attribute change after the close (cp, shutil.copy set the mode): no writer is back
             else:
                 if kind == "opened":
                     self._before_open[path] = self.last.get(path, "closed")

@@ -1,0 +1,142 @@
+"""Engine.drive resumes a run from whatever the store says (the server's restart path),
+against the shipped FakeBackend: nothing launched twice, one verdict, one chain decision."""
+import json
+
+import pytest
+
+from runner.backends.fake import FakeBackend, Script
+from runner.engine import Engine, QuietReporter
+from runner.store import Store
+from tests.conftest import MINIMAL
+
+
+@pytest.fixture
+def make(tmp_path):
+    store = Store(tmp_path / "runs" / "runner.db")
+
+    def make(backend):
+        engine = Engine(store, backend, tmp_path / "runs", QuietReporter(), poll_s=0.001)
+        engine.persistent = True
+        return engine
+
+    return make
+
+
+def kinds(engine, run_id):
+    return [e["kind"] for e in engine.store.events(run_id)]
+
+
+def chained(write_spec, tmp_path):
+    (tmp_path / "two.yaml").write_text(MINIMAL.replace("name: p1", "name: two"))
+    return write_spec(MINIMAL + "next:\n  - {when: success, apply: two.yaml}\n")
+
+
+def test_a_queued_submission_is_driven_through_its_chain(make, write_spec, tmp_path):
+    engine = make(FakeBackend())
+    run_id = engine.submit(chained(write_spec, tmp_path), {}, source="inbox:x.yaml")
+    assert engine.store.submission(run_id)["state"] == "queued" and engine.store.phases(run_id) == []
+    run = engine.drive(run_id)
+    assert [(p.phase, p.status) for p in run.phases] == [("p1", "succeeded"), ("two", "succeeded")]
+    assert kinds(engine, run_id).count("chain.decision") == 2
+
+
+def test_restart_while_running_readopts_the_same_container(make, write_spec):
+    backend = FakeBackend(script={"p1": Script(polls=5)})
+    first = make(backend)
+    run_id = first.submit(write_spec(MINIMAL), {}, source="inbox:x.yaml")
+    first.drive(run_id, detach=True)  # as if the server died right after the launch
+    (cid,) = backend.containers
+    second = make(backend)  # a new process
+    run = second.drive(run_id)
+    assert run.last.status == "succeeded" and run.last.container_id == cid
+    assert len(backend.launched) == 1
+    assert kinds(second, run_id).count("phase.succeeded") == 1
+
+
+def test_launching_without_a_container_launches_once(make, write_spec):
+    backend = FakeBackend()
+    engine = make(backend)
+    run_id = engine.submit(write_spec(MINIMAL), {}, source="inbox:x.yaml")
+    engine.drive(run_id, detach=True)
+    (phase,) = engine.store.phases(run_id)
+    backend.vanish(phase["container_id"])  # pretend create never happened...
+    engine.store.transition(phase["id"], "launching", "crash test", container_id=None)
+    run = make(backend).drive(run_id)  # ...so the restart launches it, once
+    assert run.last.status == "succeeded" and len(backend.launched) == 2
+    assert "the runner stopped while launching and no container exists" in json.dumps(engine.store.events(run_id))
+
+
+def test_launching_with_its_container_present_adopts_it(make, write_spec):
+    backend = FakeBackend(script={"p1": Script(polls=3)})
+    engine = make(backend)
+    run_id = engine.submit(write_spec(MINIMAL), {}, source="inbox:x.yaml")
+    engine.drive(run_id, detach=True)
+    (phase,) = engine.store.phases(run_id)
+    engine.store.transition(phase["id"], "launching", "crash between create and record", container_id=None)
+    run = make(backend).drive(run_id)
+    assert run.last.status == "succeeded" and len(backend.launched) == 1
+
+
+def test_vanished_container_is_lost_and_never_relaunched(make, write_spec):
+    backend = FakeBackend(script={"p1": Script(polls=10**9)})
+    engine = make(backend)
+    run_id = engine.submit(write_spec(MINIMAL), {}, source="inbox:x.yaml")
+    engine.drive(run_id, detach=True)
+    backend.vanish(next(iter(backend.containers)))
+    run = make(backend).drive(run_id)
+    assert run.last.status == "lost" and "disappeared" in run.last.reason
+    assert len(backend.launched) == 1
+
+
+def test_judged_phase_without_decision_is_decided_once_then_chained(make, write_spec, tmp_path):
+    backend = FakeBackend(script={"p1": Script(polls=0)})
+    engine = make(backend)
+    run_id = engine.submit(chained(write_spec, tmp_path), {}, source="inbox:x.yaml")
+    engine.drive(run_id, detach=True)
+    (phase,) = engine.store.phases(run_id)
+    # The server died after the verdict was recorded and before the decision.
+    engine.finish(phase["id"], backend.inspect(phase["container_id"]))
+    engine.finish(phase["id"], backend.inspect(phase["container_id"]))
+    assert engine.store.phase(phase["id"])["decision"] == ""
+    run = make(backend).drive(run_id)
+    assert [p.phase for p in run.phases][-1] == "two"
+    assert kinds(engine, run_id).count("chain.decision") == 2  # one per phase
+    assert kinds(engine, run_id).count("phase.succeeded") == 2
+    assert engine.store.record_decision(phase["id"], "again", {}) is False
+
+
+def test_decision_recorded_but_next_phase_not_created_starts_it(make, write_spec, tmp_path):
+    backend = FakeBackend(script={"p1": Script(polls=0)})
+    engine = make(backend)
+    run_id = engine.submit(chained(write_spec, tmp_path), {}, source="inbox:x.yaml")
+    engine.drive(run_id, detach=True)
+    (phase,) = engine.store.phases(run_id)
+    engine.finish(phase["id"], backend.inspect(phase["container_id"]))
+    assert engine.store.record_decision(phase["id"], "rule 1 fired", {"next": str(tmp_path / "two.yaml"), "inputs": {},
+                                                                      "rule": 0, "spec": phase["spec_path"]})
+    run = make(backend).drive(run_id)
+    assert [p.phase for p in run.phases] == ["two"]
+    assert [p["name"] for p in engine.store.phases(run_id)] == ["p1", "two"]
+
+
+def test_gpus_granted_by_the_slots_are_the_ones_launched(make, write_spec):
+    from runner.scheduler import Scheduler
+
+    backend = FakeBackend(gpu=True)
+    engine = make(backend)
+    engine.slots = Scheduler(["0", "1", "2"], 1, rank=lambda run_id: (0, 0))
+    run_id = engine.submit(write_spec(MINIMAL + "  gpus: 2\n"), {}, source="inbox:x.yaml")
+    assert engine.drive(run_id).last.status == "succeeded"
+    assert backend.launched[0].gpus == ("0", "1")
+    assert json.loads(engine.store.phases(run_id)[0]["plan_json"])["gpus"] == ["0", "1"]
+    assert engine.slots.snapshot()["gpus"] == {"0": None, "1": None, "2": None}  # released
+
+
+def test_a_phase_that_can_never_fit_is_an_error_not_a_wait(make, write_spec):
+    from runner.scheduler import Scheduler
+
+    engine = make(FakeBackend(gpu=True))
+    engine.slots = Scheduler([], 1, rank=lambda run_id: (0, 0))
+    run_id = engine.submit(write_spec(MINIMAL + "  gpus: 1\n"), {}, source="inbox:x.yaml")
+    result = engine.drive(run_id).last
+    assert result.status == "error" and "needs 1 GPU(s); this server has 0" in result.reason
