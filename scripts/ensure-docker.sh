@@ -1,8 +1,24 @@
 #!/usr/bin/env bash
-# Make sure a Docker engine answers; install and start one if not (needs root).
-# Used by scripts/quickstart.sh, scripts/test.sh and CI.  Safe to rerun.
+# Make sure a Docker engine answers and docker-compose is there; install and start them if
+# not (needs root).  Used by scripts/quickstart.sh, scripts/test.sh and CI.  Safe to rerun.
 set -euo pipefail
 say() { printf '[ensure-docker] %s\n' "$*" >&2; }
+
+missing=()
+command -v docker >/dev/null 2>&1 || missing+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
+  missing+=(docker-compose)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    say "missing ${missing[*]} and this is not root: install them (sudo apt-get install -y ${missing[*]})"
+    exit 1
+  fi
+  say "installing ${missing[*]} from Debian packages"
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+fi
 
 if docker info >/dev/null 2>&1; then
   exit 0
@@ -11,18 +27,11 @@ if [ "$(id -u)" != 0 ]; then
   say "no Docker engine answers and this is not root: start it (sudo systemctl start docker) or set DOCKER_HOST"
   exit 1
 fi
-if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
-  say "installing docker.io and debootstrap from Debian packages"
-  apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap >/dev/null
-fi
-if ! docker info >/dev/null 2>&1; then
-  if command -v systemctl >/dev/null 2>&1 && systemctl start docker 2>/dev/null; then
-    :
-  else
-    say "starting dockerd in the background (log: /var/log/runner-dockerd.log)"
-    nohup dockerd >/var/log/runner-dockerd.log 2>&1 &
-  fi
+if command -v systemctl >/dev/null 2>&1 && systemctl start docker 2>/dev/null; then
+  :
+else
+  say "starting dockerd in the background (log: /var/log/runner-dockerd.log)"
+  nohup dockerd >/var/log/runner-dockerd.log 2>&1 &
 fi
 for _ in $(seq 1 60); do
   if docker info >/dev/null 2>&1; then

@@ -18,6 +18,7 @@ import os
 import shutil
 import threading
 import time
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -37,18 +38,25 @@ TORCH_SUFFIXES = (".pt", ".pth")
 
 
 def loadable(path: Path) -> bool:
-    """A .pt/.pth file loads (weights_only, memory-mapped: a multi-GB file is not read into RAM)."""
+    """A .pt/.pth file is complete: for torch's zip format (every torch.save since 1.6) the
+    archive's central directory, written last, lists the pickle; nothing is unpickled, so a
+    multi-GB file is not read and no code in it runs, and it works with any torch (1.13's
+    weights-only loader cannot read checkpoints holding plain floats).  Legacy pickles are
+    loaded weights-only when torch is there."""
     if path.is_dir() or path.suffix not in TORCH_SUFFIXES:
         return True
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return any(name.endswith("/data.pkl") or name == "data.pkl" for name in archive.namelist())
+        except (zipfile.BadZipFile, OSError):
+            return False
     try:
         import torch
     except ImportError:
         return True  # cannot check: size stability and close/rename events decide
     try:
-        try:
-            torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except TypeError:  # torch < 2.1: no mmap
-            torch.load(str(path), map_location="cpu", weights_only=True)
+        torch.load(str(path), map_location="cpu", weights_only=True)
         return True
     except Exception:  # a half-written or foreign file; looked at again on the next scan
         return False
