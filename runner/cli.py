@@ -394,7 +394,8 @@ def _server_line(server: dict | None) -> str:
     used = sum(1 for v in gpus.values() if v is not None)
     return (f"server: pid {server['pid']} on {server['host']}, heartbeat {server['heartbeat_age']:.0f}s ago; "
             f"GPUs {used}/{len(gpus)} in use ({server.get('gpu_source', '')}); "
-            f"CPU slots {len(sched.get('cpu_in_use') or [])}/{sched.get('cpu_slots', '?')}; inbox {server.get('inbox') or '-'}")
+            f"CPU slots {len(sched.get('cpu_in_use') or [])}/{sched.get('cpu_slots', '?')}; inbox {server.get('inbox') or '-'}"
+            + "".join(f"\ninbox: {name}: not read yet: {why}" for name, why in (server.get("inbox_waiting") or {}).items()))
 
 
 def _iso(ts: float | None) -> str | None:
