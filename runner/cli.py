@@ -291,7 +291,7 @@ def _submit_to_server(args, console: Console, server: dict) -> int:
     engine = _engine(args)
     engine.policy = MountPolicy(tuple(server.get("mount_roots") or ())) if server.get("mount_roots") else None
     run_id = engine.submit(path, _parse_inputs(args.input), source="apply-server", priority=args.priority)
-    waiting = [s for s in engine.store.submissions(("queued",)) if not s["source"] == "apply"]
+    waiting = [s for s in engine.store.submissions(("queued",)) if s["source"] != "apply"]
     position = next((i + 1 for i, s in enumerate(waiting) if s["run_id"] == run_id), None)
     say(Console(stderr=True, highlight=False),
         f"submitted to the server (pid {server['pid']} on {server['host']}, found through {server['path']}, "
@@ -304,7 +304,7 @@ def _submit_to_server(args, console: Console, server: dict) -> int:
 
 def cmd_serve(args, console: Console) -> int:
     from runner.backends.docker import DockerBackend
-    from runner.daemon import Server, ServerLock
+    from runner.daemon import Server, ServerLock, find_server
     from runner.policy import MountPolicy
     from runner.scheduler import detect_gpus, parse_gpus
 

@@ -35,7 +35,6 @@ from runner import __version__, graph
 from runner.engine import Engine, new_run_id
 from runner.errors import NotFound, Problem, RunnerError, SpecError
 from runner.inbox import Inbox, Outcome, sha256_bytes
-from runner.plan import LaunchPlan
 from runner.scheduler import Scheduler
 from runner.spec.loader import load_spec_bytes
 from runner.store import Store
@@ -210,20 +209,27 @@ class Server:
         beat = 0.0
         try:
             while not self.stopping.is_set():
-                if self.inbox is not None:
-                    for outcome in self.inbox.scan(self._accept):
-                        self._log_outcome(outcome)
-                self._start_queued()
-                self._post_notifications()
-                if time.monotonic() - beat >= HEARTBEAT_S:
-                    beat = time.monotonic()
-                    self._write_info()
+                try:
+                    self._tick()
+                    if time.monotonic() - beat >= HEARTBEAT_S:
+                        beat = time.monotonic()
+                        self._write_info()
+                except Exception as exc:  # a bug or a full disk: say so and keep serving the runs in flight
+                    self.say(f"server loop error: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+                    self.stopping.wait(5)
                 if self.inbox is not None:
                     self.inbox.watcher.changed.wait(self.tick)
                 else:
                     self.stopping.wait(self.tick)
         finally:
             self._shutdown()
+
+    def _tick(self) -> None:
+        if self.inbox is not None:
+            for outcome in self.inbox.scan(self._accept):
+                self._log_outcome(outcome)
+        self._start_queued()
+        self._post_notifications()
 
     def stop(self) -> None:
         """Leave: supervision stops, containers keep running, pending phases stay queued."""
@@ -296,6 +302,9 @@ class Server:
             return
         if self.stopping.is_set():
             return  # carried on after the restart
+        if self.store.submission_state(run_id) == "cancelled":
+            self.say(f"[{run_id}] run stopped on request")
+            return
         last = result.last
         self.store.set_submission(run_id, "done", f"phase {last.phase} {last.status}")
         self.say(f"[{run_id}] run done: last phase {last.phase} {last.status}")

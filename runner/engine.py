@@ -179,6 +179,9 @@ class Engine:
         without launching anything twice or deciding a chain twice."""
         run = RunResult(run_id)
         while not self.detach_requested.is_set():
+            if self.store.submission_state(run_id) == "cancelled" and not any(
+                    p["status"] in ACTIVE for p in self.store.phases(run_id)):
+                break  # `runner stop`: nothing more starts
             phases = self.store.phases(run_id)
             last = phases[-1] if phases else None
             if last is None:
@@ -224,7 +227,7 @@ class Engine:
         """Plan a spec as the run's next phase, record it *pending*, and run it."""
         try:
             loaded = load_spec(spec_path)
-            phase, plan, merged = self.plan(loaded, inputs, run_id)
+            phase, plan, _ = self.plan(loaded, inputs, run_id)
         except SpecError as exc:
             if after is not None:
                 self.store.event(run_id, after["id"], "chain.error", f"next spec {spec_path} is invalid:\n{exc}")
@@ -247,6 +250,9 @@ class Engine:
             self.store.transition(phase_id, "error", str(exc), finished_at=time.time())
             return self._result(phase_id)
         if granted is None:  # the server is shutting down: the phase stays pending, resumed on restart
+            return self._result(phase_id)
+        if self.store.phase(phase_id)["status"] != "pending":  # stopped while it waited for its turn
+            self.slots.release(phase_id)
             return self._result(phase_id)
         try:
             if granted != plan:
@@ -419,7 +425,9 @@ class Engine:
             self.backend.check_image(plan.image)
             self._prepare_mounts(plan)
             Path(plan.phase_dir).mkdir(parents=True, exist_ok=True)
-            self.store.transition(phase_id, "launching", f"creating container {plan.container_name}")
+            if not self.store.transition(phase_id, "launching", f"creating container {plan.container_name}",
+                                         expect=frozenset({"pending"})):
+                raise LaunchError(f"phase {plan.phase} is no longer pending (stopped?); not launched")
             container_id = self.backend.launch(plan)
         except Exception as exc:
             reason = str(exc) if isinstance(exc, RunnerError) else f"internal error: {type(exc).__name__}: {exc}"
@@ -627,7 +635,8 @@ class Engine:
             self.finish(phase_id, self.backend.inspect(row["container_id"]))
 
     def stop_run(self, run_id: str) -> list[PhaseResult]:
-        """Cancel every active phase of a run."""
+        """Cancel a run: its queued submission (nothing more starts) and every active phase."""
+        self.store.cancel_submission(run_id)
         out = []
         for row in self.store.phases(run_id):
             if row["status"] in ACTIVE:

@@ -134,6 +134,8 @@ class Inbox:
             state, reason, run_id = accept(name, data, sha, path)
         except SpecError as exc:
             return self._settle(name, sha, "rejected", "\n".join(str(p) for p in exc.problems))
+        except Exception as exc:  # a bug must not leave the file in limbo (or crash the server on every pass)
+            return self._settle(name, sha, "rejected", f"internal error while reading it: {type(exc).__name__}: {exc}")
         if state == "accepted":  # the submission and intake row were recorded together; now move it
             self.watcher.forget(str(path))
             self._seen.pop(name, None)

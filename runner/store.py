@@ -199,6 +199,20 @@ class Store:
             db.execute("UPDATE submissions SET state = ?, note = ? WHERE run_id = ?", (state, note, run_id))
             _event(db, run_id, None, f"run.{state}", f"run {run_id}: {state}" + (f": {note}" if note else ""))
 
+    def submission_state(self, run_id: str) -> str | None:
+        with self._lock:
+            row = self.db.execute("SELECT state FROM submissions WHERE run_id = ?", (run_id,)).fetchone()
+        return row["state"] if row else None
+
+    def cancel_submission(self, run_id: str) -> bool:
+        """Mark a queued or started submission cancelled (once); True if it was."""
+        with self.tx() as db:
+            cur = db.execute("UPDATE submissions SET state = 'cancelled', note = 'stopped on request'"
+                             " WHERE run_id = ? AND state IN ('queued', 'started')", (run_id,))
+            if cur.rowcount:
+                _event(db, run_id, None, "run.cancelled", f"run {run_id}: stopped on request; nothing more starts")
+            return bool(cur.rowcount)
+
     def duplicate_of(self, spec_sha256: str, inputs: dict[str, Any]) -> str | None:
         """The queued or running submission with this content and these inputs, if any."""
         with self._lock:

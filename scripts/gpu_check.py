@@ -19,13 +19,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from runner import preconditions  # noqa: E402
-from runner.checkpoints.guard import loadable  # noqa: E402
-from runner.errors import GpuUnavailable  # noqa: E402
-from runner.plan import build_plan  # noqa: E402
-from runner.scheduler import Scheduler, detect_gpus  # noqa: E402
-from runner.spec import load_spec_text  # noqa: E402
-from runner.spec.criteria_models import Precondition  # noqa: E402
+from runner import preconditions
+from runner.checkpoints.guard import loadable
+from runner.errors import GpuUnavailable
+from runner.plan import build_plan
+from runner.scheduler import Scheduler, detect_gpus
+from runner.spec import load_spec_text
+from runner.spec.criteria_models import Precondition
 
 SPEC = """
 apiVersion: runner/v1

@@ -1,11 +1,9 @@
 """The checkpoint guard on real files: watchdog events, rescans, hard links, copies, crash recovery."""
 import hashlib
 import os
-import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

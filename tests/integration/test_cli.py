@@ -1,6 +1,5 @@
 """The CLI as a user runs it, against the real engine and the reference trainer image."""
 import json
-import os
 import signal
 import subprocess
 import sys

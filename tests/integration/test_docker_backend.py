@@ -3,13 +3,13 @@ import time
 
 import pytest
 
-from runner.engine import Engine, QuietReporter
+from runner.engine import Engine
 from runner.errors import GpuUnavailable, ImageMissing, LaunchError
 from runner.plan import build_plan
 from runner.spec import load_spec
 from runner.store import Store
 
-from .conftest import BASE_IMAGE, TEST_LABEL
+from .conftest import TEST_LABEL
 
 
 @pytest.fixture

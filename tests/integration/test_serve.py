@@ -4,7 +4,6 @@ phase, the vault intact; `runner apply` submits to the running server; webhook m
 import hashlib
 import http.server
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -13,7 +12,6 @@ import threading
 import time
 from pathlib import Path
 
-import docker
 
 from tests.conftest import REPO
 

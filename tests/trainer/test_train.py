@@ -3,7 +3,6 @@ import math
 import subprocess
 import sys
 
-import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

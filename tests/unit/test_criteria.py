@@ -4,9 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from runner.criteria import Guards, judge, parse_window, reduce, verdict, Window
+from runner.criteria import Guards, parse_window, reduce, verdict, Window
 from runner.metrics.series import MetricSet, Series
-from runner.spec.criteria_models import Group, Guard, Criterion
+from runner.spec.criteria_models import Group, Guard
 
 
 def pts(steps, values, walls=None):

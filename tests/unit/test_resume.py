@@ -140,3 +140,37 @@ def test_a_phase_that_can_never_fit_is_an_error_not_a_wait(make, write_spec):
     run_id = engine.submit(write_spec(MINIMAL + "  gpus: 1\n"), {}, source="inbox:x.yaml")
     result = engine.drive(run_id).last
     assert result.status == "error" and "needs 1 GPU(s); this server has 0" in result.reason
+
+
+def test_stop_while_waiting_for_slots_launches_nothing(make, write_spec):
+    import threading
+    import time
+
+    from runner.plan import build_plan
+    from runner.scheduler import Scheduler
+    from runner.spec import load_spec
+
+    backend = FakeBackend(gpu=True, script={"p1": Script(polls=10**9)})
+    engine = make(backend)
+    engine.slots = Scheduler(["0"], 1, rank=lambda run_id: (0, run_id),
+                             note=lambda pid, text: engine.store.update(pid, reason=text))
+    second = engine.submit(write_spec(MINIMAL + "  gpus: 1\n", name="b.yaml"), {}, source="inbox:b.yaml")
+    queued = engine.submit(write_spec(MINIMAL, name="c.yaml"), {}, source="inbox:c.yaml")
+    busy = build_plan(load_spec(write_spec(MINIMAL + "  gpus: 1\n", name="a.yaml")), {}, "a", "/tmp")
+    engine.slots.acquire(999, busy)  # another phase holds GPU 0
+    other = make(backend)
+    other.slots = engine.slots  # another run's thread in the same server
+    waiter = threading.Thread(target=lambda: other.drive(second))
+    waiter.start()
+    time.sleep(0.3)
+    (pending,) = engine.store.phases(second)
+    assert pending["status"] == "pending" and pending["reason"].startswith("queued: waiting for 1 GPU(s)")
+    engine.stop_run(second)
+    engine.stop_run(queued)
+    engine.slots.release(999)  # the GPU frees up...
+    waiter.join(5)
+    assert engine.store.phases(second)[0]["status"] == "cancelled"
+    assert backend.launched == []  # ...but the stopped phase never launches
+    make(backend).drive(queued)
+    assert engine.store.phases(queued) == []
+    assert engine.store.submission(queued)["state"] == "cancelled"

@@ -1,5 +1,4 @@
 """JSONL and stdout metric sources; chain decisions; preconditions."""
-import json
 from pathlib import Path
 
 import pytest
