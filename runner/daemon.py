@@ -265,6 +265,25 @@ class Server:
                 adopted += 1
         queued = len([s for s in self.store.submissions() if s["source"] not in SERVER_SOURCES_SKIPPED])
         self.say(f"reconcile: {adopted} phase(s) with containers to re-adopt, {queued} run(s) to carry on")
+        self._report_strangers()
+
+    def _report_strangers(self) -> None:
+        """Running containers with runner's labels that this store does not know (another store, or a
+        lost one): named in the log, never touched."""
+        try:
+            found = self.backend_factory().find({"runner.run-id": None})
+        except RunnerError as exc:
+            self.say(f"reconcile: cannot list containers: {exc}")
+            return
+        for c in found:
+            if not c.running:
+                continue
+            run_id = c.labels.get("runner.run-id", "")
+            try:
+                self.store.run(run_id)
+            except NotFound:
+                self.say(f"reconcile: container {c.name} ({c.id[:12]}, run {run_id}) is not in this run store; "
+                         "leaving it alone")
 
     def _owned(self, run_id: str) -> bool:
         try:

@@ -53,7 +53,7 @@ class Backend(Protocol):
         """The container's output (stdout and stderr) as chunks, from its start."""
 
     def find(self, labels: dict[str, str]) -> list[ContainerState]:
-        """Containers (running or not) carrying all ``labels``."""
+        """Containers (running or not) carrying all ``labels`` (a value of None: the key, any value)."""
 
     def remove(self, container_id: str) -> None:
         """Remove an ended container (runner's own helpers only, e.g. validation runs)."""

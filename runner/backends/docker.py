@@ -177,7 +177,7 @@ class DockerBackend:
             return  # the stream ended with the container or the engine; callers re-inspect
 
     def find(self, labels: dict[str, str]) -> list[ContainerState]:
-        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        filters = {"label": [k if v is None else f"{k}={v}" for k, v in labels.items()]}
         found = self._call(self.client.containers.list, all=True, sparse=True, filters=filters)
         return [self.inspect(c.id) for c in found]
 

@@ -106,7 +106,7 @@ class FakeBackend:
 
     def find(self, labels: dict[str, str]) -> list[ContainerState]:
         return [self.inspect(c.id) for c in list(self.containers.values())
-                if all(c.plan.labels.get(k) == v for k, v in labels.items())]
+                if all(k in c.plan.labels if v is None else c.plan.labels.get(k) == v for k, v in labels.items())]
 
     def remove(self, cid: str) -> None:
         self._get(cid)

@@ -113,6 +113,8 @@ def test_find_by_labels(engine, spec_for, backend):
     found = backend.find({"runner.run-id": result.run_id})
     assert [c.id for c in found] == [result.container_id]
     assert found[0].ended and found[0].exit_code == 0
+    any_run = backend.find({"runner.run-id": None, "runner.phase": "p1"})  # key only: any value
+    assert result.container_id in [c.id for c in any_run]
 
 
 def test_second_launch_of_same_phase_is_refused(engine, spec_for, backend, tmp_path):

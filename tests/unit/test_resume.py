@@ -174,3 +174,28 @@ def test_stop_while_waiting_for_slots_launches_nothing(make, write_spec):
     make(backend).drive(queued)
     assert engine.store.phases(queued) == []
     assert engine.store.submission(queued)["state"] == "cancelled"
+
+
+def test_a_container_that_ended_while_nobody_watched_is_judged_once(make, write_spec, tmp_path):
+    backend = FakeBackend(script={"p1": Script(polls=0, exit_code=3)})
+    engine = make(backend)
+    run_id = engine.submit(chained(write_spec, tmp_path), {}, source="inbox:x.yaml")
+    engine.drive(run_id, detach=True)
+    run = make(backend).drive(run_id)  # it exited with 3 while the server was down
+    assert [(p.phase, p.status, p.exit_code) for p in run.phases] == [("p1", "failed", 3)]
+    assert kinds(engine, run_id).count("phase.failed") == 1 and kinds(engine, run_id).count("chain.decision") == 1
+    assert len(backend.launched) == 1
+
+
+def test_reconcile_names_running_containers_it_does_not_know(tmp_path, write_spec):
+    from runner.daemon import Server
+
+    backend = FakeBackend(script={"p1": Script(polls=10**9)})
+    other = Engine(Store(tmp_path / "other" / "runner.db"), backend, tmp_path / "other", QuietReporter())
+    other.apply(write_spec(MINIMAL), detach=True)
+    lines = []
+    server = Server(Store(tmp_path / "runs" / "runner.db"), lambda: backend, tmp_path / "runs", None, [], [], "test", 1,
+                    say=lines.append)
+    server.reconcile()
+    assert any("is not in this run store; leaving it alone" in line for line in lines)
+    assert all(c.status == "running" for c in backend.containers.values())
