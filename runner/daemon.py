@@ -357,8 +357,12 @@ class Server:
             loaded = load_spec_bytes(data, spec_path)
             if twin is None:
                 _next_specs_beside(loaded)
-            graph.build(spec_path, root=loaded)  # every next: spec must exist and be valid
+            chain = graph.build(spec_path, root=loaded)  # every next: spec must exist and be valid
             self.engine().plan(loaded, {}, run_id)  # inputs, interpolation and the mount policy
+            later = [p for path, spec in chain.specs.items() if path != chain.root and self.policy is not None
+                     for p in self.policy.literal_problems(spec)]
+            if later:
+                raise SpecError(later)
         except SpecError as exc:  # located in the file where the person will find it: rejected/NAME
             shown = str(self.inbox.folder / "rejected" / name)
             raise SpecError([Problem(shown, p.line, p.col, p.path, p.message) if p.file == str(spec_path) else p

@@ -43,11 +43,21 @@ class MountPolicy:
 
     def problems(self, loaded: LoadedSpec, plan: LaunchPlan) -> list[Problem]:
         """Located problems for every bind mount the policy refuses (empty: allowed)."""
+        return self._check(loaded, [(i, m.source) for i, m in enumerate(plan.mounts)])
+
+    def literal_problems(self, loaded: LoadedSpec) -> list[Problem]:
+        """The same, before planning, for mounts whose source has no ``${{ }}`` (a chained spec,
+        checked when the first one is accepted)."""
+        return self._check(loaded, [(i, os.path.normpath(os.path.join(loaded.folder, os.path.expanduser(m.source))))
+                                    for i, m in enumerate(loaded.phase.container.mounts) if "${{" not in m.source])
+
+    def _check(self, loaded: LoadedSpec, sources: list[tuple[int, str]]) -> list[Problem]:
         sockets = {_real(s) for s in self.sockets} | set(self.sockets)
         out = []
-        for i, mount in enumerate(plan.mounts):
-            real = _real(mount.source)
-            shown = mount.source if real == mount.source else f"{mount.source} (resolves to {real})"
+        for i, source in sources:
+            mount_source = source
+            real = _real(mount_source)
+            shown = mount_source if real == mount_source else f"{mount_source} (resolves to {real})"
             if any(_within(sock, real) for sock in sockets):
                 why = "is the Docker socket" if real in sockets else "contains the Docker socket"
                 message = f"{shown} {why}: a container with the socket controls the host, so runner never mounts it"

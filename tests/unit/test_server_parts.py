@@ -258,6 +258,18 @@ def test_a_copy_of_a_library_spec_runs_as_that_file(server, tmp_path):
     assert "next[0].apply: two.yaml not found beside the accepted copy" in edited.reason
 
 
+def test_a_chained_spec_mounting_the_socket_rejects_the_drop(server):
+    library = server.specs[0]
+    (library / "evil.yaml").write_text(MINIMAL.replace("name: p1", "name: evil")
+                                       + "  mounts: [{source: /var/run/docker.sock, target: /s}]\n")
+    text = MINIMAL + "next:\n  - {when: success, apply: evil.yaml}\n"
+    (library / "one.yaml").write_text(text)
+    (server.inbox.folder / "one.yaml").write_text(text)
+    (outcome,) = settle(server)
+    assert outcome.state == "rejected"
+    assert f"{library}/evil.yaml:8:" in outcome.reason and "Docker socket" in outcome.reason
+
+
 def test_an_interrupted_move_is_finished_on_restart(server):
     inbox = server.inbox.folder
     (inbox / "x.yaml").write_text("not: a spec\n")
