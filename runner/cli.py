@@ -142,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="also allow bind mounts from under DIR (repeatable; also $RUNNER_ALLOW_MOUNTS, ':'-separated)")
     sv.add_argument("--gpus", default=os.environ.get("RUNNER_GPUS"), metavar="IDS",
                     help="GPU ids to schedule, e.g. 0,1,3, or 'none' (default $RUNNER_GPUS, else ask nvidia-smi)")
-    sv.add_argument("--cpu-slots", type=int, default=int(os.environ.get("RUNNER_CPU_SLOTS", "4")), metavar="N",
+    sv.add_argument("--cpu-slots", type=int, default=None, metavar="N",
                     help="CPU-only phases that may run at once (default $RUNNER_CPU_SLOTS or 4)")
     sv.add_argument("--notify", default=os.environ.get("RUNNER_NOTIFY"), metavar="URL",
                     help="POST a JSON message to URL on verdicts, guard trips and lost phases (default $RUNNER_NOTIFY)")
@@ -321,6 +321,11 @@ def cmd_serve(args, console: Console) -> int:
     roots = [runs_dir, *specs, *([inbox] if inbox else []), *args.allow_mount, *extra]
     configured = parse_gpus(args.gpus)
     gpus, gpu_source = configured if configured is not None else detect_gpus()
+    if args.cpu_slots is None:
+        try:
+            args.cpu_slots = int(os.environ.get("RUNNER_CPU_SLOTS") or 4)
+        except ValueError:
+            raise RunnerError(f"RUNNER_CPU_SLOTS={os.environ['RUNNER_CPU_SLOTS']!r} is not a number") from None
     if args.cpu_slots < 1:
         raise RunnerError("--cpu-slots must be at least 1")
     DockerBackend().ping()  # fail now, with the one-line reason, not in the first run
