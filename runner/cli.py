@@ -294,7 +294,8 @@ def _submit_to_server(args, console: Console, server: dict) -> int:
     waiting = [s for s in engine.store.submissions(("queued",)) if s["source"] != "apply"]
     position = next((i + 1 for i, s in enumerate(waiting) if s["run_id"] == run_id), None)
     say(Console(stderr=True, highlight=False),
-        f"submitted to the server (pid {server['pid']} on {server['host']}, found through {server['path']}, "
+        f"submitted to the server (pid {server['pid']} on {server['host']}, found by its lock on "
+        f"{Path(server['path']).with_name('server.lock')} and its heartbeat file {server['path']}, "
         f"heartbeat {server['heartbeat_age']:.0f}s ago): run {run_id}"
         + (f", queue position {position}" if position else "")
         + f"; follow with `runner status {run_id}` or `runner logs {run_id} -f` (--local runs it here instead)")
