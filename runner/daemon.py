@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from runner import __version__, graph
-from runner.engine import Engine, new_run_id
+from runner.engine import Engine, QuietReporter, new_run_id
 from runner.errors import NotFound, Problem, RunnerError, SpecError
 from runner.inbox import Inbox, Outcome, sha256_bytes
 from runner.scheduler import Scheduler
@@ -128,7 +128,7 @@ def _next_specs_beside(loaded) -> None:
         raise SpecError(problems)
 
 
-class LogReporter:
+class LogReporter(QuietReporter):
     """The server's own log: one timestamped line per engine message (container output goes to container.log)."""
 
     def __init__(self, say: Callable[[str], None], prefix: str = ""):
@@ -138,15 +138,6 @@ class LogReporter:
     def info(self, message: str) -> None:
         for line in message.splitlines():
             self.say(f"{self.prefix}{line}")
-
-    def log_line(self, line: str) -> None:
-        pass
-
-    def progress(self, text: str) -> None:
-        pass
-
-    def live(self, phase: str, view: dict) -> None:
-        pass
 
 
 def _print(line: str) -> None:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 
 import docker
@@ -80,3 +81,14 @@ def cli(tmp_path):
 
     run.state = state
     return run
+
+
+def wait_for(what, check, timeout=240.0, every=0.5):
+    """Poll ``check`` until it returns something true (returned), or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")

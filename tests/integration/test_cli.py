@@ -3,21 +3,14 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 from tests.conftest import REPO
 
-from .conftest import TEST_LABEL
+from .conftest import TEST_LABEL, wait_for
 
 
 def wait_until(fn, timeout=60, every=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not met in time")
+    return wait_for("the condition", fn, timeout, every)
 
 
 def status_json(cli, run=None):

@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from tests.conftest import REPO
-from tests.integration.test_serve import wait_for
+from tests.integration.conftest import wait_for
 
 
 def free_port() -> int:

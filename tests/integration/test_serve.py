@@ -14,6 +14,7 @@ from pathlib import Path
 
 
 from tests.conftest import REPO
+from tests.integration.conftest import wait_for
 
 
 class Hook(http.server.BaseHTTPRequestHandler):
@@ -33,16 +34,6 @@ def serve(state: Path, inbox: Path, notify: str, log: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "runner.cli", "--state", str(state), "serve", "--inbox", str(inbox),
                              "--specs", str(REPO / "specs"), "--gpus", "none", "--notify", notify],
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT, cwd=REPO)
-
-
-def wait_for(what, check, timeout=240.0, every=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_server_inbox_sigkill_readopt_and_apply_submit(cli, tmp_path, docker_client):
