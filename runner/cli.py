@@ -567,9 +567,10 @@ def cmd_logs(args, console: Console) -> int:
 def cmd_stop(args, console: Console) -> int:
     engine = _engine(args)
     run_id = engine.store.resolve_run(args.run)
+    queued = engine.store.submission_state(run_id) == "queued"
     results = engine.stop_run(run_id)
     if not results:
-        say(console, f"run {run_id}: nothing running")
+        say(console, f"run {run_id}: " + ("cancelled while queued; nothing will start" if queued else "nothing running"))
     for r in results:
         say(console, f"run {run_id}: phase {r.phase} {r.status}")
     return 0

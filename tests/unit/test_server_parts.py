@@ -290,3 +290,29 @@ def test_one_server_per_run_store(tmp_path):
     first.release()
     assert second.acquire(wait_s=0.3)
     second.release()
+
+
+def test_queue_lists_waiting_work_in_start_order(tmp_path, write_spec, capsys):
+    import json
+
+    from runner.cli import main
+    from runner.engine import Engine
+
+    store = Store(tmp_path / "runs" / "runner.db")
+    engine = Engine(store, FakeBackend(), tmp_path / "runs")
+    low = engine.submit(write_spec(MINIMAL, name="low.yaml"), {}, source="inbox:low.yaml")
+    high = engine.submit(write_spec(MINIMAL, name="high.yaml"), {}, source="apply-server", priority=5)
+    mine = engine.submit(write_spec(MINIMAL, name="fg.yaml"), {}, source="apply", state="started")  # a terminal's own run
+    waiting = store.add_phase(low, "p1", "low.yaml", "x", {})
+    store.update(waiting, reason="queued: waiting for 2 GPU(s), 1 phase(s) ahead")
+    assert main(["--state", str(store.path), "queue", "-o", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["server"] is None
+    assert [(r["run"], r["priority"], r["waiting_for"]) for r in doc["queue"]] == [
+        (high, 5, "its turn (no phase started yet)"), (low, 0, "queued: waiting for 2 GPU(s), 1 phase(s) ahead")]
+    assert mine not in [r["run"] for r in doc["queue"]]
+    assert main(["--state", str(store.path), "stop", high]) == 0
+    assert "cancelled while queued; nothing will start" in capsys.readouterr().out
+    assert store.submission(high)["state"] == "cancelled"
+    main(["--state", str(store.path), "queue"])
+    assert high not in capsys.readouterr().out
