@@ -194,7 +194,10 @@ class Engine:
                 continue
             elif last["status"] in ("running", "detached"):
                 if detach or (run.phases and run.phases[-1].phase_id == last["id"] and not self.persistent):
-                    run.phases.append(self._result(last["id"]))
+                    if run.phases and run.phases[-1].phase_id == last["id"]:
+                        run.phases[-1] = self._result(last["id"])
+                    else:
+                        run.phases.append(self._result(last["id"]))
                     return run
                 result = self._readopt(last)
             elif last["verdict"] and not last["decision"]:

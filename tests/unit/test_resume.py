@@ -199,3 +199,9 @@ def test_reconcile_names_running_containers_it_does_not_know(tmp_path, write_spe
     server.reconcile()
     assert any("is not in this run store; leaving it alone" in line for line in lines)
     assert all(c.status == "running" for c in backend.containers.values())
+
+
+def test_detach_reports_the_launched_phase_once(make, write_spec):
+    engine = make(FakeBackend(script={"p1": Script(polls=10**9)}))
+    run = engine.apply(write_spec(MINIMAL), detach=True)
+    assert [(p.phase, p.status) for p in run.phases] == [("p1", "running")]
