@@ -455,7 +455,8 @@ def cmd_status(args, console: Console) -> int:
     note = ""
     from runner.daemon import find_server
 
-    served = find_server(state.parent) is not None  # a live server judges its own phases
+    server = find_server(state.parent)
+    served = server is not None  # a live server judges its own phases
     for run_id in run_ids:
         if not served and any(p["status"] in ACTIVE for p in store.phases(run_id)):
             try:
@@ -474,7 +475,6 @@ def cmd_status(args, console: Console) -> int:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return 0
     if not args.run:
-        server = find_server(state.parent)
         waiting = _queue_rows(store)
         if server is not None or waiting:
             say(console, _server_line(server))

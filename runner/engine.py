@@ -162,10 +162,10 @@ class Engine:
         return self.drive(run_id, detach=detach)
 
     def submit(self, spec_path: str | Path, inputs: dict[str, str], source: str, priority: int = 0,
-               state: str = "queued", run_id: str | None = None, loaded: LoadedSpec | None = None) -> str:
+               state: str = "queued") -> str:
         """Validate and plan a spec (spec errors: nothing is recorded), then record a run for it."""
-        loaded = loaded or load_spec(spec_path)
-        run_id = run_id or new_run_id()
+        loaded = load_spec(spec_path)
+        run_id = new_run_id()
         self.plan(loaded, inputs, run_id)
         self.store.submit(run_id, str(loaded.path), loaded.sha256, inputs, source, priority, state)
         return run_id
@@ -194,11 +194,7 @@ class Engine:
                 continue
             elif last["status"] in ("running", "detached"):
                 if detach or (run.phases and run.phases[-1].phase_id == last["id"] and not self.persistent):
-                    if run.phases and run.phases[-1].phase_id == last["id"]:
-                        run.phases[-1] = self._result(last["id"])
-                    else:
-                        run.phases.append(self._result(last["id"]))
-                    return run
+                    return _record(run, self._result(last["id"]))
                 result = self._readopt(last)
             elif last["verdict"] and not last["decision"]:
                 result = self._decide(last["id"], self._restored(last["id"], _phase_of(last), _folder(last)))
@@ -206,13 +202,10 @@ class Engine:
                 nxt = self._decided_next(last)
                 if nxt is None:
                     if not run.phases or run.phases[-1].phase_id != last["id"]:
-                        run.phases.append(self._result(last["id"]))
+                        _record(run, self._result(last["id"]))
                     return run
                 result = self._start(run_id, nxt["next"], nxt["inputs"], detach, after=last)
-            if run.phases and run.phases[-1].phase_id == result.phase_id:
-                run.phases[-1] = result
-            else:
-                run.phases.append(result)
+            _record(run, result)
         if not run.phases:
             phases = self.store.phases(run_id)
             run.phases.append(self._result(phases[-1]["id"]) if phases else PhaseResult(run_id, 0, "-", "pending"))
@@ -713,3 +706,12 @@ def _step_rate(metrics: MetricSet, window_s: float = 120.0) -> float | None:
     if len(w) < 2 or w[-1] <= w[0]:
         return None
     return float(st[-1] - st[0]) / float(w[-1] - w[0])
+
+
+def _record(run: RunResult, result: PhaseResult) -> RunResult:
+    """Add a phase's latest result to ``run`` (replacing an earlier result of the same phase)."""
+    if run.phases and run.phases[-1].phase_id == result.phase_id:
+        run.phases[-1] = result
+    else:
+        run.phases.append(result)
+    return run

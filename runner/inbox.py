@@ -136,10 +136,8 @@ class Inbox:
             return self._settle(name, sha, "rejected", "\n".join(str(p) for p in exc.problems))
         except Exception as exc:  # a bug must not leave the file in limbo (or crash the server on every pass)
             return self._settle(name, sha, "rejected", f"internal error while reading it: {type(exc).__name__}: {exc}")
-        if state == "accepted":  # the submission and intake row were recorded together; now move it
-            self.watcher.forget(str(path))
-            self._seen.pop(name, None)
-            self.waiting.pop(name, None)
+        if state == "accepted":  # the submission and intake row were recorded together, and the file moved
+            self._forget(name)
             return Outcome(name, state, reason, run_id)
         return self._settle(name, sha, state, reason, run_id)
 
@@ -189,10 +187,14 @@ class Inbox:
         self._write_note(state, dest, reason)
         os.replace(self.folder / name, dest)  # a symlink is moved as the link itself, never followed
         self.store.intake_moved(intake_id)
+        self._forget(name)
+        return Outcome(name, state, reason, run_id, str(dest))
+
+    def _forget(self, name: str) -> None:
+        """A settled file leaves the inbox: drop what was tracked about it."""
         self.watcher.forget(str(self.folder / name))
         self._seen.pop(name, None)
         self.waiting.pop(name, None)
-        return Outcome(name, state, reason, run_id, str(dest))
 
     @staticmethod
     def _write_note(state: str, dest: Path, reason: str) -> None:
