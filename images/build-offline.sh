@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build runner's container images without any container registry.
 #
-#   bash images/build-offline.sh            # base (cached by tag) + trainer + server (Docker layer cache)
+#   bash images/build-offline.sh            # base (cached by tag) + trainer + indextts-sim + server (Docker layer cache)
 #   REBUILD=1 bash images/build-offline.sh  # ignore the cache
 #
 # The base image is made from Debian packages (debootstrap + `docker import`),
@@ -13,6 +13,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 BASE_TAG=${RUNNER_BASE_IMAGE:-runner-base:bookworm}
 TRAINER_TAG=${RUNNER_TRAINER_IMAGE:-runner-trainer:latest}
+INDEXTTS_SIM_TAG=${RUNNER_INDEXTTS_SIM_IMAGE:-indextts-sim:latest}
 SERVER_TAG=${RUNNER_SERVER_IMAGE:-runner-server:latest}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 TB_VERSION=${TENSORBOARD_VERSION:-2.14.1}
@@ -50,6 +51,9 @@ fi
 # train.py is never hidden behind a stale tag.
 say "building $TRAINER_TAG from $BASE_TAG"
 docker build -q --build-arg "BASE_IMAGE=$BASE_TAG" -t "$TRAINER_TAG" "$here/trainer" >/dev/null
+# The simulated IndexTTS-2 GPT trainer (a test double for runner's end-to-end tests).
+say "building $INDEXTTS_SIM_TAG from $BASE_TAG"
+docker build -q --build-arg "BASE_IMAGE=$BASE_TAG" -t "$INDEXTTS_SIM_TAG" "$here/indextts-sim" >/dev/null
 # The server image (compose.yaml's runner and tensorboard services).  Its Python dependencies
 # are downloaded here as wheels for the base image's Python (3.11), so the build needs no network.
 wheels="$here/runner/wheels"
@@ -63,4 +67,4 @@ if [ -n "${REBUILD:-}" ] || [ ! -f "$wheels/.complete" ] || [ "$here/runner/requ
 fi
 say "building $SERVER_TAG from $BASE_TAG"
 docker build -q --build-arg "BASE_IMAGE=$BASE_TAG" -f "$here/runner/Dockerfile" -t "$SERVER_TAG" "$here/.." >/dev/null
-say "ready: $BASE_TAG $TRAINER_TAG $SERVER_TAG"
+say "ready: $BASE_TAG $TRAINER_TAG $INDEXTTS_SIM_TAG $SERVER_TAG"
