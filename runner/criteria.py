@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runner.metrics.series import MetricSet, Series
-from runner.spec.criteria_models import Criterion, Group, Guard
+from runner.spec.criteria_models import Criterion, Group, Guard, StopAt
 
 # ---------------------------------------------------------------------------- windows and reductions
 
@@ -41,13 +41,14 @@ def parse_window(value: str | int) -> Window:
     raise ValueError(f"window must be 'all', 'last N steps' or 'since STEP', got {value!r}")
 
 
-def window_points(series: Series, window: Window) -> tuple[np.ndarray, np.ndarray]:
+def window_points(series: Series, window: Window, origin: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The points of a window.  'since N' counts from the phase's start (``origin``), not from step 0."""
     if not len(series):
         return series.steps, series.values
     if window.kind == "all":
         return series.steps, series.values
     if window.kind == "since":
-        return series.since(window.n)
+        return series.since((origin or 0) + window.n)
     last = int(series.steps[-1])
     return series.since(last - window.n + 1)
 
@@ -59,15 +60,18 @@ def reduce(steps: np.ndarray, values: np.ndarray, how: str, alpha: float = 0.1) 
         return float(values[-1])
     if how == "mean":
         return float(np.mean(values))
+    if how == "median":
+        return float(np.median(values))
     if how == "min":
         return float(np.min(values))
     if how == "max":
         return float(np.max(values))
-    if how == "ema":
-        acc = float(values[0])
-        for v in values[1:].tolist():
-            acc = alpha * v + (1 - alpha) * acc
-        return acc
+    if how == "ema":  # debiased, as TensorBoard's smoothing with weight 1 - alpha
+        acc = norm = 0.0
+        for v in values.tolist():
+            acc = (1 - alpha) * acc + alpha * v
+            norm = (1 - alpha) * norm + alpha
+        return acc / norm
     if how == "slope":
         if values.size < 2 or steps[-1] == steps[0]:
             return None
@@ -77,6 +81,112 @@ def reduce(steps: np.ndarray, values: np.ndarray, how: str, alpha: float = 0.1) 
         slope = np.polyfit(steps[finite].astype(np.float64), values[finite], 1)[0]
         return float(slope * 1000.0)  # per 1,000 steps, so thresholds read naturally
     raise ValueError(how)
+
+
+# ---------------------------------------------------------------------------- the phase's start
+
+
+def origin_of(first: int | None, second: int | None) -> int | None:
+    """The step a phase started at, from its first two distinct logged steps.
+
+    A run resumed at 351,000 that logs every 20 steps first logs 351,020: its start is one logging
+    interval before its first logged step.  A first log at step 0 is the start itself."""
+    if first is None:
+        return None
+    if second is None or first <= 0:
+        return first
+    return max(0, first - (second - first))
+
+
+def metrics_origin(metrics: MetricSet) -> int | None:
+    steps = [s.steps[:2] for s in metrics.series.values() if len(s)]
+    if not steps:
+        return None
+    u = np.unique(np.concatenate(steps))
+    return origin_of(int(u[0]), int(u[1]) if u.size > 1 else None)
+
+
+# ---------------------------------------------------------------------------- smoothing
+
+
+DESPIKE = 3  # running median over this many points: a one-off spike never reaches the average
+SETTLED = 0.8  # the debiased EMA's weight of real data before its minimum counts as a best
+NOISE_WEIGHT = 0.99  # the noise estimate averages |point - curve| over about the last 100 points
+# Consecutive running medians share points, so the EMA of them wobbles more than the formula for
+# independent points says: measured on white noise (benchmarks/guards.py), 1.4-1.8x; 1.6 is used.
+MEDIAN_CORRELATION = 1.6
+DEFAULT_MIN_POINTS = 25  # the default smoothing averages at least ~25 points (benchmarks/guards.py --every 100)
+
+
+class Smoother:
+    """A series despiked (running median of 3), then smoothed by a debiased EMA as TensorBoard's
+    smoothing slider does, with an estimate of the smoothed curve's noise.  Fed point by point, so
+    any split of the same points into chunks gives the same values."""
+
+    def __init__(self, weight: float | None = None, tau_steps: float | None = None, min_points: int = 0):
+        if (weight is None) == (tau_steps is None):
+            raise ValueError("give a weight per point or a time constant in steps")
+        self.weight, self.tau = weight, tau_steps
+        # A time constant of at least this many logging intervals (set from the first interval seen):
+        # a trainer that logs rarely still gets enough points averaged to see through its noise.
+        self.min_points = min_points
+        self.recent: list[float] = []
+        self.acc = self.norm = 0.0
+        self.value: float | None = None  # the smoothed value (inf while the despiked value is non-finite)
+        self.noise_acc = self.noise_norm = 0.0
+        self.noise_n = 0
+        self.w_acc = self.w_norm = 0.0  # typical per-point weight (for the noise of the smoothed curve)
+        self.last_step: int | None = None
+
+    def push(self, step: int, x: float) -> float:
+        """Add a point (higher = worse: callers flip the sign for mode max); returns the smoothed value."""
+        self.recent.append(x if math.isfinite(x) else math.inf)
+        if len(self.recent) > DESPIKE:
+            del self.recent[0]
+        m = sorted(self.recent)[(len(self.recent) - 1) // 2]  # lower median while fewer than 3: optimistic
+        if self.weight is not None:
+            w = self.weight
+        else:
+            # The first point stands for one step: the debiased average then settles after ~1.6 time constants.
+            gap = 1 if self.last_step is None else max(0, step - self.last_step)
+            if self.min_points and self.last_step is not None and self.noise_n == 0 and gap > 0:
+                self.tau = max(self.tau, self.min_points * gap)
+            w = math.exp(-gap / self.tau)
+        self.last_step = step
+        if not math.isfinite(m):
+            self.value = math.inf
+            return self.value
+        if self.value is not None and math.isfinite(self.value):
+            self.noise_acc = NOISE_WEIGHT * self.noise_acc + (1 - NOISE_WEIGHT) * abs(m - self.value)
+            self.noise_norm = NOISE_WEIGHT * self.noise_norm + (1 - NOISE_WEIGHT)
+            self.noise_n += 1
+            self.w_acc = NOISE_WEIGHT * self.w_acc + (1 - NOISE_WEIGHT) * w
+            self.w_norm = NOISE_WEIGHT * self.w_norm + (1 - NOISE_WEIGHT)
+        self.acc = w * self.acc + (1 - w) * m
+        self.norm = w * self.norm + (1 - w)
+        self.value = self.acc / self.norm if self.norm > 0 else m
+        return self.value
+
+    @property
+    def settled(self) -> bool:
+        return self.norm >= SETTLED and self.noise_n >= 3
+
+    @property
+    def sigma(self) -> float | None:
+        """Standard deviation of the smoothed curve's noise: the points' typical distance from the
+        curve (mean absolute deviation x 1.2533 = sd for Gaussian noise), scaled by the EMA's
+        variance reduction sqrt((1-w)/(1+w))."""
+        if self.noise_n < 3 or self.noise_norm <= 0:
+            return None
+        point_sd = 1.2533 * self.noise_acc / self.noise_norm
+        w = self.w_acc / self.w_norm if self.w_norm > 0 else 0.0
+        return MEDIAN_CORRELATION * point_sd * math.sqrt((1 - w) / (1 + w))
+
+
+def smoothed(steps: np.ndarray, values: np.ndarray, weight: float | None = None, tau_steps: float | None = None) -> np.ndarray:
+    """The smoothed series (as divergence guards see it), for reports, outputs and criteria."""
+    sm = Smoother(weight, tau_steps)
+    return np.array([sm.push(int(s), float(v)) for s, v in zip(steps.tolist(), values.tolist())], dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------- guards
@@ -89,80 +199,111 @@ class Trip:
     reason: str
 
 
+def _fmt_step(step: int | None) -> str:
+    return "?" if step is None else f"{step:,}"
+
+
 class GuardState:
-    """One guard's running state.  ``feed`` new points of its metric (in step order)."""
+    """One guard's running state, fed its metric's points one at a time in step order."""
 
     def __init__(self, guard: Guard, index: int):
         self.guard = guard
         self.index = index
         self.kind = guard.kind
-        self.best: float | None = None
+        self.tripped: Trip | None = None
+        self.distance = ""  # human text: how far from tripping
+        self.best: float | None = None  # diverges: best smoothed value (sign-adjusted: lower is better)
+        self.best_step: int | None = None
         self.run_start: int | None = None  # first step of the current run of violations
         self.run_len = 0
         self.run_start_wall: float | None = None
-        self.tripped: Trip | None = None
-        self.distance = ""  # human text: how far from tripping
+        self.smoother: Smoother | None = None
+        if self.kind == "diverges":
+            d = guard.diverges
+            if isinstance(d.smoothing, dict):
+                self.smoother = Smoother(tau_steps=float(d.smoothing["steps"]))
+            elif d.smoothing is not None:
+                self.smoother = Smoother(weight=float(d.smoothing))
+            elif "steps" in d.for_:
+                self.smoother = Smoother(tau_steps=max(1.0, float(d.for_["steps"]) / 2), min_points=DEFAULT_MIN_POINTS)
+            else:
+                self.smoother = Smoother(weight=0.6)
 
     @property
     def label(self) -> str:
         g = self.guard
         what = {"non_finite": "non-finite", "diverges": "diverges", "stall": "stall", "missing": "missing",
-                "timeout": "timeout", "max_steps": "max_steps"}[self.kind]
+                "timeout": "timeout"}[self.kind]
         return f"{g.metric} {what}" if g.metric else what
 
-    def feed(self, steps: np.ndarray, values: np.ndarray, walls: np.ndarray) -> Trip | None:
-        if self.tripped or steps.size == 0:
+    def point(self, step: int, value: float, wall: float) -> Trip | None:
+        if self.tripped:
             return self.tripped
         if self.kind == "non_finite":
-            bad = np.flatnonzero(~np.isfinite(values))
-            if bad.size:
-                i = int(bad[0])
-                return self._trip(int(steps[i]), f"{self.guard.metric} is {values[i]} at step {int(steps[i])}")
+            if not math.isfinite(value):
+                return self._trip(step, f"{self.guard.metric} is {value} at step {step:,}")
             self.distance = "all finite"
         elif self.kind == "diverges":
-            return self._feed_divergence(steps, values, walls)
+            return self._divergence(step, value, wall)
         return None
 
-    def _feed_divergence(self, steps, values, walls) -> Trip | None:
+    def margin(self) -> tuple[float | None, str]:
+        """The allowed rise above the best, and how it was set."""
+        d = self.guard.diverges
+        sm = self.smoother
+
+        def part(m: dict) -> tuple[float | None, str]:
+            if "relative" in m:
+                return abs(self.best) * m["relative"], f"{m['relative'] * 100:g}%"
+            if "absolute" in m:
+                return m["absolute"], f"{m['absolute']:g}"
+            sigma = sm.sigma
+            return (None, "") if sigma is None else (m["sigma"] * sigma, f"{m['sigma']:g} sigma")
+
+        value, how = part(d.above_best_by)
+        if "sigma" in d.above_best_by:
+            floor, floor_how = part(d.min_margin)
+            if value is not None and floor is not None and floor > value:
+                value, how = floor, f"{floor_how}, the floor (min_margin)"
+        return value, how
+
+    def _divergence(self, step: int, value: float, wall: float) -> Trip | None:
         g = self.guard
-        d = g.diverges
         sign = 1.0 if g.mode == "min" else -1.0
-        v = values * sign  # lower is better from here on
-        finite = np.where(np.isfinite(v), v, np.inf)
-        prior = np.inf if self.best is None else self.best * sign
-        best = np.minimum.accumulate(np.concatenate([[prior], finite]))[:-1]  # best strictly before each point
-        if "relative" in d.above_best_by:
-            limit = best + np.abs(best) * d.above_best_by["relative"]
-        else:
-            limit = best + d.above_best_by["absolute"]
-        violating = (v > limit) & np.isfinite(best)
-        violating |= ~np.isfinite(v) & np.isfinite(best)
-        window = d.for_
-        for i in range(steps.size):
-            # Vectorised above; this loop only tracks the run of violations.
-            if violating[i]:
-                if self.run_start is None:
-                    self.run_start, self.run_len, self.run_start_wall = int(steps[i]), 0, float(walls[i])
-                self.run_len += 1
-                held = (int(steps[i]) - self.run_start) if "steps" in window else (
-                    self.run_len if "evals" in window else float(walls[i]) - self.run_start_wall)
-                need = window.get("steps", window.get("evals", window.get("seconds")))
-                if held >= need:
-                    best_val = float(best[i]) * sign
-                    self.best = best_val
-                    return self._trip(int(steps[i]), f"{g.metric} {values[i]:.4g} at step {int(steps[i])} has stayed above "
-                                      f"{_margin_text(d.above_best_by)} of its best ({best_val:.4g}) since step {self.run_start}")
+        sm = self.smoother
+        s = sm.push(step, value * sign)
+        if not sm.settled:
+            self.distance = "settling (smoothing the first points)"
+            return None
+        if self.best is None or s < self.best:
+            self.best, self.best_step = s, step
+            self.run_start, self.run_len = None, 0
+        margin, how = self.margin()
+        if margin is None:
+            return None
+        limit = self.best + margin
+        shown = s * sign if math.isfinite(s) else s
+        if s > limit:
+            if self.run_start is None:
+                self.run_start, self.run_len, self.run_start_wall = step, 0, wall
+            self.run_len += 1
+            window = g.diverges.for_
+            if "steps" in window:
+                held, need = step - self.run_start, window["steps"]
+            elif "evals" in window:
+                held, need = self.run_len, window["evals"]
             else:
-                self.run_start, self.run_len = None, 0
-        new_best = float(np.min(finite)) if finite.size else np.inf
-        if math.isfinite(min(prior, new_best)):
-            self.best = min(prior, new_best) * sign
-        if self.best is not None:
-            last = float(values[-1])
-            lim = float(limit[-1]) * sign if np.isfinite(limit[-1]) else None
-            self.distance = f"best {self.best:.4g}, last {last:.4g}" + (f", limit {lim:.4g}" if lim is not None else "")
-            if self.run_start is not None:
-                self.distance += f", above since step {self.run_start}"
+                held, need = wall - self.run_start_wall, window["seconds"]
+            if held >= need:
+                rise = abs((s - self.best) / self.best) * 100 if self.best else float("inf")
+                return self._trip(step, (
+                    f"smoothed {g.metric} has stayed more than {_num(margin)} ({how}) above its smoothed best "
+                    f"{_num(self.best * sign)} (step {self.best_step:,}) since step {self.run_start:,}; "
+                    f"at step {step:,} it is {_num(shown)}, {rise:.1f}% above the best"))
+        else:
+            self.run_start, self.run_len = None, 0
+        self.distance = (f"smoothed {_num(shown)}, best {_num(self.best * sign)}, limit {_num((limit) * sign)} ({how})"
+                         + (f", above since step {self.run_start:,}" if self.run_start is not None else ""))
         return None
 
     def _trip(self, step: int | None, reason: str) -> Trip:
@@ -171,54 +312,93 @@ class GuardState:
 
 
 def _margin_text(margin: dict[str, float]) -> str:
-    return f"{margin['relative'] * 100:g}%" if "relative" in margin else f"+{margin['absolute']:g}"
+    if "relative" in margin:
+        return f"{margin['relative'] * 100:g}%"
+    if "sigma" in margin:
+        return f"{margin['sigma']:g} sigma"
+    return f"+{margin['absolute']:g}"
 
 
 class Guards:
-    """All guards of a phase.  ``feed`` new metric points; ``check_clock`` for time-based guards."""
+    """All guards of a phase, and its planned end.  ``feed`` new metric points (any chunks, in step
+    order); ``check_clock`` for time-based guards.  The live phase and `runner replay` both use it."""
 
-    def __init__(self, guards: list[Guard]):
+    def __init__(self, guards: list[Guard], stop_at: StopAt | None = None):
         self.states = [GuardState(g, i) for i, g in enumerate(guards)]
+        self.stop_at = stop_at
+        self.first_step: int | None = None
+        self.second_step: int | None = None
         self.last_step: int | None = None
+        self.last_new_wall: float | None = None
         self.first_wall: float | None = None
-        self.last_new_wall: float | None = None  # when a new step was last seen (wall clock of the reader)
         self.seen: set[str] = set()
+        self.end_reached: int | None = None  # the step at which the planned end was reached
+
+    @property
+    def origin(self) -> int | None:
+        return origin_of(self.first_step, self.second_step)
+
+    @property
+    def planned_end(self) -> int | None:
+        if self.stop_at is None:
+            return None
+        if self.stop_at.step is not None:
+            return int(self.stop_at.step)
+        return None if self.origin is None else self.origin + int(self.stop_at.steps)
 
     def feed(self, new: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Trip | None:
-        """New points per metric name.  Returns the first trip, if any."""
-        trip = None
-        for name, (steps, values, walls) in new.items():
-            if steps.size == 0:
-                continue
-            self.seen.add(name)
-            top = int(steps.max())
-            if self.last_step is None or top > self.last_step:
-                self.last_step = top
-            for st in self.states:
-                if st.guard.metric == name and st.kind in ("non_finite", "diverges"):
-                    t = st.feed(steps, values, walls)
-                    trip = trip or t
+        """New points per metric name.  Points are taken in (step, metric name) order.  Returns the first trip."""
+        parts = [(np.asarray(s, dtype=np.int64), np.full(len(s), name, dtype=object), np.asarray(v, dtype=np.float64),
+                  np.asarray(w, dtype=np.float64)) for name, (s, v, w) in sorted(new.items()) if len(s)]
+        if not parts:
+            return self.tripped
+        steps = np.concatenate([p[0] for p in parts])
+        names = np.concatenate([p[1] for p in parts])
+        values = np.concatenate([p[2] for p in parts])
+        walls = np.concatenate([p[3] for p in parts])
+        order = np.lexsort((names.astype(str), steps))
+        for i in order.tolist():
+            self.point(int(steps[i]), str(names[i]), float(values[i]), float(walls[i]))
+        return self.tripped
+
+    def point(self, step: int, name: str, value: float, wall: float) -> None:
+        if self.first_step is None:
+            self.first_step, self.first_wall = step, wall
+        elif self.second_step is None and step > self.first_step:
+            self.second_step = step
+        if self.last_step is None or step > self.last_step:
+            if self.last_new_wall is not None:
+                self._stall_gap(wall - self.last_new_wall)
+            self.last_step, self.last_new_wall = step, wall
+        self.seen.add(name)
         for st in self.states:
-            if st.tripped:
-                continue
+            if st.guard.metric == name and st.kind in ("non_finite", "diverges"):
+                st.point(step, value, wall)
+        origin = self.origin
+        for st in self.states:
             g = st.guard
-            if st.kind == "max_steps" and self.last_step is not None:
-                st.distance = f"step {self.last_step} of {g.max_steps}"
-                if self.last_step >= g.max_steps:
-                    trip = trip or st._trip(self.last_step, f"reached step {self.last_step} (max_steps {g.max_steps})")
-            if st.kind == "missing" and g.metric not in self.seen and "steps" in g.missing.within:
-                limit = int(g.missing.within["steps"])
-                if self.last_step is not None:
-                    st.distance = f"not seen by step {self.last_step} (limit {limit})"
-                    if self.last_step >= limit:
-                        trip = trip or st._trip(self.last_step, f"{g.metric} has not appeared by step {self.last_step} (limit {limit} steps)")
-            elif st.kind == "missing" and g.metric in self.seen:
+            if st.tripped or st.kind != "missing":
+                continue
+            if g.metric in self.seen:
                 st.distance = "present"
-        return trip
+            elif "steps" in g.missing.within:
+                limit = origin + int(g.missing.within["steps"])
+                st.distance = f"not seen by step {step:,} (limit {limit:,})"
+                if step >= limit:
+                    st._trip(step, f"{g.metric} has not appeared within {int(g.missing.within['steps']):,} steps "
+                                   f"of the phase's start (step {origin:,}); now at step {step:,}")
+        end = self.planned_end
+        if self.end_reached is None and end is not None and step >= end:
+            self.end_reached = step
+
+    def _stall_gap(self, gap: float) -> None:
+        for st in self.states:
+            if st.kind == "stall" and not st.tripped and gap >= st.guard.stall:
+                st._trip(self.last_step, f"stalled: no new step for {gap:.0f}s after step {_fmt_step(self.last_step)} "
+                                         f"(limit {st.guard.stall:.0f}s)")
 
     def check_clock(self, elapsed: float, since_new_step: float) -> Trip | None:
         """Time-based guards: timeout, stall, missing-within-a-duration."""
-        trip = None
         for st in self.states:
             if st.tripped:
                 continue
@@ -226,21 +406,43 @@ class Guards:
             if st.kind == "timeout":
                 st.distance = f"{elapsed:.0f}s of {g.timeout:.0f}s"
                 if elapsed >= g.timeout:
-                    trip = trip or st._trip(self.last_step, f"timeout: {elapsed:.0f}s elapsed (limit {g.timeout:.0f}s)")
+                    st._trip(self.last_step, f"timeout: {elapsed:.0f}s elapsed (limit {g.timeout:.0f}s)")
             elif st.kind == "stall":
                 st.distance = f"last new step {since_new_step:.0f}s ago (limit {g.stall:.0f}s)"
                 if since_new_step >= g.stall:
-                    trip = trip or st._trip(self.last_step, f"stalled: no new step for {since_new_step:.0f}s (limit {g.stall:.0f}s)")
+                    st._trip(self.last_step, f"stalled: no new step for {since_new_step:.0f}s after step "
+                                             f"{_fmt_step(self.last_step)} (limit {g.stall:.0f}s)")
             elif st.kind == "missing" and g.metric not in self.seen and "seconds" in g.missing.within:
                 limit = g.missing.within["seconds"]
                 st.distance = f"not seen after {elapsed:.0f}s (limit {limit:.0f}s)"
                 if elapsed >= limit:
-                    trip = trip or st._trip(self.last_step, f"{g.metric} has not appeared within {limit:.0f}s")
-        return trip
+                    st._trip(self.last_step, f"{g.metric} has not appeared within {limit:.0f}s")
+        return self.tripped
 
     @property
     def tripped(self) -> Trip | None:
-        return next((st.tripped for st in self.states if st.tripped), None)
+        """The first trip by step (ties: the guard listed first)."""
+        trips = [st.tripped for st in self.states if st.tripped]
+        if not trips:
+            return None
+        return min(trips, key=lambda t: (t.step if t.step is not None else float("inf")))
+
+
+def run_guards(guards: list[Guard], stop_at: StopAt | None, metrics: MetricSet, clock_from_walls: bool = True) -> Guards:
+    """Every point of ``metrics`` through a fresh Guards, as a live phase would have fed them, with
+    the clock taken from the points' wall times (what `runner replay` does)."""
+    g = Guards(guards, stop_at)
+    new = {name: (s.steps, s.values, s.walls) for name, s in metrics.series.items() if len(s)}
+    if not clock_from_walls:
+        g.feed(new)
+        return g
+    parts = sorted(((int(st), name, float(v), float(w)) for name, (ss, vv, ww) in new.items()
+                    for st, v, w in zip(ss.tolist(), vv.tolist(), ww.tolist())), key=lambda p: (p[0], p[1]))
+    for step, name, value, wall in parts:
+        if g.first_wall is not None:
+            g.check_clock(wall - g.first_wall, 0.0)
+        g.point(step, name, value, wall)
+    return g
 
 
 # ---------------------------------------------------------------------------- success criteria
@@ -275,23 +477,33 @@ def _num(x) -> str:
 
 def describe(c: Criterion) -> str:
     w = parse_window(c.window)
-    where = "whole phase" if w.kind == "all" else (f"last {w.n} steps" if w.kind == "last" else f"since step {w.n}")
+    where = "whole phase" if w.kind == "all" else (f"last {w.n:,} steps" if w.kind == "last" else f"from {w.n:,} steps after the start")
     if c.below is not None:
         cmp = f"< {_num(c.below)}"
     elif c.above is not None:
         cmp = f"> {_num(c.above)}"
     else:
         p = c.progress
-        cmp = f"≥ {_margin_text(p.at_least)} of the way from {p.from_} to {p.to}"
+        base = "its start" if p.from_ == "start" else _num(p.from_)
+        cmp = f"≥ {_margin_text(p.at_least)} of the way from {base} to {_num(p.to)}"
     return f"{c.reduce}({c.metric}, {where}) {cmp}"
 
 
-def judge_criterion(c: Criterion, metrics: MetricSet) -> Judgement:
+def start_window(c: Criterion) -> int:
+    """Steps from the phase's start averaged for a 'start' baseline."""
+    if c.progress is not None and c.progress.start_window:
+        return int(c.progress.start_window["steps"])
+    w = parse_window(c.window)
+    return w.n if w.kind == "last" else 1000
+
+
+def judge_criterion(c: Criterion, metrics: MetricSet, origin: int | None = None) -> Judgement:
     series = metrics.series.get(c.metric)
     text = describe(c)
     if series is None or not len(series):
         return Judgement(text + ": no data", None, None)
-    steps, values = window_points(series, parse_window(c.window))
+    origin = metrics_origin(metrics) if origin is None else origin
+    steps, values = window_points(series, parse_window(c.window), origin)
     value = reduce(steps, values, c.reduce, c.ema_alpha)
     if value is None or not math.isfinite(value):
         return Judgement(f"{text}: measured {value}", value, None if value is None else False)
@@ -302,15 +514,29 @@ def judge_criterion(c: Criterion, metrics: MetricSet) -> Judgement:
         passed = value > float(c.above)
         return Judgement(f"{text}: measured {value:.4g}", value, passed)
     p = c.progress
-    start = float(series.values[0]) if p.from_ == "start" else float(p.from_)
-    target = float(p.to)
-    if start == target:
-        rate = 1.0
+    if p.from_ == "start":
+        n = start_window(c)
+        first = series.steps[0] if origin is None else origin
+        head = series.values[(series.steps <= first + n)]
+        head = head[np.isfinite(head)]
+        if not head.size:
+            return Judgement(f"{text}: no finite value in the first {n:,} steps", None, False)
+        start = float(np.mean(head))
+        start_text = f"mean of the first {n:,} steps {start:.4g}"
     else:
-        rate = (start - value) / (start - target)
+        start = float(p.from_)
+        start_text = f"{start:.4g}"
+    target = float(p.to)
+    sign = 1.0 if p.mode == "min" else -1.0
     need = p.at_least.get("relative", p.at_least.get("absolute"))
+    if sign * (start - target) <= 0:  # started at or past the target: it must still be there
+        passed = sign * (value - target) <= 0
+        return Judgement(f"{text}: started at {start_text}, already at or past the target {target:.4g}; measured "
+                         f"{value:.4g}, {'still' if passed else 'no longer'} at or past it", 1.0 if passed else 0.0, passed)
+    rate = (start - value) / (start - target)
     passed = rate >= need
-    return Judgement(f"{text}: measured {value:.4g} from {start:.4g}, {rate * 100:.0f}% of the way", rate, passed)
+    return Judgement(f"{text}: measured {value:.4g} from {start_text}, {rate * 100:.0f}% of the way (need {need * 100:.0f}%)",
+                     rate, passed)
 
 
 def judge(node: Criterion | Group, metrics: MetricSet) -> Judgement:
@@ -342,18 +568,34 @@ class Verdict:
 
 
 def verdict(exit_ok: bool, exit_reason: str, trip: Trip | None, success: Group | None, metrics: MetricSet,
-            cancelled: bool = False, met_early: bool = False) -> Verdict:
-    """The phase's verdict with the reasons a person can check."""
+            cancelled: bool = False, met_early: bool = False, end_reached: int | None = None,
+            planned_end: int | None = None) -> Verdict:
+    """The phase's verdict with the reasons a person can check.
+
+    Reaching the planned end (``end_reached``) is the normal end of a phase: the success criteria
+    judge it whatever the exit code of a container runner stopped there.  A container that exits 0
+    short of a planned end has not done its work: failure."""
     judgement = judge(success, metrics) if success is not None else None
     if cancelled:
         return Verdict("failure", ["cancelled on request"], judgement)
     if trip is not None:
         return Verdict("failure", [f"guard tripped ({trip.guard}): {trip.reason}"], judgement)
-    if not exit_ok and not met_early:
+    if end_reached is not None:
+        head = f"reached its planned end at step {end_reached:,}" + (f" (planned: {planned_end:,})" if planned_end else "")
+    elif met_early:
+        head = "criteria met, run stopped early"
+    elif not exit_ok:
         return Verdict("failure", [f"container failed: {exit_reason}"], judgement)
+    elif planned_end is not None:
+        last = metrics.latest_step()
+        return Verdict("failure", [f"container {exit_reason} at step {_fmt_step(last)}, short of its planned end at step "
+                                   f"{planned_end:,}: stopped from outside, or the trainer's own end is set earlier than stop_at"],
+                       judgement)
+    else:
+        head = f"container {exit_reason}"
     if judgement is None:
-        return Verdict("success", [exit_reason, "no success criteria: judged by the exit code"], None)
-    head = "criteria met, run stopped early" if met_early else f"container {exit_reason}"
+        plain = exit_reason if end_reached is None and not met_early else head
+        return Verdict("success", [plain, "no success criteria: judged by how it ended"], None)
     if judgement.passed is True:
         return Verdict("success", [head + "; success criteria passed"], judgement)
     if judgement.passed is False:

@@ -501,6 +501,13 @@ class Engine:
                                      {"step": sup.trip.step})
                     self.reporter.info(f"guard {sup.trip.guard} tripped: {sup.trip.reason}; stopping the container")
                     self._stop_async(container_id, plan.stop_grace)
+                elif not stopping and sup.end_reached is not None:
+                    stopping = True
+                    self.store.event(plan.run_id, phase_id, "phase.planned_end",
+                                     f"reached the planned end at step {sup.end_reached:,}; stopping the container",
+                                     {"step": sup.end_reached})
+                    self.reporter.info(f"reached the planned end at step {sup.end_reached:,} (stop_at); stopping the container")
+                    self._stop_async(container_id, plan.stop_grace)
                 elif not stopping and sup.phase.success and sup.phase.success.stop_when_met and sup.criteria_met():
                     stopping = sup.met_early = True
                     self.store.event(plan.run_id, phase_id, "criteria.met", "success criteria met; stopping early")
@@ -537,6 +544,17 @@ class Engine:
         if sup is None and phase is not None:
             sup = self._restored(phase_id, phase, folder)
             self._poll_metrics_quiet(sup)
+        fields = dict(exit_code=state.exit_code, oom_killed=int(state.oom_killed), finished_at=time.time())
+        vaulted = {}
+        if sup is not None and sup.ckpt is not None:
+            def merge() -> None:  # validation results that arrived after the last poll
+                new = sup.poll()
+                if new:
+                    self.store.save_metrics(phase_id, new, sup.sources.offsets())
+
+            # Vault and validate everything first (also for cancelled phases): the verdict is
+            # taken on every validation, including the last checkpoint's.
+            vaulted = sup.ckpt.finish(sup.metrics, merge)
         if row["stop_requested"]:
             status, reason, v = "cancelled", "stopped on request", None
         else:
@@ -550,21 +568,14 @@ class Engine:
                 exit_reason = f"exit code {state.exit_code}" + (f": {state.error}" if state.error else "")
             trip: Trip | None = sup.trip if sup else None
             success = phase.success if phase else None
+            end_reached = sup.end_reached if sup else None
             v = judge_verdict(exit_ok, exit_reason, trip, success, sup.metrics if sup else MetricSet(),
-                              met_early=bool(sup and sup.met_early))
+                              met_early=bool(sup and sup.met_early), end_reached=end_reached,
+                              planned_end=sup.guards.planned_end if sup else None)
             status = STATUS_OF_VERDICT[v.verdict]
             reason = v.reasons[0]
-            if not exit_ok and trip is None and not (sup and sup.met_early):
+            if not exit_ok and trip is None and not (sup and sup.met_early) and end_reached is None:
                 reason = exit_reason
-        fields = dict(exit_code=state.exit_code, oom_killed=int(state.oom_killed), finished_at=time.time())
-        vaulted = {}
-        if sup is not None and sup.ckpt is not None:
-            def merge() -> None:  # validation results that arrived after the last poll
-                new = sup.poll()
-                if new:
-                    self.store.save_metrics(phase_id, new, sup.sources.offsets())
-
-            vaulted = sup.ckpt.finish(sup.metrics, merge)  # also for cancelled phases: vault what is there
         if v is not None:
             ckpt = phase.checkpoints if phase else None
             outputs = phase_outputs(row["log_path"] and str(Path(row["log_path"]).parent), v.verdict,

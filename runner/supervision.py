@@ -43,7 +43,7 @@ class Supervision:
     def __init__(self, phase: Phase, folder: Path | str):
         self.phase = phase
         self.sources = build_sources(phase, folder)
-        self.guards = Guards(phase.guards)
+        self.guards = Guards(phase.guards, phase.stop_at)
         self.lock = threading.Lock()  # the log pump feeds the stdout parser from its thread
         self.ckpt = None  # the phase's CheckpointGuard, if it has a checkpoints: block
         self.trip: Trip | None = None
@@ -89,6 +89,11 @@ class Supervision:
         self.trip = self.trip or trip
         return self.trip
 
+    @property
+    def end_reached(self) -> int | None:
+        """The step at which the phase's planned end (stop_at) was reached, if it was."""
+        return self.guards.end_reached
+
     def criteria_met(self) -> bool:
         if self.phase.success is None:
             return False
@@ -100,8 +105,7 @@ class Supervision:
     def total_steps(self) -> int | None:
         if self.phase.metrics and self.phase.metrics.total_steps:
             return self.phase.metrics.total_steps
-        caps = [g.max_steps for g in self.phase.guards if g.max_steps]
-        return min(caps) if caps else None
+        return self.guards.planned_end
 
     def view(self) -> dict:
         step = self.guards.last_step

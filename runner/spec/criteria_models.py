@@ -2,12 +2,12 @@
 guards, success criteria and next rules."""
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
 from runner.spec.models_base import Model
-from runner.spec.types import Argv, Duration, GpuRequest, Margin, Number, Size, StepWindow
+from runner.spec.types import Argv, Duration, GpuRequest, Margin, Number, Size, StepCount, StepWindow, Template
 
 
 class TensorBoardSource(Model):
@@ -67,7 +67,7 @@ class Metrics(Model):
     jsonl: JsonlSource | None = Field(None, description="A JSON-lines metrics file.")
     stdout: StdoutSource | None = Field(None, description="Regexes over the container's output.")
     poll_interval: Duration = Field(1.0, description="How often sources are read and guards evaluated.")
-    total_steps: int | None = Field(None, ge=1, description="Expected last step, for progress and ETA (defaults to a max_steps guard).")
+    total_steps: int | None = Field(None, ge=1, description="Expected last step (absolute), for progress and ETA (defaults to the phase's stop_at).")
 
 
 class Keep(Model):
@@ -86,7 +86,7 @@ class Validate(Model):
 
     command: Argv = Field(description="argv; ${{ checkpoint.path }} (the vaulted file, which must be visible in the container) and ${{ checkpoint.step }} are substituted. The last JSON object printed gives metrics, e.g. {\"val_loss\": 1.23}.")
     image: str | None = Field(None, description="Image (default: the phase's image). Mounts, env and workdir are the phase's.")
-    every: int = Field(1, ge=1, description="Validate every Nth vaulted checkpoint.")
+    every: Union[Annotated[int, Field(ge=1)], Template] = Field(1, description="Validate every Nth vaulted checkpoint (a number, or a ${{ inputs.NAME }} reference).")
     gpus: GpuRequest = Field(0, description="GPUs for the validation container (default CPU); validations run one at a time, queued.")
     timeout: Duration = Field(3600.0, description="Limit for one validation run.")
 
@@ -157,52 +157,101 @@ class Precondition(Model):
 
 
 class Divergence(Model):
-    above_best_by: Margin = Field(description="How far above the best value so far counts as diverging: '20%' or an absolute number.")
-    for_: StepWindow = Field(alias="for", description="How long it must last: '500 steps', '5 evals' or a duration.")
+    """The metric's *smoothed* value rising away from its smoothed best, sustained.
 
+    The series is despiked (running median of 3 points: a one-off spike is ignored entirely),
+    then smoothed by an exponential moving average as TensorBoard's smoothing slider does
+    (debiased).  The best is the best of the smoothed series (tracked once the average has
+    settled).  The margin is the larger of ``above_best_by`` and ``min_margin``; a margin in
+    ``sigma`` adapts to the run's own noise."""
+
+    above_best_by: Margin = Field(
+        "6 sigma", validate_default=True,
+        description="How far the smoothed value may rise above its smoothed best: '5%' (of the best), an absolute number, "
+        "or 'N sigma' (N standard deviations of the smoothed series' noise, measured on the run itself).")
+    min_margin: Margin = Field(
+        "1%", validate_default=True, description="Floor for a sigma margin, so a nearly noiseless series (validation loss) does not trip on a wobble.")
+    for_: StepWindow = Field(alias="for", description="How long it must last: '2000 steps' (counted in the phase's steps), '3 evals' (points) or a duration.")
+    smoothing: Union[Annotated[float, Field(ge=0, lt=1)], StepCount, None] = Field(
+        None,
+        description="EMA smoothing: a weight per point as TensorBoard's slider (0.6, 0.99), or 'N steps' (time constant in steps, "
+        "independent of how often the trainer logs). Default: half of `for` when it is in steps, else 0.6 per point.")
 
 class Missing(Model):
     within: StepWindow = Field(description="The metric must appear within this many steps ('2000 steps') or this time ('30m').")
 
 
-class Guard(Model):
-    """Stops the run early.  Exactly one check per guard."""
+GUARD_KINDS = ("non_finite", "diverges", "stall", "missing", "timeout")
 
-    metric: str | None = Field(None, description="The metric it watches (not needed for timeout, max_steps, stall).")
+
+class Guard(Model):
+    """Stops the run early: a tripped guard makes the phase fail.  Exactly one check per guard."""
+
+    metric: str | None = Field(None, description="The metric it watches (not needed for timeout and stall).")
     mode: Literal["min", "max"] = Field("min", description="For diverges: whether lower (min) or higher (max) is better.")
-    non_finite: bool | None = Field(None, description="Trip on NaN or ±inf.")
-    diverges: Divergence | None = Field(None, description="Trip when the metric moves away from its best by a margin, sustained.")
+    non_finite: bool | None = Field(None, description="Trip on NaN or ±inf, at once.")
+    diverges: Divergence | None = Field(None, description="Trip when the smoothed metric rises away from its smoothed best by a margin, sustained.")
     stall: Duration | None = Field(None, description="Trip when no new step is logged for this long.")
-    missing: Missing | None = Field(None, description="Trip when the metric has not appeared within N steps or minutes.")
+    missing: Missing | None = Field(None, description="Trip when the metric has not appeared within N steps of the phase's first step, or within a duration.")
     timeout: Duration | None = Field(None, description="Trip after this much wall time.")
-    max_steps: int | None = Field(None, ge=1, description="Trip (stop) once this step is reached.")
+    max_steps: int | None = Field(None, description="Removed: use the phase's stop_at (a planned end is judged, not a failure).",
+                                  json_schema_extra={"deprecated": True})
 
     @model_validator(mode="after")
     def _one_check(self):
-        checks = [k for k in ("non_finite", "diverges", "stall", "missing", "timeout", "max_steps") if getattr(self, k) is not None]
+        if self.max_steps is not None:
+            raise ValueError(
+                "the max_steps guard was removed: a guard that trips is a failure, and reaching the planned end is not. "
+                f"Use the phase's `stop_at: {{steps: N}}` (N steps from the phase's first step) or `stop_at: {{step: {self.max_steps}}}`")
+        checks = [k for k in GUARD_KINDS if getattr(self, k) is not None]
         if len(checks) != 1:
-            raise ValueError(f"a guard sets exactly one of non_finite, diverges, stall, missing, timeout, max_steps; got {checks or 'none'}")
+            raise ValueError(f"a guard sets exactly one of {', '.join(GUARD_KINDS)}; got {checks or 'none'}")
         if checks[0] in ("non_finite", "diverges", "missing") and not self.metric:
             raise ValueError(f"a {checks[0]} guard needs metric:")
         return self
 
     @property
     def kind(self) -> str:
-        return next(k for k in ("non_finite", "diverges", "stall", "missing", "timeout", "max_steps") if getattr(self, k) is not None)
+        return next(k for k in GUARD_KINDS if getattr(self, k) is not None)
+
+
+class StopAt(Model):
+    """The phase's planned end: reaching it ends the phase normally (the container is asked to stop
+    if it is still running) and the success criteria judge it."""
+
+    steps: Union[Annotated[int, Field(ge=1)], Template, None] = Field(
+        None, description="Train this many steps from the phase's first observed step (a resumed run starting at 351,000 with steps: 5000 ends at 356,000).")
+    step: Union[Annotated[int, Field(ge=1)], Template, None] = Field(None, description="Or: an absolute step.")
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.steps is None) == (self.step is None):
+            raise ValueError("set exactly one of steps: (counted from the phase's first step) or step: (absolute)")
+        return self
 
 
 class Progress(Model):
-    from_: Union[Literal["start"], Number] = Field("start", alias="from", description="Baseline: 'start' (the metric's first value in the phase) or a number.")
+    """The recovery plan's "success rate": how much of the way from a baseline to a target was covered.
+
+    rate = (baseline - measured) / (baseline - target) for mode min (lower is better), mirrored for max.
+    A phase that starts at or past the target passes when the measured value is still at or past it."""
+
+    from_: Union[Literal["start"], Number] = Field(
+        "start", alias="from",
+        description="Baseline: 'start' (the mean over the phase's first steps, see start_window) or a number.")
+    start_window: StepCount | None = Field(
+        None, description="Steps from the phase's first step averaged for the 'start' baseline. Default: the criterion's window length, else 1000 steps.")
     to: Number = Field(description="The target value.")
     at_least: Margin = Field(description="Fraction of the way from baseline to target that must be covered, e.g. '50%'.")
+    mode: Literal["min", "max"] = Field("min", description="Whether lower (min, a loss) or higher (max, an accuracy) is better.")
 
 
 class Criterion(Model):
     """A measurable statement about one metric, e.g. mean text_loss over the last 500 steps below 1.8."""
 
     metric: str = Field(description="Metric name.")
-    window: str | int = Field("all", description="'all' (whole phase), 'last 500 steps' (or '500 steps', or 500), or 'since 1000' (from step 1000).")
-    reduce: Literal["last", "mean", "min", "max", "ema", "slope"] = Field("last", description="How the window is reduced to one number (slope is per 1,000 steps).")
+    window: str | int = Field("all", description="'all' (whole phase), 'last 500 steps' (or '500 steps', or 500), or 'since 1000' (from 1,000 steps after the phase's first step).")
+    reduce: Literal["last", "mean", "median", "min", "max", "ema", "slope"] = Field("last", description="How the window is reduced to one number (slope is per 1,000 steps; ema is the debiased EMA's last value).")
     ema_alpha: float = Field(0.1, gt=0, le=1, description="Smoothing factor for reduce: ema.")
     below: Number | None = Field(None, description="Passes if the reduced value is below this.")
     above: Number | None = Field(None, description="Passes if the reduced value is above this.")

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from runner.spec.criteria_models import Checkpoints, Guard, Metrics, NextRule, Precondition, Success
+from runner.spec.criteria_models import Checkpoints, Guard, Metrics, NextRule, Precondition, StopAt, Success
 from runner.spec.models_base import Model
 from runner.spec.types import Argv, Duration, GpuRequest, InputValue, Size, TextMap
 
@@ -76,7 +76,8 @@ class Phase(Model):
     preconditions: list[Precondition] = Field(default_factory=list, description="Checks before launch; an unmet one records the phase blocked and launches nothing.")
     metrics: Metrics | None = Field(None, description="Where the trainer's metrics are read from while it runs.")
     checkpoints: Checkpoints | None = Field(None, description="The trainer's checkpoint folder, for phase.best_checkpoint / phase.last_checkpoint.")
-    guards: list[Guard] = Field(default_factory=list, description="Checks that stop the run early (NaN, divergence, stall, missing metric, timeout, max steps).")
+    stop_at: StopAt | None = Field(None, description="The planned end: stop after N steps from the phase's first step (or at an absolute step); reaching it is the normal end, judged by the success criteria.")
+    guards: list[Guard] = Field(default_factory=list, description="Checks that stop the run early, as a failure (NaN, divergence, stall, missing metric, timeout).")
     success: Success | None = Field(None, description="Criteria giving the verdict. Without them: success if the container exits 0.")
     next: list[NextRule] = Field(default_factory=list, description="Ordered rules; the first that matches the verdict or criteria chains the next spec.")
 

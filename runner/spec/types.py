@@ -4,11 +4,15 @@ Each type validates *before* pydantic's own checks so a user gets one message
 that says what is accepted, instead of one line per union member."""
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal, Union
 
 from pydantic import BeforeValidator, Field, WithJsonSchema
 
 from runner.units import parse_duration, parse_size
+
+
+_TEMPLATE = r"^\s*\$\{\{[^}]*\}\}\s*$"
 
 
 def _scalar_text(value: object) -> object:
@@ -47,6 +51,10 @@ def _gpus(value: object) -> object:
         return value
     if value == "all":
         return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)  # a ${{ inputs.gpus }} reference, substituted
+    if isinstance(value, str) and re.match(_TEMPLATE, value):
+        return value  # resolved (and checked again) when the run is planned
     if isinstance(value, list) and value and all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in value):
         return [str(v) for v in value]
     raise ValueError(f"must be a count (0 = CPU), 'all', or a list of device ids such as [0, 1]; got {value!r}")
@@ -68,7 +76,7 @@ Argv = Annotated[
     WithJsonSchema({"type": "array", "items": _SCALAR, "minItems": 1}),
 ]
 TextMap = Annotated[dict[str, str], BeforeValidator(_text_map), WithJsonSchema({"type": "object", "additionalProperties": _SCALAR})]
-GpuRequest = Annotated[Union[int, Literal["all"], list[str]], BeforeValidator(_gpus)]
+GpuRequest = Annotated[Union[int, Literal["all"], list[str], Annotated[str, Field(pattern=_TEMPLATE)]], BeforeValidator(_gpus)]
 Duration = Annotated[
     float,
     BeforeValidator(_duration),
@@ -82,18 +90,22 @@ Size = Annotated[
 InputValue = Union[str, int, float, bool, None]
 
 
-_TEMPLATE = r"^\s*\$\{\{[^}]*\}\}\s*$"
 Template = Annotated[str, Field(pattern=_TEMPLATE)]
 # A number, or a ${{ }} reference that resolves to one when the run is planned.
 Number = Union[float, Template]
 
 
+_SIGMA = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:sigma|σ|sd)\s*$")
+
+
 def _percent_or_number(value: object) -> object:
+    if isinstance(value, str) and _SIGMA.match(value):
+        return {"sigma": float(_SIGMA.match(value).group(1))}
     if isinstance(value, str) and value.strip().endswith("%") and "${{" not in value:
         try:
             return {"relative": float(value.strip()[:-1]) / 100.0}
         except ValueError:
-            raise ValueError(f"expected a percentage such as '20%' or an absolute number, got {value!r}") from None
+            raise ValueError(f"expected a percentage such as '20%', 'N sigma' or an absolute number, got {value!r}") from None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return {"absolute": float(value)}
     return value
@@ -122,6 +134,25 @@ def _step_window(value: object) -> object:
 
 
 Margin = Annotated[dict[str, float], BeforeValidator(_percent_or_number),
-                   WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\s*-?\d+(\.\d+)?\s*%\s*$"}, {"type": "number"}]})]
+                   WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\s*-?\d+(\.\d+)?\s*(%|sigma|σ|sd)\s*$"}, {"type": "number"}]})]
+
+
+def _step_count(value: object) -> object:
+    """'1000 steps' / 1000 → {'steps': 1000}."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number of steps such as '1000 steps', got {value!r}")
+    if isinstance(value, int) and value >= 1:
+        return {"steps": value}
+    if isinstance(value, str):
+        parts = value.strip().split()
+        if len(parts) == 2 and parts[0].isdigit() and int(parts[0]) >= 1 and parts[1] in ("step", "steps"):
+            return {"steps": int(parts[0])}
+    if isinstance(value, dict):
+        return value
+    raise ValueError(f"expected a number of steps such as '1000 steps', got {value!r}")
+
+
+StepCount = Annotated[dict[str, int], BeforeValidator(_step_count),
+                      WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\s*\d+\s*steps?\s*$"}, {"type": "integer", "minimum": 1}]})]
 StepWindow = Annotated[dict[str, float], BeforeValidator(_step_window),
                        WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "integer", "minimum": 1}]})]

@@ -31,7 +31,9 @@ def test_reductions():
     assert reduce(s, v, "last") == 1.0 and reduce(s, v, "mean") == 2.0
     assert reduce(s, v, "min") == 1.0 and reduce(s, v, "max") == 3.0
     assert reduce(s, v, "slope") == pytest.approx(-1.0)  # per 1,000 steps
-    assert reduce(s, v, "ema", 0.5) == pytest.approx(0.5 * 1.0 + 0.5 * (0.5 * 2.0 + 0.5 * 3.0))
+    # Debiased as TensorBoard's smoothing: (0.25*3 + 0.5*2 + 1) / (0.25 + 0.5 + 1) ... normalised weights
+    assert reduce(s, v, "ema", 0.5) == pytest.approx((0.125 * 3.0 * 2 + 0.25 * 2.0 * 2 + 0.5 * 1.0 * 2) / (0.875 * 2))
+    assert reduce(s, v, "median") == 2.0
     assert reduce(s[:0], v[:0], "mean") is None
 
 
@@ -43,42 +45,103 @@ def test_non_finite_trips_at_the_first_bad_step():
 
 
 def test_divergence_relative_sustained_for_steps():
-    g = Guards([guard(metric="loss", diverges={"above_best_by": "20%", "for": "300 steps"})])
-    steps = list(range(0, 2000, 100))
-    values = [3.0, 2.5, 2.0, 1.0, 1.1, 1.15, 1.3, 1.1, 1.25, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0, 2.1, 2.2, 2.3]
-    # Above 1.2 (best 1.0 + 20%) at 600, back under at 700, then from 800 on for good: trips at 1100.
+    # smoothing 0: the smoothed series is the running median of 3 (no averaging), to count steps exactly.
+    g = Guards([guard(metric="loss", diverges={"above_best_by": "20%", "for": "300 steps", "smoothing": 0})])
+    steps = list(range(0, 2400, 100))
+    values = [3.0, 2.5, 2.0, 1.0, 1.0, 1.0, 1.3, 1.3, 1.0, 1.0, 1.3, 1.3, 1.35, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0, 2.1,
+              2.2, 2.3, 2.4]
+    # Despiked (median of 3): above 1.2 (best 1.0 + 20%) at 700, back under at 900, then from 1100 on: trips at 1400.
     trip = g.feed({"loss": pts(steps, values)})
-    assert trip is not None and trip.step == 1100
-    assert "since step 800" in trip.reason
+    assert trip is not None and trip.step == 1400, trip
+    assert "since step 1,100" in trip.reason and "above its smoothed best 1" in trip.reason
+
+
+def test_a_single_spike_never_trips_divergence():
+    values = [1.0] * 50
+    values[30] = 1e6  # one point a million times the loss
+    g = Guards([guard(metric="loss", diverges={"above_best_by": "1%", "for": "1 evals", "smoothing": 0.5})])
+    assert g.feed({"loss": pts(range(0, 5000, 100), values)}) is None
+    g2 = Guards([guard(metric="loss", non_finite=True), guard(metric="loss", diverges={"for": "1 evals"})])
+    values[30] = math.nan  # a NaN is no spike: non_finite trips at once, diverges ignores it
+    trip = g2.feed({"loss": pts(range(0, 5000, 100), values)})
+    assert trip.guard == "loss non-finite" and trip.step == 3000
+    assert g2.states[1].tripped is None
 
 
 def test_divergence_fed_in_pieces_trips_at_the_same_step():
-    values = [3.0, 2.0, 1.0] + [1.5] * 10
-    steps = list(range(0, 1300, 100))
-    whole = Guards([guard(metric="loss", diverges={"above_best_by": 0.3, "for": "3 evals"})]).feed({"loss": pts(steps, values)})
-    g = Guards([guard(metric="loss", diverges={"above_best_by": 0.3, "for": "3 evals"})])
-    trip = None
-    for i in range(len(steps)):
-        trip = trip or g.feed({"loss": pts(steps[i : i + 1], values[i : i + 1])})
-    assert whole.step == trip.step == 500
+    rng = np.random.default_rng(1)
+    steps = np.arange(0, 30000, 10)
+    values = np.where(steps < 15000, 1.0, 1.0 + (steps - 15000) / 50000) * (1 + 0.05 * rng.standard_normal(steps.size))
+    spec = {"metric": "loss", "diverges": {"for": "1000 steps"}}
+    whole = Guards([guard(**spec)]).feed({"loss": pts(steps, values)})
+    g = Guards([guard(**spec)])
+    cut = np.sort(rng.choice(steps.size, 40, replace=False))
+    for a, b in zip(np.r_[0, cut], np.r_[cut, steps.size]):
+        g.feed({"loss": pts(steps[a:b], values[a:b])})
+    assert whole is not None and g.tripped == whole
+    assert 15000 < whole.step < 25000
 
 
 def test_divergence_max_mode():
-    g = Guards([guard(metric="acc", mode="max", diverges={"above_best_by": "10%", "for": "2 evals"})])
-    assert g.feed({"acc": pts([1, 2, 3], [0.5, 0.9, 0.85])}) is None
-    assert g.feed({"acc": pts([4, 5], [0.7, 0.6])}).step == 5
+    g = Guards([guard(metric="acc", mode="max", diverges={"above_best_by": "10%", "for": "2 evals", "smoothing": 0})])
+    assert g.feed({"acc": pts([1, 2, 3, 4], [0.5, 0.9, 0.9, 0.85])}) is None
+    assert g.feed({"acc": pts([5, 6, 7], [0.7, 0.6, 0.6])}).step == 7
 
 
-def test_missing_stall_timeout_and_max_steps():
-    g = Guards([guard(metric="val_loss", missing={"within": "2000 steps"}), guard(max_steps=5000)])
-    assert g.feed({"loss": pts([1000], [1.0])}) is None
-    trip = g.feed({"loss": pts([2000], [1.0])})
-    assert trip.guard == "val_loss missing" and trip.step == 2000
-    assert g.feed({"loss": pts([5000], [1.0])}).guard == "max_steps"
+def test_sigma_margin_adapts_to_the_runs_noise():
+    rng = np.random.default_rng(7)
+    steps = np.arange(0, 60000, 10)
+    rise = np.where(steps < 30000, 1.0, 1.0 + (steps - 30000) / 300000)  # +1% per 3,000 steps after 30k
+    trips = {}
+    for noise in (0.08, 0.02):
+        values = rise * (1 + noise * rng.standard_normal(steps.size))
+        g = Guards([guard(metric="loss", diverges={"for": "2000 steps"})])  # the default margin: 6 sigma, at least 1%
+        trips[noise] = g.feed({"loss": pts(steps, values)})
+        assert trips[noise] is not None and trips[noise].step > 30000
+    assert trips[0.02].step < trips[0.08].step  # quieter run: smaller margin, earlier trip
+    assert "sigma" in trips[0.08].reason
+
+
+def test_missing_counts_from_the_phase_start_of_a_resumed_run():
+    g = Guards([guard(metric="val_loss", missing={"within": "2000 steps"})])
+    # Resumed at 351,000, logging every 20 steps: the phase starts at 351,000, not 0.
+    assert g.feed({"loss": pts([351020, 351040], [1.0, 1.0])}) is None
+    assert g.origin == 351000
+    assert g.feed({"loss": pts([352980], [1.0])}) is None
+    trip = g.feed({"loss": pts([353000], [1.0])})
+    assert trip.guard == "val_loss missing" and trip.step == 353000 and "351,000" in trip.reason
+    present = Guards([guard(metric="val_loss", missing={"within": "2000 steps"})])
+    assert present.feed({"loss": pts([351020, 351040, 360000], [1.0] * 3), "val_loss": pts([352000], [1.0])}) is None
+
+
+def test_planned_end_counts_from_the_phase_start_and_is_no_trip():
+    from runner.spec.criteria_models import StopAt
+
+    g = Guards([], StopAt(steps=5000))
+    g.feed({"loss": pts([351020, 351040, 355980], [1.0] * 3)})
+    assert g.planned_end == 356000 and g.end_reached is None
+    g.feed({"loss": pts([356000], [1.0])})
+    assert g.end_reached == 356000 and g.tripped is None
+    fresh = Guards([], StopAt(steps=300))
+    fresh.feed({"loss": pts([0, 10, 300], [1.0] * 3)})
+    assert fresh.origin == 0 and fresh.end_reached == 300
+
+
+def test_max_steps_guard_is_a_clear_error():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="stop_at"):
+        guard(max_steps=5000)
+
+
+def test_stall_and_timeout():
     clock = Guards([guard(stall="10m"), guard(timeout="1h")])
     assert clock.check_clock(elapsed=100, since_new_step=599) is None
     assert "stalled" in clock.check_clock(elapsed=100, since_new_step=600).reason
-    assert "timeout" in clock.check_clock(elapsed=3600, since_new_step=0).reason
+    clock.check_clock(elapsed=3600, since_new_step=0)
+    assert "timeout" in clock.states[1].tripped.reason
+    gap = Guards([guard(stall="10m")])  # the same guard on the points' own wall times (replay, or a late read)
+    assert gap.feed({"loss": pts([10, 20, 30], [1.0] * 3, [0, 100, 800])}).step == 20
 
 
 def metric_set(**series):
@@ -89,7 +152,7 @@ def metric_set(**series):
 
 
 def test_success_rate_progress_and_explanation():
-    # From 4.0 toward 1.5: mean of the last 2 points 2.5 covers 60% of the way.
+    # From 3.5 (mean of the first 200 steps) toward 1.5: mean of the last 2 points 2.5 covers 50% of the way.
     m = metric_set(loss=(range(0, 500, 100), [4.0, 3.5, 3.0, 2.6, 2.4]))
     crit = Group.model_validate({"all": [
         {"metric": "loss", "window": "last 200 steps", "reduce": "mean", "below": 2.8},
@@ -100,7 +163,7 @@ def test_success_rate_progress_and_explanation():
     assert v.verdict == "success"
     text = v.explanation()
     assert "✓ mean(loss, last 200 steps) < 2.8: measured 2.5" in text
-    assert "60% of the way" in text
+    assert "50% of the way (need 50%)" in text
 
 
 def test_failure_and_inconclusive_verdicts():
@@ -112,6 +175,31 @@ def test_failure_and_inconclusive_verdicts():
     anyof = Group.model_validate({"any": [{"metric": "val_loss", "below": 2.0}, {"metric": "loss", "below": 3.0}]})
     assert verdict(True, "exit code 0", None, anyof, m).verdict == "success"
     assert verdict(False, "exit code 1", None, None, m).verdict == "failure"
+
+
+def test_planned_end_is_judged_and_an_early_exit_is_not_success():
+    m = metric_set(loss=([351020, 351040, 356000], [3.0, 2.0, 1.0]))
+    crit = Group.model_validate({"all": [{"metric": "loss", "below": 2.0}]})
+    ok = verdict(False, "exit code 137", None, crit, m, end_reached=356000, planned_end=356000)
+    assert ok.verdict == "success" and "planned end at step 356,000" in ok.explanation()
+    short = verdict(True, "exit code 0", None, crit, metric_set(loss=([351020, 351040, 351500], [3.0, 2.0, 1.0])),
+                    planned_end=356000)
+    assert short.verdict == "failure" and "short of its planned end at step 356,000" in short.explanation()
+
+
+def test_success_rate_baseline_is_a_window_mean_and_a_start_past_the_target_passes_if_it_stays():
+    steps = list(range(351020, 356020, 20))
+    noisy_start = [5.0] + [2.0] * (len(steps) - 1)  # one noisy first point must not make the baseline
+    m = metric_set(loss=(steps, noisy_start[:-25] + [1.8] * 25))
+    c = {"metric": "loss", "window": "last 500 steps", "reduce": "mean", "progress": {"from": "start", "to": 1.5, "at_least": "50%"}}
+    j = verdict(True, "exit code 0", None, Group.model_validate({"all": [c]}), m).judgement.children[0]
+    assert j.value == pytest.approx((2.12 - 1.8) / (2.12 - 1.5), abs=0.01) and j.passed is True  # baseline: mean of 25 points
+    assert "from mean of the first 500 steps 2.12" in j.text
+    below = metric_set(loss=(steps, [0.95] * len(steps)))
+    j = verdict(True, "exit code 0", None, Group.model_validate({"all": [c]}), below).judgement.children[0]
+    assert j.passed is True and "already at or past the target" in j.text
+    rising = metric_set(loss=(steps, [0.95] * 200 + [1.6] * (len(steps) - 200)))
+    assert verdict(True, "exit code 0", None, Group.model_validate({"all": [c]}), rising).verdict == "failure"
 
 
 def test_series_newest_write_wins():

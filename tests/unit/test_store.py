@@ -95,13 +95,13 @@ def test_restored_supervision_continues_from_offsets(tmp_path):
     phase = Phase.model_validate({
         "apiVersion": "runner/v1", "kind": "Phase", "name": "p", "container": {"image": "i", "command": ["x"]},
         "metrics": {"tensorboard": {"logdir": str(tmp_path / "tb"), "tags": {"loss": "train/loss"}}},
-        "guards": [{"metric": "loss", "diverges": {"above_best_by": "10%", "for": "2 evals"}}],
+        "guards": [{"metric": "loss", "diverges": {"above_best_by": "10%", "for": "2 evals", "smoothing": 0}}],
     })
     store.create_run("r", "s")
     pid = store.add_phase("r", "p", "s", "x", {}, phase_json=phase.model_dump_json(by_alias=True))
-    store.save_metrics(pid, {"loss": (np.array([1, 2, 3]), np.array([1.0, 2.0, 2.0]), np.array([1.0, 2, 3]))},
+    store.save_metrics(pid, {"loss": (np.arange(1, 9), np.array([1.0] * 4 + [2.0] * 4), np.arange(1.0, 9))},
                        {str(tmp_path / "tb" / "events.out.tfevents.1"): 4242})
     sup = engine._restored(pid, Phase.model_validate(json.loads(store.phase(pid)["phase_json"])), tmp_path)
     assert sup.sources.tensorboard.offsets == {str(tmp_path / "tb" / "events.out.tfevents.1"): 4242}
-    assert sup.metrics.series["loss"].steps.tolist() == [1, 2, 3]
-    assert sup.trip is not None and sup.trip.step == 3  # guard state is rebuilt too
+    assert sup.metrics.series["loss"].steps.tolist() == list(range(1, 9))
+    assert sup.trip is not None and sup.trip.step == 7  # guard state is rebuilt too
