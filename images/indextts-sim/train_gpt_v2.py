@@ -87,6 +87,18 @@ def list_checkpoints(out_dir: str):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # Installed first, so a stop that comes while torch loads is still a clean one (it is
+    # honoured after the first step).
+    stop = {"requested": False, "name": "SIGTERM"}
+
+    def on_signal(signum, _frame):
+        stop["requested"] = True
+        stop["name"] = signal.Signals(signum).name
+        print(f"{signal.Signals(signum).name} received at {time.time():.3f}", flush=True)  # benchmarks read this
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
     st, params, _ = sim.load(args.resume)
     override = os.environ.get("INDEXTTS_SIM_SCENARIO")
     if override:
@@ -108,16 +120,6 @@ def main(argv=None) -> int:
     os.makedirs(args.output_dir, exist_ok=True)
     os.makedirs(args.logdir, exist_ok=True)
     from torch.utils.tensorboard import SummaryWriter  # after the cheap checks: the import is slow
-
-    stop = {"requested": False, "name": "SIGTERM"}
-
-    def on_signal(signum, _frame):
-        stop["requested"] = True
-        stop["name"] = signal.Signals(signum).name
-        print(f"{signal.Signals(signum).name} received at {time.time():.3f}", flush=True)  # benchmarks read this
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
 
     def save(step_lr: float) -> str:
         path = os.path.join(args.output_dir, f"model_step{st.step}.pth")
