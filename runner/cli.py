@@ -441,7 +441,9 @@ def _run_view(store: Store, run_id: str, events: bool = False) -> dict[str, Any]
         ],
     }
     if events:
-        view["events"] = [{"at": _iso(e["at"]), "kind": e["kind"], "message": e["message"]} for e in store.events(run_id)]
+        names = {p["id"]: p["name"] for p in store.phases(run_id)}
+        view["events"] = [{"at": _iso(e["at"]), "kind": e["kind"], "phase": names.get(e["phase_id"]), "message": e["message"],
+                           "data": e["data"]} for e in store.events(run_id)]
     return view
 
 

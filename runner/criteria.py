@@ -138,8 +138,10 @@ class Smoother:
         self.w_acc = self.w_norm = 0.0  # typical per-point weight (for the noise of the smoothed curve)
         self.last_step: int | None = None
 
-    def push(self, step: int, x: float) -> float:
-        """Add a point (higher = worse: callers flip the sign for mode max); returns the smoothed value."""
+    def push(self, step: int, x: float, learn_noise: bool = True) -> float:
+        """Add a point (higher = worse: callers flip the sign for mode max); returns the smoothed value.
+        ``learn_noise`` False keeps the noise estimate as it is (a guard does not let a divergence
+        widen its own yardstick)."""
         self.recent.append(x if math.isfinite(x) else math.inf)
         if len(self.recent) > DESPIKE:
             del self.recent[0]
@@ -156,7 +158,7 @@ class Smoother:
         if not math.isfinite(m):
             self.value = math.inf
             return self.value
-        if self.value is not None and math.isfinite(self.value):
+        if learn_noise and self.value is not None and math.isfinite(self.value):
             self.noise_acc = NOISE_WEIGHT * self.noise_acc + (1 - NOISE_WEIGHT) * abs(m - self.value)
             self.noise_norm = NOISE_WEIGHT * self.noise_norm + (1 - NOISE_WEIGHT)
             self.noise_n += 1
@@ -271,7 +273,7 @@ class GuardState:
         g = self.guard
         sign = 1.0 if g.mode == "min" else -1.0
         sm = self.smoother
-        s = sm.push(step, value * sign)
+        s = sm.push(step, value * sign, learn_noise=self.run_start is None)
         if not sm.settled:
             self.distance = "settling (smoothing the first points)"
             return None

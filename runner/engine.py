@@ -29,7 +29,7 @@ from runner import chain, preconditions
 from runner.backends.base import Backend, ContainerState
 from runner.criteria import Trip, verdict as judge_verdict
 from runner.metrics.series import MetricSet
-from runner.errors import ContainerNotFound, EngineUnavailable, ImageMissing, LaunchError, RunnerError, SpecError
+from runner.errors import ContainerNotFound, EngineUnavailable, ImageMissing, LaunchError, Problem, RunnerError, SpecError
 from runner.outputs import phase_outputs
 from runner.plan import BindMount, LaunchPlan, launch_plan, merge_inputs, resolve
 from runner.spec import LoadedSpec, load_spec
@@ -134,6 +134,34 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
+def declared_inputs(loaded: LoadedSpec) -> set[str]:
+    return set((loaded.doc.data or {}).get("inputs") or {})
+
+
+def chain_inputs(loaded: LoadedSpec, given: dict[str, str]) -> dict[str, str]:
+    """The ``--input`` values the first spec declares.  An input only a later spec of the chain
+    declares (e.g. restart_from_base's base_model) is fine: it is applied when that spec runs.
+    A name no spec of the chain declares is a located error (a typo must not pass silently)."""
+    mine = declared_inputs(loaded)
+    extra = sorted(k for k in given if k not in mine)
+    if extra:
+        from runner import graph
+
+        try:
+            specs = graph.build(loaded.path, loaded).specs.values()
+        except SpecError:
+            specs = [loaded]  # the chain's own errors are reported by plan; judge the names on this spec
+        chain = set().union(*(declared_inputs(s) for s in specs))
+        unknown = [k for k in extra if k not in chain]
+        if unknown:
+            line, col = loaded.doc.position(("inputs",))
+            known = ", ".join(sorted(chain)) or "none"
+            raise SpecError([Problem(str(loaded.path), line, col, "inputs",
+                                     f"--input {name}: no spec of this chain declares such an input (declared: {known})")
+                             for name in unknown])
+    return {k: v for k, v in given.items() if k in mine}
+
+
 class Engine:
     def __init__(self, store: Store, backend: Backend | Callable[[], Backend], runs_dir: str | Path,
                  reporter: Reporter | None = None, poll_s: float = POLL_S):
@@ -166,7 +194,7 @@ class Engine:
         """Validate and plan a spec (spec errors: nothing is recorded), then record a run for it."""
         loaded = load_spec(spec_path)
         run_id = new_run_id()
-        self.plan(loaded, inputs, run_id)
+        self.plan(loaded, chain_inputs(loaded, inputs), run_id)
         self.store.submit(run_id, str(loaded.path), loaded.sha256, inputs, source, priority, state)
         return run_id
 
@@ -223,6 +251,12 @@ class Engine:
         """Plan a spec as the run's next phase, record it *pending*, and run it."""
         try:
             loaded = load_spec(spec_path)
+            # --input values given at submission reach every phase that declares them; a next
+            # rule's `with:` wins over them.
+            if after is None:
+                inputs = {k: v for k, v in inputs.items() if k in declared_inputs(loaded)}
+            else:
+                inputs = {**self._run_inputs(run_id, loaded), **inputs}
             phase, plan, _ = self.plan(loaded, inputs, run_id)
         except SpecError as exc:
             if after is not None:
@@ -234,6 +268,15 @@ class Engine:
             plan_json=json.dumps(dataclasses.asdict(plan)), phase_json=phase.model_dump_json(by_alias=True),
         )
         return self._run_pending(phase_id, detach)
+
+    def _run_inputs(self, run_id: str, loaded: LoadedSpec) -> dict:
+        """The inputs given when the run was submitted (`--input`), for a chained spec that declares
+        them: `--input image=...` reaches every phase of the chain.  A next rule's `with:` wins."""
+        try:
+            given = self.store.submission(run_id)["inputs"] or {}
+        except RunnerError:
+            return {}
+        return {k: v for k, v in given.items() if k in declared_inputs(loaded)}
 
     def _run_pending(self, phase_id: int, detach: bool = False) -> PhaseResult:
         """Wait for resources, check preconditions, launch and supervise a recorded *pending* phase."""

@@ -45,6 +45,7 @@ def phase_outputs(phase_dir: str, verdict: str, metrics: MetricSet, checkpoints:
             "last": float(s.values[-1]), "last_step": int(s.steps[-1]), "count": len(s),
             "min": float(vals.min()) if vals.size else None, "max": float(vals.max()) if vals.size else None,
             "mean": float(vals.mean()) if vals.size else None,
+            "smoothed": _smoothed_last(s),
         }
     if checkpoints is not None and ckpt_dir is not None:
         files = checkpoint_files(ckpt_dir, checkpoints.pattern)
@@ -59,6 +60,19 @@ def phase_outputs(phase_dir: str, verdict: str, metrics: MetricSet, checkpoints:
                     best = min(scored, key=lambda x: (sign * x[0], -x[1]))[2]
             out["best_checkpoint"] = str(best)
     return out
+
+
+def _smoothed_last(series) -> float | None:
+    """The last value of the series smoothed as a default divergence guard sees it (running median of
+    3, then a debiased EMA over ~1,000 steps or 25 logging intervals): a noisy last point is not the
+    phase's standing."""
+    from runner.criteria import DEFAULT_MIN_POINTS, Smoother
+
+    sm = Smoother(tau_steps=1000.0, min_points=DEFAULT_MIN_POINTS)
+    value = None
+    for step, v in zip(series.steps.tolist(), series.values.tolist()):
+        value = sm.push(int(step), float(v))
+    return value if value is not None and math.isfinite(value) else None
 
 
 def context(outputs: dict) -> dict:

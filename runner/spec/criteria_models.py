@@ -297,5 +297,5 @@ class NextRule(Model):
 
     when: Union[Literal["success", "failure", "inconclusive", "always"], Criterion, Group] = Field(description="success | failure | inconclusive | always, or criteria over this phase's metrics.")
     apply: str = Field(description="The next spec file. Relative = relative to this spec file.")
-    with_: dict[str, Union[str, int, float, bool]] = Field(default_factory=dict, alias="with", description="Inputs of the next spec; may use ${{ phase.best_checkpoint }}, ${{ phase.last_checkpoint }}, ${{ phase.verdict }}, ${{ phase.dir }}, ${{ metrics.NAME.last|min|max|mean }}.")
+    with_: dict[str, Union[str, int, float, bool]] = Field(default_factory=dict, alias="with", description="Inputs of the next spec; may use ${{ phase.best_checkpoint }}, ${{ phase.last_checkpoint }}, ${{ phase.verdict }}, ${{ phase.dir }}, ${{ metrics.NAME.last|min|max|mean|smoothed }} (smoothed: the last value of the smoothed series).")
     max_iterations: int | None = Field(None, ge=1, description="How often this rule may fire in one run; required when the chain loops back.")

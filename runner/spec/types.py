@@ -64,7 +64,9 @@ def _duration(value: object) -> float:
     return parse_duration(value)
 
 
-def _size(value: object) -> int:
+def _size(value: object) -> object:
+    if isinstance(value, str) and re.match(_TEMPLATE, value):
+        return value  # resolved (and checked again) when the run is planned
     return parse_size(value)
 
 
@@ -83,7 +85,7 @@ Duration = Annotated[
     WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d)\s*)+$"}, {"type": "number", "minimum": 0}]}),
 ]
 Size = Annotated[
-    int,
+    Union[int, Annotated[str, Field(pattern=_TEMPLATE)]],
     BeforeValidator(_size),
     WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[kKmMgGtTpP]?[iI]?[bB]?\s*$"}, {"type": "integer", "minimum": 0}]}),
 ]
