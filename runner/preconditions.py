@@ -72,8 +72,12 @@ def check(pre: Precondition, resolve_path: Callable[[str], Path], *, gpus: objec
             found = gpu_free_memory()
         except RunnerError as exc:
             return False, f"gpu_memory_free: {exc}"
-        wanted = {int(g) for g in gpus} if isinstance(gpus, (list, tuple)) else None
-        pool = [(i, f) for i, f in found if wanted is None or i in wanted]
+        wanted = {str(g) for g in gpus} if isinstance(gpus, (list, tuple)) else None
+        unknown = sorted(wanted - {str(i) for i, _ in found}) if wanted is not None else []
+        if unknown:
+            return False, (f"gpu_memory_free: nvidia-smi reports no GPU {', '.join(unknown)} "
+                           f"(it reports {', '.join(str(i) for i, _ in found) or 'none'})")
+        pool = [(i, f) for i, f in found if wanted is None or str(i) in wanted]
         need = pre.gpu_memory_free.at_least
         fits = [i for i, f in pool if f >= need]
         count = len(pool) if gpus == "all" or wanted is not None else int(gpus)

@@ -19,10 +19,10 @@ from runner.plan import LaunchPlan
 
 BUILD_HINT = "runner never pulls; build it first (reference trainer: bash images/build-offline.sh) or `docker pull` it"
 ENGINE_HINT = "start it with `systemctl start docker` (or `dockerd &`), or point DOCKER_HOST at a running engine"
+NVIDIA_VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"
 # Substrings of the engine's error when --gpus is asked of an engine without the NVIDIA runtime.
 # (Docker's built-in NVIDIA device driver registers itself only when nvidia-container-runtime-hook
 # is on the engine's PATH; without it, any DeviceRequest is refused with "could not select device driver".)
-NVIDIA_VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"
 _GPU_ERRORS = ("could not select device driver", "nvidia-container-cli", "unknown or invalid runtime name: nvidia")
 
 

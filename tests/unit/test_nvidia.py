@@ -61,3 +61,9 @@ def test_a_hanging_nvidia_smi_is_cut_short(smi, monkeypatch):
     monkeypatch.setattr(nvidia, "TIMEOUT_S", 0.2)
     with pytest.raises(RunnerError, match="nvidia-smi did not answer within 0.2 s"):
         nvidia.indexes()
+
+
+def test_ids_nvidia_smi_does_not_report_are_named(smi, tmp_path):
+    smi("printf '0, 30000\\n'")
+    ok, why = gpu_check(tmp_path, ("0", "GPU-8f3c"))
+    assert not ok and why == "gpu_memory_free: nvidia-smi reports no GPU GPU-8f3c (it reports 0)"
