@@ -425,6 +425,9 @@ def _run_view(store: Store, run_id: str, events: bool = False) -> dict[str, Any]
                 "oom_killed": p["oom_killed"],
                 "container_id": p["container_id"],
                 "container_name": p["container_name"],
+                # the devices in the recorded plan: ids once granted (server) or planned (foreground), else the
+                # spec's request ("all" in the foreground; 0 = CPU)
+                "gpus": json.loads(p["plan_json"] or "{}").get("gpus", 0),
                 "spec": p["spec_path"],
                 "spec_sha256": p["spec_sha256"],
                 "inputs": p["inputs"],

@@ -118,9 +118,15 @@ class Slots(Protocol):
 
 
 class Unlimited:
-    """The foreground: every phase may launch at once, with the devices its spec asks for."""
+    """The foreground: every phase may launch at once, with the devices its spec asks for.
+
+    A count N becomes the device ids 0..N-1, the ones Docker's NVIDIA driver gives a count:
+    asked for by id, the recorded plan names exactly the devices the container gets (and
+    gpu_memory_free checks those).  ``all`` stays ``all`` (the foreground keeps no inventory)."""
 
     def acquire(self, phase_id: int, plan: LaunchPlan) -> LaunchPlan:
+        if isinstance(plan.gpus, int) and plan.gpus > 0:
+            return dataclasses.replace(plan, gpus=tuple(str(i) for i in range(plan.gpus)))
         return plan
 
     def claim(self, phase_id: int, plan: LaunchPlan) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Callable
 
+from runner import nvidia
 from runner.errors import RunnerError
 from runner.spec.criteria_models import FileCheck, Precondition
 
@@ -28,19 +28,10 @@ def step_from_name(name: str, pattern: str) -> int | None:
 
 def gpu_free_memory() -> list[tuple[int, int]]:
     """(index, free bytes) per GPU from nvidia-smi; RunnerError with a clear message on a CPU host."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        raise RunnerError("no NVIDIA GPU visible on this host (nvidia-smi not found)")
     try:
-        out = subprocess.run([exe, "--query-gpu=index,memory.free", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout
-    except (subprocess.SubprocessError, OSError) as exc:
-        raise RunnerError(f"nvidia-smi failed: {exc}") from None
-    gpus = []
-    for line in out.strip().splitlines():
-        idx, free = (x.strip() for x in line.split(","))
-        gpus.append((int(idx), int(float(free)) * 1024 * 1024))
-    return gpus
+        return nvidia.free_memory()
+    except RunnerError as exc:
+        raise RunnerError(f"no NVIDIA GPU visible on this host ({exc})") from None
 
 
 def check(pre: Precondition, resolve_path: Callable[[str], Path], *, gpus: object = 0,
@@ -81,8 +72,12 @@ def check(pre: Precondition, resolve_path: Callable[[str], Path], *, gpus: objec
             found = gpu_free_memory()
         except RunnerError as exc:
             return False, f"gpu_memory_free: {exc}"
-        wanted = {int(g) for g in gpus} if isinstance(gpus, (list, tuple)) else None
-        pool = [(i, f) for i, f in found if wanted is None or i in wanted]
+        wanted = {str(g) for g in gpus} if isinstance(gpus, (list, tuple)) else None
+        unknown = sorted(wanted - {str(i) for i, _ in found}) if wanted is not None else []
+        if unknown:
+            return False, (f"gpu_memory_free: nvidia-smi reports no GPU {', '.join(unknown)} "
+                           f"(it reports {', '.join(str(i) for i, _ in found) or 'none'})")
+        pool = [(i, f) for i, f in found if wanted is None or str(i) in wanted]
         need = pre.gpu_memory_free.at_least
         fits = [i for i, f in pool if f >= need]
         count = len(pool) if gpus == "all" or wanted is not None else int(gpus)

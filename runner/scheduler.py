@@ -10,13 +10,12 @@ not overtaken by later 1-GPU phases, so big requests never starve.
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import subprocess
 import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from runner.errors import GpuUnavailable
+from runner import nvidia
+from runner.errors import GpuUnavailable, RunnerError
 from runner.plan import LaunchPlan
 
 Rank = Callable[[str], tuple]
@@ -24,16 +23,10 @@ Rank = Callable[[str], tuple]
 
 def detect_gpus() -> tuple[list[str], str]:
     """GPU ids from nvidia-smi, and where they came from (or why there are none)."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return [], "nvidia-smi not found (CPU host, or set --gpus)"
     try:
-        out = subprocess.run([smi, "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return [], f"nvidia-smi failed: {exc}"
-    if out.returncode != 0:
-        return [], f"nvidia-smi failed: {(out.stderr or out.stdout).strip().splitlines()[:1]}"
-    ids = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+        ids = nvidia.indexes()
+    except RunnerError as exc:
+        return [], f"{exc}: no GPUs (a CPU host; on a GPU host without nvidia-smi, set --gpus)"
     return ids, f"nvidia-smi: {len(ids)} GPU(s)"
 
 

@@ -10,6 +10,13 @@ command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
   missing+=(docker-compose)
 fi
+# The GPU tests (tests/integration/gpu_engine.py): a static busybox for their image, and unshare and ip
+# to start a private engine in its own network namespace.
+if [ ! -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then
+  missing+=(busybox-static)
+fi
+command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     say "missing ${missing[*]} and this is not root: install them (sudo apt-get install -y ${missing[*]})"

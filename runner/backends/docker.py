@@ -19,7 +19,10 @@ from runner.plan import LaunchPlan
 
 BUILD_HINT = "runner never pulls; build it first (reference trainer: bash images/build-offline.sh) or `docker pull` it"
 ENGINE_HINT = "start it with `systemctl start docker` (or `dockerd &`), or point DOCKER_HOST at a running engine"
+NVIDIA_VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"
 # Substrings of the engine's error when --gpus is asked of an engine without the NVIDIA runtime.
+# (Docker's built-in NVIDIA device driver registers itself only when nvidia-container-runtime-hook
+# is on the engine's PATH; without it, any DeviceRequest is refused with "could not select device driver".)
 _GPU_ERRORS = ("could not select device driver", "nvidia-container-cli", "unknown or invalid runtime name: nvidia")
 
 
@@ -29,13 +32,23 @@ def create_kwargs(plan: LaunchPlan) -> dict[str, Any]:
     Mounts are ``Mount(type="bind")`` because, unlike ``-v`` style binds, a
     missing source is then an error instead of an empty root-owned folder.
     Never ``auto_remove``: the exit code and logs must outlive the container.
+
+    GPUs go through Docker's NVIDIA device driver (``device_requests``, as ``docker run --gpus``): it
+    sets NVIDIA_VISIBLE_DEVICES to the requested ids and runs nvidia-container-runtime-hook, which
+    mounts only those devices, so inside the container they are numbered from 0.  runner therefore
+    never sets CUDA_VISIBLE_DEVICES (host ids would be wrong there).  A CPU phase gets
+    NVIDIA_VISIBLE_DEVICES=void: CUDA images set it to ``all``, and on a host whose default runtime
+    is nvidia-container-runtime that would hand every GPU to a phase the scheduler gave none.
     """
+    environment = dict(plan.env)
+    if not plan.wants_gpu:
+        environment[NVIDIA_VISIBLE_DEVICES] = "void"
     kwargs: dict[str, Any] = {
         "image": plan.image,
         "command": list(plan.command),
         "name": plan.container_name,
         "labels": dict(plan.labels),
-        "environment": dict(plan.env),
+        "environment": environment,
         "mounts": [Mount(target=m.target, source=m.source, type="bind", read_only=m.read_only) for m in plan.mounts],
         "detach": True,
         "stop_signal": "SIGTERM",

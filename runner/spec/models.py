@@ -57,6 +57,14 @@ class Container(Model):
         30.0, description="On stop: time between SIGTERM and SIGKILL, so the trainer can save a checkpoint."
     )
 
+    @field_validator("env")
+    @classmethod
+    def _no_device_selection(cls, v: dict) -> dict:
+        if "NVIDIA_VISIBLE_DEVICES" in v:
+            raise ValueError("NVIDIA_VISIBLE_DEVICES is set from container.gpus (the GPUs the phase is granted); "
+                             "request GPUs there")
+        return v
+
 
 class Phase(Model):
     """One phase of a training plan: a container to run and how to judge it."""

@@ -14,6 +14,7 @@ import docker
 import pytest
 
 from runner.backends.docker import DockerBackend
+from tests.integration.gpu_engine import gpu_engine  # noqa: F401  (the private engine with a stand-in NVIDIA hook)
 
 BASE_IMAGE = os.environ.get("RUNNER_BASE_IMAGE", "runner-base:bookworm")
 TRAINER_IMAGE = os.environ.get("RUNNER_TRAINER_IMAGE", "runner-trainer:latest")

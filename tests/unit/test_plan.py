@@ -94,6 +94,21 @@ def test_gpu_requests(write_spec, tmp_path, gpus, expected):
     spec = write_spec(SPEC.replace("gpus: [0, 2]", f"gpus: {gpus}"))
     kwargs = create_kwargs(build_plan(load_spec(spec), {"resume_from": "x"}, "r", tmp_path))
     assert kwargs.get("device_requests") == expected
+    # Docker's NVIDIA driver sets NVIDIA_VISIBLE_DEVICES for a GPU request; a CPU phase gets "void", so an
+    # image's NVIDIA_VISIBLE_DEVICES=all (CUDA images) gives it nothing even under nvidia-container-runtime.
+    # runner never sets CUDA_VISIBLE_DEVICES: inside the container the granted GPUs are numbered from 0.
+    env = kwargs["environment"]
+    assert env.get("NVIDIA_VISIBLE_DEVICES") == ("void" if expected is None else None)
+    assert "CUDA_VISIBLE_DEVICES" not in env
+
+
+def test_the_spec_cannot_choose_nvidia_devices_itself(write_spec):
+    spec = write_spec(SPEC.replace("env: {CUDA_LAUNCH_BLOCKING: 1,", "env: {NVIDIA_VISIBLE_DEVICES: all,"))
+    with pytest.raises(SpecError) as exc:
+        load_spec(spec)
+    (problem,) = exc.value.problems
+    assert (problem.path, problem.line) == ("container.env", 11)
+    assert "NVIDIA_VISIBLE_DEVICES is set from container.gpus" in problem.message
 
 
 def test_missing_required_input_is_located(write_spec, tmp_path):

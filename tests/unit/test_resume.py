@@ -132,6 +132,19 @@ def test_gpus_granted_by_the_slots_are_the_ones_launched(make, write_spec):
     assert engine.slots.snapshot()["gpus"] == {"0": None, "1": None, "2": None}  # released
 
 
+def test_a_gpu_count_in_the_foreground_is_planned_as_the_ids_docker_gives_it(make, write_spec):
+    """Docker's NVIDIA driver turns a count N into devices 0..N-1; runner asks for those ids by name,
+    so the recorded plan (and gpu_memory_free) names exactly the devices the container gets."""
+    backend = FakeBackend(gpu=True)
+    engine = make(backend)
+    result = engine.apply(write_spec(MINIMAL + "  gpus: 2\n")).last
+    assert result.status == "succeeded"
+    assert backend.launched[0].gpus == ("0", "1")
+    assert json.loads(engine.store.phase(result.phase_id)["plan_json"])["gpus"] == ["0", "1"]
+    engine.apply(write_spec(MINIMAL + "  gpus: all\n", name="all.yaml"))
+    assert backend.launched[1].gpus == "all"  # the foreground keeps no inventory
+
+
 def test_a_phase_that_can_never_fit_is_an_error_not_a_wait(make, write_spec):
     from runner.scheduler import Scheduler
 
