@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# One command from a fresh machine to a finished demo phase:
+# One command from a fresh machine to a demo chain that makes a decision:
 # Docker engine (installed and started if missing), offline images, runner in
-# .venv, then `runner apply specs/demo/train.yaml` (about a minute on CPU).
+# .venv, then `runner apply specs/demo/pipeline-diverge.yaml`: phase 1's loss
+# diverges, the divergence guard stops it, the failure branch (restart.yaml) runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-docker.sh
 bash images/build-offline.sh
 bash scripts/install.sh
-.venv/bin/runner validate specs/demo/train.yaml
-.venv/bin/runner apply specs/demo/train.yaml
+.venv/bin/runner plan specs/demo/pipeline-diverge.yaml
+.venv/bin/runner apply specs/demo/pipeline-diverge.yaml
 .venv/bin/runner status

@@ -87,7 +87,8 @@ Duration = Annotated[
 Size = Annotated[
     Union[int, Annotated[str, Field(pattern=_TEMPLATE)]],
     BeforeValidator(_size),
-    WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[kKmMgGtTpP]?[iI]?[bB]?\s*$"}, {"type": "integer", "minimum": 0}]}),
+    WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[kKmMgGtTpP]?[iI]?[bB]?\s*$"}, {"type": "integer", "minimum": 0},
+                              {"type": "string", "pattern": _TEMPLATE}]}),
 ]
 InputValue = Union[str, int, float, bool, None]
 
