@@ -59,7 +59,8 @@ def incident(tmp_path, docker_client, cli):
         return json.loads(out.stdout)
 
     return type("Incident", (), {"make_checkpoint": staticmethod(make_checkpoint), "apply": staticmethod(apply),
-                                 "checkpoints": staticmethod(checkpoints), "base": base, "folder": tmp_path})
+                                 "checkpoints": staticmethod(checkpoints), "base": base, "base_sha256": sha256(base),
+                                 "folder": tmp_path})
 
 
 
@@ -122,7 +123,12 @@ def assert_restarted_from_base(run, incident):
     p1, restart = run["phases"]
     assert names(run) == ["indextts-phase1-validate-lr", "indextts-restart-from-base"]
     assert "restart_from_base.yaml" in p1["decision"]
+    # Handed over: the base model itself (the chain's --input reached the restart), bytes unchanged.
     assert restart["inputs"]["base_model"] == str(incident.base)
+    assert sha256(restart["inputs"]["base_model"]) == incident.base_sha256
+    # Phase 1's own checkpoints were vaulted intact even though it failed.
+    kept = [c for c in incident.checkpoints(run["id"], "indextts-phase1-validate-lr")["checkpoints"] if c["state"] != "pruned"]
+    assert kept and all(sha256(c["vault_path"]) == c["sha256"] for c in kept)
     assert restart["status"] == "succeeded", restart["explanation"]
     assert "✓ mean(text_loss, last 2,000 steps) < 0.9" in restart["explanation"]
     return p1
