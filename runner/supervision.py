@@ -104,7 +104,7 @@ class Supervision:
 
     def total_steps(self) -> int | None:
         if self.phase.metrics and self.phase.metrics.total_steps:
-            return self.phase.metrics.total_steps
+            return int(self.phase.metrics.total_steps)
         return self.guards.planned_end
 
     def view(self) -> dict:
