@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,17 +30,24 @@ EXIT = {"succeeded": 0, "detached": 0, "running": 0, "failed": 1, "blocked": 1, 
 
 
 class TerminalReporter:
-    """Engine output on a terminal: log lines scroll, one progress line stays at the bottom.
+    """Engine output on a terminal: the container's output and runner's messages scroll, one status
+    area stays at the bottom and is redrawn in place.
 
-    If the terminal goes away (SIGHUP, a dropped SSH session), writes are
-    silently dropped: losing the terminal must never disturb the phase."""
+    Everything that reaches the terminal while the status area is shown goes through the one console
+    that draws it (rich's Live prints it above the area and redraws the area below): a second writer
+    to the same terminal would move the cursor behind its back and leave stale copies of the area.
+    Not a terminal (a pipe, a CI log): plain lines, one per event, and no status area.
+
+    If the terminal goes away (SIGHUP, a dropped SSH session), writes are silently dropped: losing
+    the terminal must never disturb the phase."""
 
     def __init__(self, out: Console, err: Console):
         self.out = out  # the container's output
-        self.console = err  # runner's own messages and the progress line
+        self.console = err  # runner's own messages and the status area
         self.dead = False
-        self._status = None
+        self._status: Live | None = None
         self._view: dict | None = None
+        self._lock = threading.RLock()  # the log pump calls log_line from its own thread
 
     def _safe(self, fn, *args, **kwargs) -> None:
         if self.dead:
@@ -50,10 +58,16 @@ class TerminalReporter:
             self.dead = True
 
     def info(self, message: str) -> None:
-        self._safe(say, self.console, message)
+        with self._lock:
+            self._safe(say, self.console, message)
 
     def log_line(self, line: str) -> None:
-        self._safe(say, self.out, line)
+        with self._lock:
+            if self._status is not None and self.out.is_terminal:
+                # the same terminal: above the status area, through the console that draws it
+                self._safe(self.console.print, Text(line), highlight=False, overflow="fold")
+            else:
+                self._safe(say, self.out, line)
 
     def progress(self, text: str) -> None:
         if self._view is None:
@@ -66,44 +80,52 @@ class TerminalReporter:
     def _show(self, renderable) -> None:
         if not self.console.is_terminal or self.dead:
             return
-        if self._status is None:
-            self._status = Live(renderable, console=self.console, refresh_per_second=4, transient=True)
-            self._safe(self._status.start)
-        else:
-            self._safe(self._status.update, renderable)
+        with self._lock:
+            if self._status is None:
+                # redrawn only when the view changes: no timer thread writing behind the log pump's back
+                self._status = Live(renderable, console=self.console, auto_refresh=False, transient=True,
+                                    redirect_stdout=True, redirect_stderr=False, vertical_overflow="crop")
+                self._safe(self._status.start)
+            self._safe(self._status.update, renderable, refresh=True)
 
     def close(self) -> None:
-        if self._status is not None:
-            self._safe(self._status.stop)
-            self._status = None
-        self._view = None
+        with self._lock:
+            if self._status is not None:
+                self._safe(self._status.stop)
+                self._status = None
+            self._view = None
 
 
 def render_view(phase: str, view: dict):
-    """The live status area: step, rate, ETA; metrics with trends; guards; criteria."""
+    """The live status area: step, rate, ETA; metrics with trends; guards; criteria's standing now.
+    Text from the store, the engine or the trainer is never read as markup."""
     from runner.units import format_duration
 
     step, total = view.get("step"), view.get("total")
-    head = f"[bold]{phase}[/bold]  {view.get('state', '')}  elapsed {format_duration(view.get('elapsed', 0))}"
+    head = Text()
+    head.append(phase, style="bold")
+    head.append(f"  {view.get('state', '')}  elapsed {format_duration(view.get('elapsed', 0))}")
     if step is not None:
-        head += f"  step {step:,}" + (f"/{total:,}" if total else "")
+        head.append(f"  step {step:,}" + (f"/{total:,}" if total else ""))
     if view.get("rate"):
-        head += f"  {view['rate']:.1f} steps/s"
+        head.append(f"  {view['rate']:.1f} steps/s")
     if view.get("eta") is not None:
-        head += f"  ETA {format_duration(view['eta'])}"
+        head.append(f"  ETA {format_duration(view['eta'])}")
     table = Table(box=None, pad_edge=False, show_header=True)
     table.add_column("metric")
     table.add_column("step", justify="right")
     table.add_column("latest", justify="right")
     table.add_column("trend")
     for m in view.get("metrics", []):
-        table.add_row(m["name"], str(m["step"]), f"{m['value']:.5g}", m["trend"])
-    parts = [Text.from_markup(head), table]
+        table.add_row(Text(m["name"]), str(m["step"]), f"{m['value']:.5g}", m["trend"])
+    parts = [head, table]
     for g in view.get("guards", []):
         style = "red" if g["state"].startswith("TRIPPED") else "dim"
         parts.append(Text(f"guard {g['guard']}: {g['state']}", style=style))
-    for line in view.get("criteria", []):
-        parts.append(Text(f"criteria {line}"))
+    lines = view.get("criteria", [])
+    if lines:
+        parts.append(Text("success criteria now (measured vs threshold):"))
+        parts += [Text(f"  {line}") for line in lines]
     return Group(*parts)
 
 
