@@ -208,6 +208,11 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("file", metavar="FILE")
     pl.add_argument("--format", choices=["text", "mermaid"], default="text")
 
+    rr = sub.add_parser("report", help="write a run's report: plots, verdicts, chain and timeline in one HTML file")
+    rr.add_argument("run", metavar="RUN")
+    rr.add_argument("--output", "-o", default=None, metavar="FILE", help="the HTML file (default report-RUN.html)")
+    rr.add_argument("--png", default=None, metavar="DIR", help="also write each plot as a PNG file into DIR")
+
     rp = sub.add_parser("replay", help="run a spec's guards, criteria and next rules over an existing logdir")
     rp.add_argument("file", metavar="FILE")
     rp.add_argument("--logdir", required=True)
@@ -691,6 +696,26 @@ def cmd_replay(args, console: Console) -> int:
     return 0
 
 
+def cmd_report(args, console: Console) -> int:
+    from runner.report import render_run, write_pngs
+
+    state = _state_path(args)
+    if not state.exists():
+        raise RunnerError(f"no run store at {state}", "pass --state, or run from the folder that holds runs/")
+    store = Store(state)
+    run_id = store.resolve_run(args.run)
+    out = Path(args.output or f"report-{run_id}.html")
+    text = render_run(store, run_id)
+    tmp = out.with_name(out.name + ".part")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)
+    say(console, f"report of run {run_id}: {out} ({len(text) // 1024} KiB, self-contained)")
+    if args.png:
+        written = write_pngs(store, run_id, Path(args.png))
+        say(console, f"{len(written)} plot(s) as PNG in {args.png}")
+    return 0
+
+
 def _checkpoint_rows(store: Store, run_id: str, phase: str | None) -> tuple[dict, list[dict]]:
     if phase is None:
         with_ck = [p for p in store.phases(run_id) if store.checkpoints(p["id"])]
@@ -761,7 +786,8 @@ def cmd_export(args, console: Console) -> int:
 
 COMMANDS = {"validate": cmd_validate, "schema": cmd_schema, "apply": cmd_apply, "status": cmd_status,
             "serve": cmd_serve, "queue": cmd_queue,
-            "logs": cmd_logs, "stop": cmd_stop, "attach": cmd_attach, "checkpoints": cmd_checkpoints, "export": cmd_export, "metrics": cmd_metrics, "plan": cmd_plan, "replay": cmd_replay}
+            "logs": cmd_logs, "stop": cmd_stop, "attach": cmd_attach, "checkpoints": cmd_checkpoints, "export": cmd_export, "metrics": cmd_metrics, "plan": cmd_plan, "replay": cmd_replay,
+            "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
