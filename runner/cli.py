@@ -6,7 +6,6 @@ Exit codes: 0 ok; 1 invalid spec, failed phase or unknown run; 2 usage;
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import signal
@@ -23,7 +22,8 @@ from rich.text import Text
 
 from runner import __version__
 from runner.errors import EngineUnavailable, RunnerError, SpecError
-from runner.store import ACTIVE, Store, run_status
+from runner.store import ACTIVE, Store
+from runner.views import iso, queue_rows, run_view
 
 DEFAULT_STATE = "runs/runner.db"
 EXIT = {"succeeded": 0, "detached": 0, "running": 0, "failed": 1, "blocked": 1, "lost": 1, "error": 3, "cancelled": 130}
@@ -168,6 +168,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="CPU-only phases that may run at once (default $RUNNER_CPU_SLOTS or 4)")
     sv.add_argument("--notify", default=os.environ.get("RUNNER_NOTIFY"), metavar="URL",
                     help="POST a JSON message to URL on verdicts, guard trips and lost phases (default $RUNNER_NOTIFY)")
+    sv.add_argument("--http", default=os.environ.get("RUNNER_HTTP"), metavar="HOST:PORT",
+                    help="also serve a read-only web page (runs, queue, reports) and JSON under /api/ "
+                         "(e.g. 127.0.0.1:8080; default $RUNNER_HTTP, none)")
     sv.add_argument("--quiet", type=float, default=10.0, metavar="SECONDS",
                     help="with no file events, an inbox file is read once unchanged this long (default 10)")
 
@@ -357,6 +360,11 @@ def cmd_serve(args, console: Console) -> int:
     if args.cpu_slots < 1:
         raise RunnerError("--cpu-slots must be at least 1")
     DockerBackend().ping()  # fail now, with the one-line reason, not in the first run
+    web = None
+    if args.http:
+        from runner.web import WebServer, make_app
+
+        web = WebServer(make_app(Store(state), runs_dir, lambda: find_server(runs_dir)), args.http)
     server = Server(Store(state), DockerBackend, runs_dir, inbox, specs, gpus, gpu_source, args.cpu_slots,
                     policy=MountPolicy.of(roots), notify=args.notify, quiet=args.quiet)
 
@@ -369,28 +377,15 @@ def cmd_serve(args, console: Console) -> int:
     signal.signal(signal.SIGINT, leave)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
+        if web is not None:
+            web.start()
+            server.say(f"web page (read-only): {web.url}  JSON: {web.url}api/runs, {web.url}api/queue")
         server.serve()
     finally:
+        if web is not None:
+            web.stop()
         lock.release()
     return 0
-
-
-def _queue_rows(store: Store) -> list[dict[str, Any]]:
-    """Waiting work in start order: runs not started yet, and phases waiting for GPUs or CPU slots."""
-    rows = []
-    for sub in store.submissions(("queued", "started")):
-        if sub["source"] == "apply":
-            continue
-        phases = store.phases(sub["run_id"])
-        pending = [p for p in phases if p["status"] == "pending"]
-        if phases and not pending:
-            continue
-        rows.append({"run": sub["run_id"], "priority": sub["priority"], "source": sub["source"],
-                     "spec": sub["spec_path"] if not pending else pending[-1]["spec_path"],
-                     "phase": pending[-1]["name"] if pending else None,
-                     "waiting_for": pending[-1]["reason"] if pending else "its turn (no phase started yet)",
-                     "submitted_at": _iso(sub["submitted_at"])})
-    return rows
 
 
 def cmd_queue(args, console: Console) -> int:
@@ -400,7 +395,7 @@ def cmd_queue(args, console: Console) -> int:
     if not state.exists():
         raise RunnerError(f"no run store at {state}", "start a server with `runner serve`, or pass --state")
     server = find_server(state.parent)
-    rows = _queue_rows(Store(state))
+    rows = queue_rows(Store(state))
     if args.output == "json":
         sys.stdout.write(json.dumps({"server": server, "queue": rows}, indent=2, default=str) + "\n")
         return 0
@@ -431,52 +426,6 @@ def _server_line(server: dict | None) -> str:
             + "".join(f"\ninbox: {name}: not read yet: {why}" for name, why in (server.get("inbox_waiting") or {}).items()))
 
 
-def _iso(ts: float | None) -> str | None:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds") if ts else None
-
-
-def _run_view(store: Store, run_id: str, events: bool = False) -> dict[str, Any]:
-    run = store.run(run_id)
-    phases = store.phases(run_id)
-    view = {
-        "id": run_id,
-        "spec": run["spec_path"],
-        "status": run_status(phases),
-        "created_at": _iso(run["created_at"]),
-        "phases": [
-            {
-                "name": p["name"],
-                "status": p["status"],
-                "reason": p["reason"],
-                "exit_code": p["exit_code"],
-                "oom_killed": p["oom_killed"],
-                "container_id": p["container_id"],
-                "container_name": p["container_name"],
-                # the devices in the recorded plan: ids once granted (server) or planned (foreground), else the
-                # spec's request ("all" in the foreground; 0 = CPU)
-                "gpus": json.loads(p["plan_json"] or "{}").get("gpus", 0),
-                "spec": p["spec_path"],
-                "spec_sha256": p["spec_sha256"],
-                "inputs": p["inputs"],
-                "verdict": p["verdict"],
-                "explanation": p["explanation"],
-                "judgement": p["judgement"],
-                "decision": p["decision"],
-                "outputs": p["outputs"],
-                "log": p["log_path"],
-                "started_at": _iso(p["started_at"]),
-                "finished_at": _iso(p["finished_at"]),
-            }
-            for p in phases
-        ],
-    }
-    if events:
-        names = {p["id"]: p["name"] for p in store.phases(run_id)}
-        view["events"] = [{"at": _iso(e["at"]), "kind": e["kind"], "phase": names.get(e["phase_id"]), "message": e["message"],
-                           "data": e["data"]} for e in store.events(run_id)]
-    return view
-
-
 def cmd_status(args, console: Console) -> int:
     state = _state_path(args)
     if not state.exists():
@@ -495,7 +444,7 @@ def cmd_status(args, console: Console) -> int:
                 engine.refresh(run_id)
             except EngineUnavailable as exc:
                 note = f"note: {exc}; statuses may be stale"
-    views = [_run_view(store, r, events=bool(args.run)) for r in run_ids]
+    views = [run_view(store, r, events=bool(args.run)) for r in run_ids]
     if args.output == "json":
         if args.run:
             for p, row in zip(views[0]["phases"], store.phases(views[0]["id"])):
@@ -507,7 +456,7 @@ def cmd_status(args, console: Console) -> int:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return 0
     if not args.run:
-        waiting = _queue_rows(store)
+        waiting = queue_rows(store)
         if server is not None or waiting:
             say(console, _server_line(server))
             say(console, f"queue: {len(waiting)} waiting" + (" (`runner queue` lists them)" if waiting else ""))
