@@ -26,6 +26,7 @@ from runner.store import ACTIVE, Store
 from runner.views import iso, queue_rows, run_view
 
 DEFAULT_STATE = "runs/runner.db"
+STATUS_WIDTH = 120  # the `runner status` table never needs a wider terminal
 EXIT = {"succeeded": 0, "detached": 0, "running": 0, "failed": 1, "blocked": 1, "lost": 1, "error": 3, "cancelled": 130}
 
 
@@ -117,7 +118,7 @@ def render_view(phase: str, view: dict):
     table.add_column("latest", justify="right")
     table.add_column("trend")
     for m in view.get("metrics", []):
-        table.add_row(Text(m["name"]), str(m["step"]), f"{m['value']:.5g}", m["trend"])
+        _add_row(table, Text(m["name"]), str(m["step"]), f"{m['value']:.5g}", m["trend"])
     parts = [head, table]
     for g in view.get("guards", []):
         style = "red" if g["state"].startswith("TRIPPED") else "dim"
@@ -127,6 +128,12 @@ def render_view(phase: str, view: dict):
         parts.append(Text("success criteria now (measured vs threshold):"))
         parts += [Text(f"  {line}") for line in lines]
     return Group(*parts)
+
+
+def _add_row(table: Table, *cells) -> None:
+    """A table row whose cells are plain text: names, reasons and paths from the store or the engine
+    are never read as rich markup (an error mentioning `capabilities: [[gpu]]` shows as written)."""
+    table.add_row(*(c if isinstance(c, Text) else Text("" if c is None else str(c)) for c in cells))
 
 
 def say(console: Console, text: str) -> None:
@@ -408,7 +415,7 @@ def cmd_queue(args, console: Console) -> int:
         table.add_column(col, no_wrap=True)
     table.add_column("WAITING FOR", overflow="fold", min_width=20)
     for i, r in enumerate(rows, 1):
-        table.add_row(str(i), r["run"], str(r["priority"]), r["phase"] or Path(r["spec"]).name, r["submitted_at"] or "",
+        _add_row(table, str(i), r["run"], str(r["priority"]), r["phase"] or Path(r["spec"]).name, r["submitted_at"] or "",
                       r["source"], r["waiting_for"])
     console.print(table)
     return 0
@@ -461,17 +468,19 @@ def cmd_status(args, console: Console) -> int:
             say(console, _server_line(server))
             say(console, f"queue: {len(waiting)} waiting" + (" (`runner queue` lists them)" if waiting else ""))
             console.print()
-    table = Table(box=None, pad_edge=False)
-    for col in ("RUN", "PHASE", "STATUS", "VERDICT", "EXIT", "STARTED", "PROGRESS"):
+    # At most 120 columns: long progress and reasons wrap (`runner status RUN` has them in full).
+    table = Table(box=None, pad_edge=False, width=min(console.width, STATUS_WIDTH))
+    for col in ("RUN", "PHASE", "STATUS", "VERDICT", "EXIT", "STARTED"):
         table.add_column(col, no_wrap=True)
-    table.add_column("REASON", overflow="fold", min_width=20)
+    table.add_column("PROGRESS", overflow="fold", max_width=36)
+    table.add_column("REASON", overflow="fold", min_width=20, ratio=1)
     for view in views:
         rows = {r["name"]: r for r in store.phases(view["id"])}
         for p in view["phases"] or [{"name": "-", "status": view["status"], "exit_code": None, "reason": "", "started_at": None}]:
             row = rows.get(p["name"])
             progress = _progress(engine, row) if row and row["status"] in ("running", "detached") else ""
-            table.add_row(view["id"], p["name"], p["status"], p.get("verdict") or "",
-                          "" if p["exit_code"] is None else str(p["exit_code"]), p["started_at"] or "", progress, p["reason"])
+            _add_row(table, view["id"], p["name"], p["status"], p.get("verdict") or "",
+                          "" if p["exit_code"] is None else str(p["exit_code"]), _short_time(p["started_at"]), progress, p["reason"])
     console.print(table)
     if args.run:
         for p in views[0]["phases"]:
@@ -492,6 +501,11 @@ def cmd_status(args, console: Console) -> int:
     if note:
         say(console, note)
     return 0
+
+
+def _short_time(stamp: str | None) -> str:
+    """2026-11-27T06:08:39+00:00 → 11-27 06:08 (UTC; the JSON output has the full time)."""
+    return f"{stamp[5:10]} {stamp[11:16]}" if stamp else ""
 
 
 def _progress(engine, row: dict) -> str:
@@ -602,7 +616,7 @@ def cmd_metrics(args, console: Console) -> int:
             import numpy as np
 
             fin = s.values[np.isfinite(s.values)]
-            table.add_row(name, str(len(s)), str(int(s.steps[0])), str(int(s.steps[-1])), f"{s.values[-1]:.6g}",
+            _add_row(table, name, str(len(s)), str(int(s.steps[0])), str(int(s.steps[-1])), f"{s.values[-1]:.6g}",
                           f"{fin.min():.6g}" if fin.size else "-", f"{fin.max():.6g}" if fin.size else "-")
         console.print(table)
         if not names:
@@ -691,7 +705,7 @@ def cmd_checkpoints(args, console: Console) -> int:
     for col in ("STEP", "STATE", "SCORE", "SIZE", "SHA256", "VAULT"):
         table.add_column(col, no_wrap=True)
     for c in cks:
-        table.add_row(str(c["step"]), c["state"] + (" (was best)" if c["ever_best"] and c["state"] != "best" else ""),
+        _add_row(table, str(c["step"]), c["state"] + (" (was best)" if c["ever_best"] and c["state"] != "best" else ""),
                       "" if c["score"] is None else f"{c['score']:.5g}", str(c["size"] or ""), (c["sha256"] or "")[:16],
                       c["vault_path"])
     say(console, f"run {run_id}, phase {row['name']}")
