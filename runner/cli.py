@@ -219,7 +219,7 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--format", choices=["text", "mermaid"], default="text")
 
     rr = sub.add_parser("report", help="write a run's report: plots, verdicts, chain and timeline in one HTML file")
-    rr.add_argument("run", metavar="RUN")
+    rr.add_argument("run", nargs="?", metavar="RUN", help="run id or unique prefix (default: the newest run)")
     rr.add_argument("--output", "-o", default=None, metavar="FILE", help="the HTML file (default report-RUN.html)")
     rr.add_argument("--png", default=None, metavar="DIR", help="also write each plot as a PNG file into DIR")
 
