@@ -66,7 +66,8 @@ def _phase(p: PhaseReport, with_plots: bool) -> str:
     if r["reason"]:
         out.append(f"<p>{e(r['reason'])}</p>")
     for t in p.trips:
-        out.append(f'<p class="note">{e(t["message"])}</p>')
+        if t["message"].split(": ", 1)[-1] not in (r["reason"] or ""):  # not said once already
+            out.append(f'<p class="note">{e(t["message"])}</p>')
     if with_plots:
         for plot in p.plots:
             caption = "".join(f"<li>{e(w.label)}</li>" for w in plot.windows)
