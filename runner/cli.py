@@ -6,11 +6,11 @@ Exit codes: 0 ok; 1 invalid spec, failed phase or unknown run; 2 usage;
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,24 +22,33 @@ from rich.text import Text
 
 from runner import __version__
 from runner.errors import EngineUnavailable, RunnerError, SpecError
-from runner.store import ACTIVE, Store, run_status
+from runner.store import ACTIVE, Store
+from runner.views import iso, queue_rows, run_view
 
 DEFAULT_STATE = "runs/runner.db"
+STATUS_WIDTH = 120  # the `runner status` table never needs a wider terminal
 EXIT = {"succeeded": 0, "detached": 0, "running": 0, "failed": 1, "blocked": 1, "lost": 1, "error": 3, "cancelled": 130}
 
 
 class TerminalReporter:
-    """Engine output on a terminal: log lines scroll, one progress line stays at the bottom.
+    """Engine output on a terminal: the container's output and runner's messages scroll, one status
+    area stays at the bottom and is redrawn in place.
 
-    If the terminal goes away (SIGHUP, a dropped SSH session), writes are
-    silently dropped: losing the terminal must never disturb the phase."""
+    Everything that reaches the terminal while the status area is shown goes through the one console
+    that draws it (rich's Live prints it above the area and redraws the area below): a second writer
+    to the same terminal would move the cursor behind its back and leave stale copies of the area.
+    Not a terminal (a pipe, a CI log): plain lines, one per event, and no status area.
+
+    If the terminal goes away (SIGHUP, a dropped SSH session), writes are silently dropped: losing
+    the terminal must never disturb the phase."""
 
     def __init__(self, out: Console, err: Console):
         self.out = out  # the container's output
-        self.console = err  # runner's own messages and the progress line
+        self.console = err  # runner's own messages and the status area
         self.dead = False
-        self._status = None
+        self._status: Live | None = None
         self._view: dict | None = None
+        self._lock = threading.RLock()  # the log pump calls log_line from its own thread
 
     def _safe(self, fn, *args, **kwargs) -> None:
         if self.dead:
@@ -50,10 +59,16 @@ class TerminalReporter:
             self.dead = True
 
     def info(self, message: str) -> None:
-        self._safe(say, self.console, message)
+        with self._lock:
+            self._safe(say, self.console, message)
 
     def log_line(self, line: str) -> None:
-        self._safe(say, self.out, line)
+        with self._lock:
+            if self._status is not None and self.out.is_terminal:
+                # the same terminal: above the status area, through the console that draws it
+                self._safe(self.console.print, Text(line), highlight=False, overflow="fold")
+            else:
+                self._safe(say, self.out, line)
 
     def progress(self, text: str) -> None:
         if self._view is None:
@@ -66,45 +81,59 @@ class TerminalReporter:
     def _show(self, renderable) -> None:
         if not self.console.is_terminal or self.dead:
             return
-        if self._status is None:
-            self._status = Live(renderable, console=self.console, refresh_per_second=4, transient=True)
-            self._safe(self._status.start)
-        else:
-            self._safe(self._status.update, renderable)
+        with self._lock:
+            if self._status is None:
+                # redrawn only when the view changes: no timer thread writing behind the log pump's back
+                self._status = Live(renderable, console=self.console, auto_refresh=False, transient=True,
+                                    redirect_stdout=True, redirect_stderr=False, vertical_overflow="crop")
+                self._safe(self._status.start)
+            self._safe(self._status.update, renderable, refresh=True)
 
     def close(self) -> None:
-        if self._status is not None:
-            self._safe(self._status.stop)
-            self._status = None
-        self._view = None
+        with self._lock:
+            if self._status is not None:
+                self._safe(self._status.stop)
+                self._status = None
+            self._view = None
 
 
 def render_view(phase: str, view: dict):
-    """The live status area: step, rate, ETA; metrics with trends; guards; criteria."""
+    """The live status area: step, rate, ETA; metrics with trends; guards; criteria's standing now.
+    Text from the store, the engine or the trainer is never read as markup."""
     from runner.units import format_duration
 
     step, total = view.get("step"), view.get("total")
-    head = f"[bold]{phase}[/bold]  {view.get('state', '')}  elapsed {format_duration(view.get('elapsed', 0))}"
+    head = Text()
+    head.append(phase, style="bold")
+    head.append(f"  {view.get('state', '')}  elapsed {format_duration(view.get('elapsed', 0))}")
     if step is not None:
-        head += f"  step {step:,}" + (f"/{total:,}" if total else "")
+        head.append(f"  step {step:,}" + (f"/{total:,}" if total else ""))
     if view.get("rate"):
-        head += f"  {view['rate']:.1f} steps/s"
+        head.append(f"  {view['rate']:.1f} steps/s")
     if view.get("eta") is not None:
-        head += f"  ETA {format_duration(view['eta'])}"
+        head.append(f"  ETA {format_duration(view['eta'])}")
     table = Table(box=None, pad_edge=False, show_header=True)
     table.add_column("metric")
     table.add_column("step", justify="right")
     table.add_column("latest", justify="right")
     table.add_column("trend")
     for m in view.get("metrics", []):
-        table.add_row(m["name"], str(m["step"]), f"{m['value']:.5g}", m["trend"])
-    parts = [Text.from_markup(head), table]
+        _add_row(table, Text(m["name"]), str(m["step"]), f"{m['value']:.5g}", m["trend"])
+    parts = [head, table]
     for g in view.get("guards", []):
         style = "red" if g["state"].startswith("TRIPPED") else "dim"
         parts.append(Text(f"guard {g['guard']}: {g['state']}", style=style))
-    for line in view.get("criteria", []):
-        parts.append(Text(f"criteria {line}"))
+    lines = view.get("criteria", [])
+    if lines:
+        parts.append(Text("success criteria now (measured vs threshold):"))
+        parts += [Text(f"  {line}") for line in lines]
     return Group(*parts)
+
+
+def _add_row(table: Table, *cells) -> None:
+    """A table row whose cells are plain text: names, reasons and paths from the store or the engine
+    are never read as rich markup (an error mentioning `capabilities: [[gpu]]` shows as written)."""
+    table.add_row(*(c if isinstance(c, Text) else Text("" if c is None else str(c)) for c in cells))
 
 
 def say(console: Console, text: str) -> None:
@@ -146,6 +175,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="CPU-only phases that may run at once (default $RUNNER_CPU_SLOTS or 4)")
     sv.add_argument("--notify", default=os.environ.get("RUNNER_NOTIFY"), metavar="URL",
                     help="POST a JSON message to URL on verdicts, guard trips and lost phases (default $RUNNER_NOTIFY)")
+    sv.add_argument("--http", default=os.environ.get("RUNNER_HTTP"), metavar="HOST:PORT",
+                    help="also serve a read-only web page (runs, queue, reports) and JSON under /api/ "
+                         "(e.g. 127.0.0.1:8080; default $RUNNER_HTTP, none)")
     sv.add_argument("--quiet", type=float, default=10.0, metavar="SECONDS",
                     help="with no file events, an inbox file is read once unchanged this long (default 10)")
 
@@ -185,6 +217,11 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="validate a spec and every spec its next: rules reach; print the graph")
     pl.add_argument("file", metavar="FILE")
     pl.add_argument("--format", choices=["text", "mermaid"], default="text")
+
+    rr = sub.add_parser("report", help="write a run's report: plots, verdicts, chain and timeline in one HTML file")
+    rr.add_argument("run", nargs="?", metavar="RUN", help="run id or unique prefix (default: the newest run)")
+    rr.add_argument("--output", "-o", default=None, metavar="FILE", help="the HTML file (default report-RUN.html)")
+    rr.add_argument("--png", default=None, metavar="DIR", help="also write each plot as a PNG file into DIR")
 
     rp = sub.add_parser("replay", help="run a spec's guards, criteria and next rules over an existing logdir")
     rp.add_argument("file", metavar="FILE")
@@ -330,6 +367,11 @@ def cmd_serve(args, console: Console) -> int:
     if args.cpu_slots < 1:
         raise RunnerError("--cpu-slots must be at least 1")
     DockerBackend().ping()  # fail now, with the one-line reason, not in the first run
+    web = None
+    if args.http:
+        from runner.web import WebServer, make_app
+
+        web = WebServer(make_app(Store(state), runs_dir, lambda: find_server(runs_dir)), args.http)
     server = Server(Store(state), DockerBackend, runs_dir, inbox, specs, gpus, gpu_source, args.cpu_slots,
                     policy=MountPolicy.of(roots), notify=args.notify, quiet=args.quiet)
 
@@ -342,28 +384,15 @@ def cmd_serve(args, console: Console) -> int:
     signal.signal(signal.SIGINT, leave)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
+        if web is not None:
+            web.start()
+            server.say(f"web page (read-only): {web.url}  JSON: {web.url}api/runs, {web.url}api/queue")
         server.serve()
     finally:
+        if web is not None:
+            web.stop()
         lock.release()
     return 0
-
-
-def _queue_rows(store: Store) -> list[dict[str, Any]]:
-    """Waiting work in start order: runs not started yet, and phases waiting for GPUs or CPU slots."""
-    rows = []
-    for sub in store.submissions(("queued", "started")):
-        if sub["source"] == "apply":
-            continue
-        phases = store.phases(sub["run_id"])
-        pending = [p for p in phases if p["status"] == "pending"]
-        if phases and not pending:
-            continue
-        rows.append({"run": sub["run_id"], "priority": sub["priority"], "source": sub["source"],
-                     "spec": sub["spec_path"] if not pending else pending[-1]["spec_path"],
-                     "phase": pending[-1]["name"] if pending else None,
-                     "waiting_for": pending[-1]["reason"] if pending else "its turn (no phase started yet)",
-                     "submitted_at": _iso(sub["submitted_at"])})
-    return rows
 
 
 def cmd_queue(args, console: Console) -> int:
@@ -373,7 +402,7 @@ def cmd_queue(args, console: Console) -> int:
     if not state.exists():
         raise RunnerError(f"no run store at {state}", "start a server with `runner serve`, or pass --state")
     server = find_server(state.parent)
-    rows = _queue_rows(Store(state))
+    rows = queue_rows(Store(state))
     if args.output == "json":
         sys.stdout.write(json.dumps({"server": server, "queue": rows}, indent=2, default=str) + "\n")
         return 0
@@ -386,7 +415,7 @@ def cmd_queue(args, console: Console) -> int:
         table.add_column(col, no_wrap=True)
     table.add_column("WAITING FOR", overflow="fold", min_width=20)
     for i, r in enumerate(rows, 1):
-        table.add_row(str(i), r["run"], str(r["priority"]), r["phase"] or Path(r["spec"]).name, r["submitted_at"] or "",
+        _add_row(table, str(i), r["run"], str(r["priority"]), r["phase"] or Path(r["spec"]).name, r["submitted_at"] or "",
                       r["source"], r["waiting_for"])
     console.print(table)
     return 0
@@ -402,52 +431,6 @@ def _server_line(server: dict | None) -> str:
             f"GPUs {used}/{len(gpus)} in use ({server.get('gpu_source', '')}); "
             f"CPU slots {len(sched.get('cpu_in_use') or [])}/{sched.get('cpu_slots', '?')}; inbox {server.get('inbox') or '-'}"
             + "".join(f"\ninbox: {name}: not read yet: {why}" for name, why in (server.get("inbox_waiting") or {}).items()))
-
-
-def _iso(ts: float | None) -> str | None:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds") if ts else None
-
-
-def _run_view(store: Store, run_id: str, events: bool = False) -> dict[str, Any]:
-    run = store.run(run_id)
-    phases = store.phases(run_id)
-    view = {
-        "id": run_id,
-        "spec": run["spec_path"],
-        "status": run_status(phases),
-        "created_at": _iso(run["created_at"]),
-        "phases": [
-            {
-                "name": p["name"],
-                "status": p["status"],
-                "reason": p["reason"],
-                "exit_code": p["exit_code"],
-                "oom_killed": p["oom_killed"],
-                "container_id": p["container_id"],
-                "container_name": p["container_name"],
-                # the devices in the recorded plan: ids once granted (server) or planned (foreground), else the
-                # spec's request ("all" in the foreground; 0 = CPU)
-                "gpus": json.loads(p["plan_json"] or "{}").get("gpus", 0),
-                "spec": p["spec_path"],
-                "spec_sha256": p["spec_sha256"],
-                "inputs": p["inputs"],
-                "verdict": p["verdict"],
-                "explanation": p["explanation"],
-                "judgement": p["judgement"],
-                "decision": p["decision"],
-                "outputs": p["outputs"],
-                "log": p["log_path"],
-                "started_at": _iso(p["started_at"]),
-                "finished_at": _iso(p["finished_at"]),
-            }
-            for p in phases
-        ],
-    }
-    if events:
-        names = {p["id"]: p["name"] for p in store.phases(run_id)}
-        view["events"] = [{"at": _iso(e["at"]), "kind": e["kind"], "phase": names.get(e["phase_id"]), "message": e["message"],
-                           "data": e["data"]} for e in store.events(run_id)]
-    return view
 
 
 def cmd_status(args, console: Console) -> int:
@@ -468,7 +451,7 @@ def cmd_status(args, console: Console) -> int:
                 engine.refresh(run_id)
             except EngineUnavailable as exc:
                 note = f"note: {exc}; statuses may be stale"
-    views = [_run_view(store, r, events=bool(args.run)) for r in run_ids]
+    views = [run_view(store, r, events=bool(args.run)) for r in run_ids]
     if args.output == "json":
         if args.run:
             for p, row in zip(views[0]["phases"], store.phases(views[0]["id"])):
@@ -480,22 +463,24 @@ def cmd_status(args, console: Console) -> int:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return 0
     if not args.run:
-        waiting = _queue_rows(store)
+        waiting = queue_rows(store)
         if server is not None or waiting:
             say(console, _server_line(server))
             say(console, f"queue: {len(waiting)} waiting" + (" (`runner queue` lists them)" if waiting else ""))
             console.print()
-    table = Table(box=None, pad_edge=False)
-    for col in ("RUN", "PHASE", "STATUS", "VERDICT", "EXIT", "STARTED", "PROGRESS"):
+    # At most 120 columns: long progress and reasons wrap (`runner status RUN` has them in full).
+    table = Table(box=None, pad_edge=False, width=min(console.width, STATUS_WIDTH))
+    for col in ("RUN", "PHASE", "STATUS", "VERDICT", "EXIT", "STARTED"):
         table.add_column(col, no_wrap=True)
-    table.add_column("REASON", overflow="fold", min_width=20)
+    table.add_column("PROGRESS", overflow="fold", max_width=36)
+    table.add_column("REASON", overflow="fold", min_width=20, ratio=1)
     for view in views:
         rows = {r["name"]: r for r in store.phases(view["id"])}
         for p in view["phases"] or [{"name": "-", "status": view["status"], "exit_code": None, "reason": "", "started_at": None}]:
             row = rows.get(p["name"])
             progress = _progress(engine, row) if row and row["status"] in ("running", "detached") else ""
-            table.add_row(view["id"], p["name"], p["status"], p.get("verdict") or "",
-                          "" if p["exit_code"] is None else str(p["exit_code"]), p["started_at"] or "", progress, p["reason"])
+            _add_row(table, view["id"], p["name"], p["status"], p.get("verdict") or "",
+                          "" if p["exit_code"] is None else str(p["exit_code"]), _short_time(p["started_at"]), progress, p["reason"])
     console.print(table)
     if args.run:
         for p in views[0]["phases"]:
@@ -516,6 +501,11 @@ def cmd_status(args, console: Console) -> int:
     if note:
         say(console, note)
     return 0
+
+
+def _short_time(stamp: str | None) -> str:
+    """2026-11-27T06:08:39+00:00 → 11-27 06:08 (UTC; the JSON output has the full time)."""
+    return f"{stamp[5:10]} {stamp[11:16]}" if stamp else ""
 
 
 def _progress(engine, row: dict) -> str:
@@ -626,7 +616,7 @@ def cmd_metrics(args, console: Console) -> int:
             import numpy as np
 
             fin = s.values[np.isfinite(s.values)]
-            table.add_row(name, str(len(s)), str(int(s.steps[0])), str(int(s.steps[-1])), f"{s.values[-1]:.6g}",
+            _add_row(table, name, str(len(s)), str(int(s.steps[0])), str(int(s.steps[-1])), f"{s.values[-1]:.6g}",
                           f"{fin.min():.6g}" if fin.size else "-", f"{fin.max():.6g}" if fin.size else "-")
         console.print(table)
         if not names:
@@ -669,6 +659,26 @@ def cmd_replay(args, console: Console) -> int:
     return 0
 
 
+def cmd_report(args, console: Console) -> int:
+    from runner.report import render_run, write_pngs
+
+    state = _state_path(args)
+    if not state.exists():
+        raise RunnerError(f"no run store at {state}", "pass --state, or run from the folder that holds runs/")
+    store = Store(state)
+    run_id = store.resolve_run(args.run)
+    out = Path(args.output or f"report-{run_id}.html")
+    text = render_run(store, run_id)
+    tmp = out.with_name(out.name + ".part")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)
+    say(console, f"report of run {run_id}: {out} ({len(text) // 1024} KiB, self-contained)")
+    if args.png:
+        written = write_pngs(store, run_id, Path(args.png))
+        say(console, f"{len(written)} plot(s) as PNG in {args.png}")
+    return 0
+
+
 def _checkpoint_rows(store: Store, run_id: str, phase: str | None) -> tuple[dict, list[dict]]:
     if phase is None:
         with_ck = [p for p in store.phases(run_id) if store.checkpoints(p["id"])]
@@ -695,7 +705,7 @@ def cmd_checkpoints(args, console: Console) -> int:
     for col in ("STEP", "STATE", "SCORE", "SIZE", "SHA256", "VAULT"):
         table.add_column(col, no_wrap=True)
     for c in cks:
-        table.add_row(str(c["step"]), c["state"] + (" (was best)" if c["ever_best"] and c["state"] != "best" else ""),
+        _add_row(table, str(c["step"]), c["state"] + (" (was best)" if c["ever_best"] and c["state"] != "best" else ""),
                       "" if c["score"] is None else f"{c['score']:.5g}", str(c["size"] or ""), (c["sha256"] or "")[:16],
                       c["vault_path"])
     say(console, f"run {run_id}, phase {row['name']}")
@@ -739,7 +749,8 @@ def cmd_export(args, console: Console) -> int:
 
 COMMANDS = {"validate": cmd_validate, "schema": cmd_schema, "apply": cmd_apply, "status": cmd_status,
             "serve": cmd_serve, "queue": cmd_queue,
-            "logs": cmd_logs, "stop": cmd_stop, "attach": cmd_attach, "checkpoints": cmd_checkpoints, "export": cmd_export, "metrics": cmd_metrics, "plan": cmd_plan, "replay": cmd_replay}
+            "logs": cmd_logs, "stop": cmd_stop, "attach": cmd_attach, "checkpoints": cmd_checkpoints, "export": cmd_export, "metrics": cmd_metrics, "plan": cmd_plan, "replay": cmd_replay,
+            "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

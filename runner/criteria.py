@@ -256,17 +256,17 @@ class GuardState:
 
         def part(m: dict) -> tuple[float | None, str]:
             if "relative" in m:
-                return abs(self.best) * m["relative"], f"{m['relative'] * 100:g}%"
+                return abs(self.best) * m["relative"], f"{m['relative'] * 100:g}% of the best"
             if "absolute" in m:
                 return m["absolute"], f"{m['absolute']:g}"
             sigma = sm.sigma
-            return (None, "") if sigma is None else (m["sigma"] * sigma, f"{m['sigma']:g} sigma")
+            return (None, "") if sigma is None else (m["sigma"] * sigma, f"{m['sigma']:g} sigma of the curve's noise")
 
         value, how = part(d.above_best_by)
         if "sigma" in d.above_best_by:
             floor, floor_how = part(d.min_margin)
             if value is not None and floor is not None and floor > value:
-                value, how = floor, f"{floor_how}, the floor (min_margin)"
+                value, how = floor, f"{floor_how}, the min_margin floor"
         return value, how
 
     def _divergence(self, step: int, value: float, wall: float) -> Trip | None:
@@ -298,19 +298,31 @@ class GuardState:
                 held, need = wall - self.run_start_wall, window["seconds"]
             if held >= need:
                 rise = abs((s - self.best) / self.best) * 100 if self.best else float("inf")
+                side = "above" if sign > 0 else "below"
                 return self._trip(step, (
-                    f"smoothed {g.metric} has stayed more than {_num(margin)} ({how}) above its smoothed best "
+                    f"smoothed {g.metric} has stayed more than {_num(margin)} ({how}) {side} its smoothed best "
                     f"{_num(self.best * sign)} (step {self.best_step:,}) since step {self.run_start:,}; "
-                    f"at step {step:,} it is {_num(shown)}, {rise:.1f}% above the best"))
+                    f"at step {step:,} it is {_num(shown)}, {rise:.1f}% {side} the best"))
         else:
             self.run_start, self.run_len = None, 0
-        self.distance = (f"smoothed {_num(shown)}, best {_num(self.best * sign)}, limit {_num((limit) * sign)} ({how})"
-                         + (f", above since step {self.run_start:,}" if self.run_start is not None else ""))
+        need = _window_text(g.diverges.for_)
+        self.distance = (f"smoothed {_num(shown)}; trips if it stays {'above' if sign > 0 else 'below'} {_num(limit * sign)} "
+                         f"(its best {_num(self.best * sign)} at step {self.best_step:,} "
+                         f"{'+' if sign > 0 else '-'} {_num(margin)}, {how}) for {need}"
+                         + (f"; beyond it since step {self.run_start:,}" if self.run_start is not None else ""))
         return None
 
     def _trip(self, step: int | None, reason: str) -> Trip:
         self.tripped = Trip(self.label, step, reason)
         return self.tripped
+
+
+def _window_text(window: dict) -> str:
+    if "steps" in window:
+        return f"{int(window['steps']):,} steps"
+    if "evals" in window:
+        return f"{int(window['evals'])} evaluations"
+    return f"{window['seconds']:g}s"
 
 
 def _margin_text(margin: dict[str, float]) -> str:

@@ -104,7 +104,7 @@ class Supervision:
 
     def total_steps(self) -> int | None:
         if self.phase.metrics and self.phase.metrics.total_steps:
-            return self.phase.metrics.total_steps
+            return int(self.phase.metrics.total_steps)
         return self.guards.planned_end
 
     def view(self) -> dict:
@@ -120,7 +120,8 @@ class Supervision:
             if len(s):
                 metrics.append({"name": name, "step": int(s.steps[-1]), "value": float(s.values[-1]),
                                 "trend": sparkline(s.values)})
-        if self.phase.success is not None and self.standing is None:
+        if self.phase.success is not None:
+            # the criteria's standing now, on what has been read so far (not the first poll's "no data")
             self.standing = judge(self.phase.success, self.metrics)
         return {
             "step": step, "total": total, "rate": rate, "eta": eta, "elapsed": time.time() - self.started,

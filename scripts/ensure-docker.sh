@@ -17,6 +17,10 @@ if [ ! -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then
 fi
 command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# The live view's test drives `runner apply` in a real terminal (tests/integration/test_live_view.py); the web
+# page's test opens it in headless Chromium (tests/integration/test_http.py).
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     say "missing ${missing[*]} and this is not root: install them (sudo apt-get install -y ${missing[*]})"

@@ -67,7 +67,9 @@ class Metrics(Model):
     jsonl: JsonlSource | None = Field(None, description="A JSON-lines metrics file.")
     stdout: StdoutSource | None = Field(None, description="Regexes over the container's output.")
     poll_interval: Duration = Field(1.0, description="How often sources are read and guards evaluated.")
-    total_steps: int | None = Field(None, ge=1, description="Expected last step (absolute), for progress and ETA (defaults to the phase's stop_at).")
+    total_steps: Union[Annotated[int, Field(ge=1)], Template, None] = Field(
+        None, description="Expected last step (absolute), for progress and ETA (defaults to the phase's stop_at); a number or a "
+                          "${{ inputs.NAME }} reference.")
 
 
 class Keep(Model):

@@ -34,7 +34,8 @@ def project(tmp_path, docker_client):
     (home / "runs").mkdir()
     name = "rt" + uuid.uuid4().hex[:8]
     port = free_port()
-    env = {**os.environ, "PWD": str(home), "RUNNER_TB_PORT": str(port), "RUNNER_GPUS": "none"}
+    env = {**os.environ, "PWD": str(home), "RUNNER_TB_PORT": str(port), "RUNNER_GPUS": "none",
+           "RUNNER_HTTP_PUBLISH": f"127.0.0.1:{free_port()}"}  # the web page's port: never one another test holds
 
     def run(*args, check=True, timeout=600):
         out = subprocess.run([*compose, "-f", str(REPO / "compose.yaml"), "-p", name, *args], cwd=home, env=env,

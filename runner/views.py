@@ -1,0 +1,72 @@
+"""What `runner status -o json`, `runner queue -o json` and the web page's /api/ show: one shape, built here."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from runner.store import Store, run_status
+
+
+def iso(ts: float | None) -> str | None:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds") if ts else None
+
+
+def run_view(store: Store, run_id: str, events: bool = False) -> dict[str, Any]:
+    run = store.run(run_id)
+    phases = store.phases(run_id)
+    view = {
+        "id": run_id,
+        "spec": run["spec_path"],
+        "status": run_status(phases),
+        "created_at": iso(run["created_at"]),
+        "phases": [
+            {
+                "name": p["name"],
+                "status": p["status"],
+                "reason": p["reason"],
+                "exit_code": p["exit_code"],
+                "oom_killed": p["oom_killed"],
+                "container_id": p["container_id"],
+                "container_name": p["container_name"],
+                # the devices in the recorded plan: ids once granted (server) or planned (foreground), else the
+                # spec's request ("all" in the foreground; 0 = CPU)
+                "gpus": json.loads(p["plan_json"] or "{}").get("gpus", 0),
+                "spec": p["spec_path"],
+                "spec_sha256": p["spec_sha256"],
+                "inputs": p["inputs"],
+                "verdict": p["verdict"],
+                "explanation": p["explanation"],
+                "judgement": p["judgement"],
+                "decision": p["decision"],
+                "outputs": p["outputs"],
+                "log": p["log_path"],
+                "started_at": iso(p["started_at"]),
+                "finished_at": iso(p["finished_at"]),
+            }
+            for p in phases
+        ],
+    }
+    if events:
+        names = {p["id"]: p["name"] for p in store.phases(run_id)}
+        view["events"] = [{"at": iso(e["at"]), "kind": e["kind"], "phase": names.get(e["phase_id"]), "message": e["message"],
+                           "data": e["data"]} for e in store.events(run_id)]
+    return view
+
+
+def queue_rows(store: Store) -> list[dict[str, Any]]:
+    """Waiting work in start order: runs not started yet, and phases waiting for GPUs or CPU slots."""
+    rows = []
+    for sub in store.submissions(("queued", "started")):
+        if sub["source"] == "apply":
+            continue
+        phases = store.phases(sub["run_id"])
+        pending = [p for p in phases if p["status"] == "pending"]
+        if phases and not pending:
+            continue
+        rows.append({"run": sub["run_id"], "priority": sub["priority"], "source": sub["source"],
+                     "spec": sub["spec_path"] if not pending else pending[-1]["spec_path"],
+                     "phase": pending[-1]["name"] if pending else None,
+                     "waiting_for": pending[-1]["reason"] if pending else "its turn (no phase started yet)",
+                     "submitted_at": iso(sub["submitted_at"])})
+    return rows
