@@ -688,7 +688,7 @@ def cmd_checkpoints(args, console: Console) -> int:
         doc = {"run": run_id, "phase": row["name"], "checkpoints": [
             {"step": c["step"], "name": c["name"], "state": c["state"], "ever_best": c["ever_best"], "score": c["score"],
              "sha256": c["sha256"], "size": c["size"], "vault_path": c["vault_path"], "source": c["source"],
-             "how": c["how"], "metrics": c["metrics"]} for c in cks]}
+             "how": c["how"], "metrics": c["metrics"], "files": c["files"]} for c in cks]}
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return 0
     table = Table(box=None, pad_edge=False)
