@@ -42,15 +42,15 @@ def main() -> None:
         latencies = []
         for i in range(args.checkpoints):
             step = (i + 1) * 100
-            # torch-style writes are checked for loadability; use a .bin so the figure is the vaulting itself.
-            guard.spec = guard.spec.model_copy(update={"pattern": "model_step{step}.bin"})
-            part = ckpt / f"model_step{step}.bin.tmp"
+            # torch-style writes are checked for loadability; use a .dat so the figure is the vaulting itself.
+            guard.spec = guard.spec.model_copy(update={"pattern": "model_step{step}.dat"})
+            part = ckpt / f"model_step{step}.dat.tmp"
             with open(part, "wb") as f:
                 f.write(blob)
                 f.flush()
                 os.fsync(f.fileno())
             t0 = time.time()
-            os.replace(part, ckpt / f"model_step{step}.bin")
+            os.replace(part, ckpt / f"model_step{step}.dat")
             deadline = time.time() + 10
             while time.time() < deadline:
                 rows = [c for c in store.checkpoints(1) if c["step"] == step and c["vaulted_at"]]
@@ -65,8 +65,8 @@ def main() -> None:
         big = tmp / "big"
         big.mkdir()
         for i in range(args.files):
-            (big / f"model_step{i}.bin").write_bytes(b"x")
-        g2 = CheckpointGuard(store, "r", 1, Checkpoints(dir=str(big), pattern="model_step{step}.bin", vault=False), big, tmp / "v2")
+            (big / f"model_step{i}.dat").write_bytes(b"x")
+        g2 = CheckpointGuard(store, "r", 1, Checkpoints(dir=str(big), pattern="model_step{step}.dat", vault=False), big, tmp / "v2")
         g2.scan()  # first look records sizes
         times = []
         for _ in range(5):

@@ -67,4 +67,18 @@ if [ -n "${REBUILD:-}" ] || [ ! -f "$wheels/.complete" ] || [ "$here/runner/requ
 fi
 say "building $SERVER_TAG from $BASE_TAG"
 docker build -q --build-arg "BASE_IMAGE=$BASE_TAG" -f "$here/runner/Dockerfile" -t "$SERVER_TAG" "$here/.." >/dev/null
-say "ready: $BASE_TAG $TRAINER_TAG $INDEXTTS_SIM_TAG $SERVER_TAG"
+# The real trainers for the checkpoint tests (HF Trainer, Lightning): exact pins, wheels downloaded here
+# with --no-deps (torch and numpy stay the base image's Debian packages); cached like the server's.
+CKPT_TAG=${RUNNER_CHECKPOINT_TRAINERS_IMAGE:-runner-checkpoint-trainers:latest}
+cwheels="$here/checkpoint-trainers/wheels"
+if [ -n "${REBUILD:-}" ] || [ ! -f "$cwheels/.complete" ] || [ "$here/checkpoint-trainers/requirements.txt" -nt "$cwheels/.complete" ]; then
+  say "downloading the checkpoint trainers' wheels into $cwheels"
+  rm -rf "$cwheels" && mkdir -p "$cwheels"
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
+    -d "$cwheels" -r "$here/checkpoint-trainers/requirements.txt"
+  touch "$cwheels/.complete"
+fi
+say "building $CKPT_TAG from $BASE_TAG"
+docker build -q --build-arg "BASE_IMAGE=$BASE_TAG" -t "$CKPT_TAG" "$here/checkpoint-trainers" >/dev/null
+say "ready: $BASE_TAG $TRAINER_TAG $INDEXTTS_SIM_TAG $SERVER_TAG $CKPT_TAG"

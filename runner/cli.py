@@ -698,7 +698,7 @@ def cmd_checkpoints(args, console: Console) -> int:
         doc = {"run": run_id, "phase": row["name"], "checkpoints": [
             {"step": c["step"], "name": c["name"], "state": c["state"], "ever_best": c["ever_best"], "score": c["score"],
              "sha256": c["sha256"], "size": c["size"], "vault_path": c["vault_path"], "source": c["source"],
-             "how": c["how"], "metrics": c["metrics"]} for c in cks]}
+             "how": c["how"], "metrics": c["metrics"], "files": c["files"]} for c in cks]}
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return 0
     table = Table(box=None, pad_edge=False)
@@ -714,10 +714,6 @@ def cmd_checkpoints(args, console: Console) -> int:
 
 
 def cmd_export(args, console: Console) -> int:
-    import shutil
-
-    from runner.checkpoints.vault import sha256_of
-
     store = _engine(args).store
     run_id = store.resolve_run(args.run)
     row, cks = _checkpoint_rows(store, run_id, args.phase)
@@ -733,17 +729,10 @@ def cmd_export(args, console: Console) -> int:
         dest = dest / src.name
     if dest.exists():
         raise RunnerError(f"{dest} exists; runner does not overwrite")
-    tmp = dest.with_name(dest.name + ".exporting")
-    if src.is_dir():
-        shutil.copytree(src, tmp)
-    else:
-        shutil.copyfile(src, tmp)
-    got = sha256_of(tmp)
-    if got != c["sha256"]:
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink()
-        raise RunnerError(f"sha256 mismatch exporting {src}: vault {c['sha256']}, copy {got}")
-    os.replace(tmp, dest)
-    say(console, f"exported {c['name']} (step {c['step']}, score {c['score']:.5g}) to {dest}; sha256 {got} verified")
+    from runner.checkpoints.vault import export
+
+    got = export(src, dest, c["sha256"], c["files"])
+    say(console, f"exported {c['name']} (step {c['step']}, score {c['score']:.5g}) to {dest}; sha256 {got} verified" + (f" ({len(c['files'])} files, each checked)" if c["files"] and src.is_dir() else ""))
     return 0
 
 

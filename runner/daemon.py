@@ -41,7 +41,7 @@ from runner.store import Store
 
 HEARTBEAT_S = 2.0
 NOTIFY_KINDS = ("phase.succeeded", "phase.failed", "phase.inconclusive", "phase.lost", "phase.error", "phase.blocked",
-                "guard.tripped")
+                "guard.tripped", "checkpoint.missed")
 SERVER_SOURCES_SKIPPED = ("apply",)  # runs a foreground `runner apply` owns (re-adopt them with `runner attach`)
 
 

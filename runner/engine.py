@@ -630,11 +630,13 @@ class Engine:
             outputs = phase_outputs(row["log_path"] and str(Path(row["log_path"]).parent), v.verdict,
                                     sup.metrics if sup else MetricSet(), ckpt, abs_path(folder, ckpt.dir) if ckpt else None)
             outputs.update(vaulted)
-            fields.update(verdict=v.verdict, explanation=v.explanation(), outputs_json=json.dumps(outputs),
+            missed = sup.ckpt.missed_explanation(sup.metrics) if sup and sup.ckpt else ""
+            fields.update(verdict=v.verdict, explanation=v.explanation() + ("\n" + missed if missed else ""),
+                          outputs_json=json.dumps(outputs),
                           judgement_json=json.dumps(v.judgement.as_dict() if v.judgement else None))
         self.store.transition(phase_id, status, reason, expect=ACTIVE, **fields)
         if v is not None:
-            self.reporter.info(f"verdict: {v.verdict}\n" + v.explanation())
+            self.reporter.info(f"verdict: {v.verdict}\n" + fields["explanation"])
         return self._result(phase_id)
 
     def _poll_metrics_quiet(self, sup: Supervision) -> None:

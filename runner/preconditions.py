@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import functools
 import re
 import shutil
 from pathlib import Path
@@ -20,10 +21,23 @@ def _human(n: float) -> str:
     return str(n)
 
 
+@functools.lru_cache(maxsize=64)
+def _name_regex(pattern: str) -> re.Pattern:
+    """{step} → the step's digits; any other {placeholder} and * → anything (e.g. epoch={epoch}-step={step}.ckpt)."""
+    out = []
+    for part in re.split(r"(\{[A-Za-z_][A-Za-z0-9_]*\}|\*)", pattern):
+        if part == "{step}":
+            out.append(r"(?P<step>\d+)")
+        elif part == "*" or (part.startswith("{") and part.endswith("}") and len(part) > 2):
+            out.append(r".*?")
+        else:
+            out.append(re.escape(part))
+    return re.compile("^" + "".join(out) + "$")
+
+
 def step_from_name(name: str, pattern: str) -> int | None:
-    rx = "^" + re.escape(pattern).replace(re.escape("{step}"), r"(\d+)") + "$"
-    m = re.match(rx, name)
-    return int(m.group(1)) if m else None
+    m = _name_regex(pattern).match(name)
+    return int(m.group("step")) if m and "{step}" in pattern else None
 
 
 def gpu_free_memory() -> list[tuple[int, int]]:

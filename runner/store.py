@@ -93,6 +93,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     state       TEXT NOT NULL,
     ever_best   INTEGER NOT NULL DEFAULT 0,
     vaulted_at  REAL,
+    files_json  TEXT,
     UNIQUE (phase_id, name)
 );
 CREATE TABLE IF NOT EXISTS submissions (
@@ -145,6 +146,9 @@ class Store:
             if version > SCHEMA_VERSION:
                 raise Permanent(f"{self.path} was written by a newer runner (schema {version} > {SCHEMA_VERSION})")
             self.db.executescript(_SCHEMA)
+            cols = {r[1] for r in self.db.execute("PRAGMA table_info(checkpoints)")}
+            if "files_json" not in cols:  # stores written before per-file records: an added column, nothing else
+                self.db.execute("ALTER TABLE checkpoints ADD COLUMN files_json TEXT")
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise Permanent(f"cannot open run store {self.path}: {exc}") from None
@@ -312,7 +316,7 @@ class Store:
                        " ON CONFLICT (phase_id, name) DO NOTHING", (phase_id, step, name, source, vault_path))
 
     def checkpoint_update(self, phase_id: int, name: str, **fields: Any) -> None:
-        allowed = {"how", "size", "sha256", "score", "metrics_json", "state", "ever_best", "vaulted_at"}
+        allowed = {"how", "size", "sha256", "score", "metrics_json", "state", "ever_best", "vaulted_at", "files_json"}
         if set(fields) - allowed:
             raise ValueError(f"unknown checkpoint fields {sorted(set(fields) - allowed)}")
         with self.tx() as db:
@@ -327,6 +331,7 @@ class Store:
             d = dict(r)
             d["metrics"] = json.loads(d.pop("metrics_json") or "{}")
             d["ever_best"] = bool(d["ever_best"])
+            d["files"] = json.loads(d.pop("files_json", None) or "null")
             out.append(d)
         return out
 

@@ -15,17 +15,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import shutil
 import threading
 import time
-import zipfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from runner.checkpoints import retention
-from runner.checkpoints.vault import DiskFull, protect, sha256_of, size_of
+from runner.checkpoints.formats import why_not_loadable
+from runner.checkpoints.vault import DiskFull, file_hashes, protect, refresh, sha256_of, size_of
 from runner.checkpoints.watch import Watcher
 from runner.errors import Temporary
 from runner.metrics.series import MetricSet
@@ -34,32 +35,11 @@ from runner.spec.criteria_models import Checkpoints
 from runner.store import Store
 
 RESCAN_S = 1.0
-TORCH_SUFFIXES = (".pt", ".pth")
 
 
-def loadable(path: Path) -> bool:
-    """A .pt/.pth file is complete: for torch's zip format (every torch.save since 1.6) the
-    archive's central directory, written last, lists the pickle; nothing is unpickled, so a
-    multi-GB file is not read and no code in it runs, and it works with any torch (1.13's
-    weights-only loader cannot read checkpoints holding plain floats).  Legacy pickles are
-    loaded weights-only when torch is there."""
-    if path.is_dir() or path.suffix not in TORCH_SUFFIXES:
-        return True
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                return any(name.endswith("/data.pkl") or name == "data.pkl" for name in archive.namelist())
-        except (zipfile.BadZipFile, OSError):
-            return False
-    try:
-        import torch
-    except ImportError:
-        return True  # cannot check: size stability and close/rename events decide
-    try:
-        torch.load(str(path), map_location="cpu", weights_only=True)
-        return True
-    except Exception:  # a half-written or foreign file; looked at again on the next scan
-        return False
+def loadable(path: Path, fmt: str | None = None, mark: str | None = None) -> bool:
+    """Whole in its format (metadata only: see checkpoints.formats)."""
+    return why_not_loadable(path, fmt, mark) is None
 
 
 class CheckpointGuard:
@@ -75,10 +55,15 @@ class CheckpointGuard:
         self.say = say
         self.rescan_s = rescan_s
         self.watcher = Watcher(folder, polling=spec.polling, interval=rescan_s)
-        self.pending: dict[str, tuple[int, float, float]] = {}  # name → (size, mtime, stable since)
+        self.pending: dict[str, tuple[tuple, float]] = {}  # name → (files' sizes and mtimes, stable since)
         self.disk_full = False
         self.validator = None  # a checkpoints.validation.Validator, when the spec has validate:
         self.unloadable: set[str] = set()
+        self.seen: dict[str, int] = {}  # name → step of checkpoints seen in the folder and not vaulted yet
+        self.signatures: dict[str, tuple] = {}  # vaulted folder → its files' (path, size, mtime) when last vaulted
+        self.missed: list[dict] = []
+        self._hashes: queue.Queue = queue.Queue()
+        self._hasher: threading.Thread | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -97,6 +82,46 @@ class CheckpointGuard:
         if self._thread:
             self._thread.join(timeout=30)
         self.watcher.stop()
+
+    # ------------------------------------------------------------------ hashing, off the vaulting path
+
+    def _hash_later(self, name: str, dst: Path) -> None:
+        """sha256 (whole and per file) on a thread of its own: hashing a large checkpoint takes a while and
+        must not delay vaulting the next one (the link is what protects it)."""
+        self._hashes.put((name, dst))
+        if self._hasher is None or not self._hasher.is_alive():
+            self._hasher = threading.Thread(target=self._hash_loop, name="checkpoint-hasher", daemon=True)
+            self._hasher.start()
+
+    def _hash_loop(self) -> None:
+        while True:
+            try:
+                name, dst = self._hashes.get(timeout=2.0)
+            except queue.Empty:
+                return
+            try:
+                self._record_hashes(name, dst)
+            except Exception as exc:  # vanished from the vault (pruned), disk error: recorded, never fatal
+                self._event("checkpoint.error", f"hashing {name} failed: {type(exc).__name__}: {exc}")
+            finally:
+                self._hashes.task_done()
+
+    def _record_hashes(self, name: str, dst: Path) -> None:
+        files = file_hashes(dst)
+        self.store.checkpoint_update(self.phase_id, name, sha256=sha256_of(dst), size=size_of(dst),
+                                     files_json=json.dumps(files))
+
+    def wait_hashed(self) -> None:
+        """Every vaulted checkpoint's sha256 recorded (the phase's end, before its outputs are handed on)."""
+        if self._hasher is not None and self._hasher.is_alive():
+            self._hashes.join()
+        while not self._hashes.empty():  # the thread had ended: hash what is left here
+            name, dst = self._hashes.get()
+            try:
+                self._record_hashes(name, dst)
+            except Exception as exc:
+                self._event("checkpoint.error", f"hashing {name} failed: {type(exc).__name__}: {exc}")
+            self._hashes.task_done()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -122,56 +147,153 @@ class CheckpointGuard:
             pass
         return out
 
+    def _touched(self) -> set[str]:
+        """Names of the checkpoints (files or folders) a close or move event was seen for: an event of any file
+        inside a checkpoint's folder counts for the folder."""
+        out = set()
+        for p in self.watcher.take_finished():
+            try:
+                rel = Path(p).relative_to(self.folder)
+            except ValueError:
+                continue
+            if rel.parts:
+                out.add(rel.parts[0])
+        return out
+
+    def _marked(self, name: str, step: int, path: Path) -> bool | None:
+        """Whether the completion mark says the checkpoint is complete; None when the spec has no mark."""
+        cw = self.spec.complete_when
+        if cw is None:
+            return None
+        if cw.file is not None:
+            return (path / cw.file).is_file()
+        try:
+            latest = (self.folder / cw.latest).read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            return False
+        named = step_from_name(latest, self.spec.pattern)
+        return latest == name or (named is not None and named >= step)
+
     def scan(self, final: bool = False) -> list[str]:
-        """Vault every complete checkpoint not vaulted yet; returns the names vaulted now."""
+        """Vault every complete checkpoint not vaulted yet, bring vaulted folders the trainer still writes up to
+        date, and report checkpoints that vanished before they could be vaulted; returns the names vaulted now."""
         with self._lock:
-            finished = {Path(p).name for p in self.watcher.take_finished()}
+            touched = self._touched()
             known = {c["name"]: c for c in self.store.checkpoints(self.phase_id)}
             now = time.time()
             done = []
-            for name, (step, path) in sorted(self.entries().items(), key=lambda kv: kv[1][0]):
-                if name in known and known[name]["state"] != "vaulting":
+            entries = self.entries()
+            for name, step in list(self.seen.items()):
+                if name not in entries and (name not in known or known[name]["state"] == "vaulting"):
+                    self._missed(name, step)
+            for name, (step, path) in sorted(entries.items(), key=lambda kv: kv[1][0]):
+                if name in known and known[name]["state"] not in ("vaulting", "missed"):
+                    if path.is_dir() and self.spec.vault and known[name]["state"] in ("kept", "best"):
+                        self._refresh(name, path, Path(known[name]["vault_path"]))
                     continue
+                self.seen[name] = step
                 try:
-                    size, mtime = (size_of(path), max((p.stat().st_mtime for p in path.rglob("*")), default=0.0)) if path.is_dir() \
-                        else (path.stat().st_size, path.stat().st_mtime)
+                    sig = self._signature(path)
                 except FileNotFoundError:
                     continue
                 prev = self.pending.get(name)
-                stable_since = prev[2] if prev and prev[:2] == (size, mtime) else now
-                self.pending[name] = (size, mtime, stable_since)
-                complete = name in finished or now - stable_since >= self.spec.settle or (final and prev is not None and prev[:2] == (size, mtime))
+                stable_since = prev[1] if prev and prev[0] == sig and name not in touched else now
+                self.pending[name] = (sig, stable_since)
+                marked = self._marked(name, step, path)
+                if marked is not None:
+                    complete = marked
+                elif path.is_dir():  # a folder's files close one by one: only stability says it is done
+                    complete = now - stable_since >= self.spec.settle or (final and prev is not None and prev[0] == sig)
+                else:
+                    complete = name in touched or now - stable_since >= self.spec.settle or (final and prev is not None and prev[0] == sig)
                 if not complete or self.disk_full or not self.spec.vault:
                     continue
-                if not loadable(path):
+                why = why_not_loadable(path, self.spec.format, self.spec.complete_when.file if self.spec.complete_when else None)
+                if why is not None:
                     if name not in self.unloadable:
                         self.unloadable.add(name)
-                        self._event("checkpoint.unloadable", f"{name} does not load yet; waiting")
+                        self._event("checkpoint.unloadable", f"{name} does not load yet ({why}); waiting")
                     continue
-                if self._vault(name, step, path):
+                if self._vault(name, step, path, sig):
                     done.append(name)
                     self.pending.pop(name, None)
+                    self.seen.pop(name, None)
             return done
 
-    def _vault(self, name: str, step: int, path: Path) -> bool:
+    @staticmethod
+    def _signature(path: Path) -> tuple:
+        if path.is_dir():
+            out = []
+            for p in sorted(path.rglob("*")):
+                try:
+                    st = p.stat()
+                except FileNotFoundError:
+                    continue
+                if not p.is_dir():
+                    out.append((str(p.relative_to(path)), st.st_size, st.st_mtime_ns))
+            return tuple(out)
+        st = path.stat()
+        return ((path.name, st.st_size, st.st_mtime_ns),)
+
+    def _refresh(self, name: str, path: Path, dst: Path) -> None:
+        """A vaulted folder the trainer still writes: new or rewritten files follow it into the vault."""
+        try:
+            sig = self._signature(path)
+        except FileNotFoundError:
+            return
+        if self.signatures.get(name) == sig or not dst.is_dir():
+            return
+        try:
+            changed = refresh(path, dst)
+        except DiskFull as exc:
+            self.disk_full = True
+            self._event("checkpoint.disk-full", str(exc))
+            self.say(f"ERROR: {exc}")
+            return
+        self.signatures[name] = sig
+        if changed:
+            self._event("checkpoint.updated", f"{name}: {len(changed)} file(s) written after it was vaulted brought into the vault "
+                        f"({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''})", {"files": changed})
+            self._hash_later(name, dst)
+
+    def _missed(self, name: str, step: int) -> None:
+        """Seen in the folder, gone before it was complete and vaulted: loud, never silent."""
+        self.seen.pop(name, None)
+        self.pending.pop(name, None)
+        self.store.checkpoint_intent(self.phase_id, step, name, str(self.folder / name), str(self.vault / name))
+        self.store.checkpoint_update(self.phase_id, name, state="missed")
+        self.missed.append({"name": name, "step": step})
+        self._event("checkpoint.missed", f"MISSED {name} (step {step}): it was deleted before it was complete, so it was "
+                    "never vaulted (the trainer removed it, or its save was cut short)", {"name": name, "step": step})
+        self.say(f"WARNING: checkpoint {name} (step {step}) was deleted before it could be vaulted")
+
+    def _vault(self, name: str, step: int, path: Path, sig: tuple = ()) -> bool:
         dst = self.vault / name
         self.store.checkpoint_intent(self.phase_id, step, name, str(path), str(dst))
         t0 = time.perf_counter()
         try:
             dst, how = protect(path, self.vault)
+            if how == "existing" and path.is_dir():
+                refresh(path, dst)  # left by a crash mid-vault, or vaulted before a restart: complete it
         except DiskFull as exc:
             self.disk_full = True
             self._event("checkpoint.disk-full", str(exc))
             self.say(f"ERROR: {exc}")
             return False
         except Temporary as exc:
-            self._event("checkpoint.missed", f"{exc} (the trainer deleted it first)")
+            self._event("checkpoint.missed", f"MISSED {name} (step {step}): {exc} (the trainer deleted it first)",
+                        {"name": name, "step": step})
+            self.store.checkpoint_update(self.phase_id, name, state="missed")
+            self.missed.append({"name": name, "step": step})
+            self.seen.pop(name, None)
             return False
         took = time.perf_counter() - t0
         self.store.checkpoint_update(self.phase_id, name, state="kept", how=how, vaulted_at=time.time())
+        if path.is_dir():
+            self.signatures[name] = sig
         self._event("checkpoint.vaulted", f"vaulted {name} (step {step}) by {how} in {took * 1000:.1f} ms",
                     {"step": step, "ms": took * 1000})
-        self.store.checkpoint_update(self.phase_id, name, sha256=sha256_of(dst), size=size_of(dst))
+        self._hash_later(name, dst)
         if self.validator is not None:
             self.validator.offer(step, str(dst))
         return True
@@ -265,6 +387,10 @@ class CheckpointGuard:
         results into ``metrics``), final retention, empty the trash; the outputs."""
         self.stop()
         self.scan(final=True)
+        for name, step in sorted(self.seen.items(), key=lambda kv: kv[1]):
+            self._event("checkpoint.incomplete", f"{name} (step {step}) was still incomplete when the phase ended; not vaulted",
+                        {"name": name, "step": step})
+        self.wait_hashed()
         if self.validator is not None:
             if not self.validator.drain(timeout=max(60.0, self.validator.spec.timeout)):
                 self._event("validation.failed", "validations still running at the end of the phase; not waited for")
@@ -280,6 +406,26 @@ class CheckpointGuard:
                     target.unlink()
                 self.store.checkpoint_update(self.phase_id, c["name"], state="pruned")
         return self.outputs()
+
+    def missed_explanation(self, metrics: MetricSet) -> str:
+        """Lines for the verdict: checkpoints missed that could have been the best by the metrics at their step."""
+        missed = [c for c in self.store.checkpoints(self.phase_id) if c["state"] == "missed"]
+        if not missed:
+            return ""
+        lines = []
+        kept = [c["score"] for c in self.store.checkpoints(self.phase_id) if c["state"] in ("kept", "best") and c["score"] is not None]
+        sign = 1 if self.spec.keep is None or self.spec.keep.mode == "min" else -1
+        best = min((sign * v for v in kept), default=None)
+        for c in missed:
+            value = self.score(metrics, c["step"])[0] if self.spec.keep is not None else None
+            if value is not None and (best is None or sign * value < best):
+                lines.append(f"✗ checkpoint {c['name']} (step {c['step']}, {self.spec.keep.by} {value:.5g}) could have been the "
+                             f"best but was deleted before it was vaulted (best kept: "
+                             f"{'none' if best is None else f'{sign * best:.5g}'})")
+        if len(missed) > len(lines):
+            lines.append(f"note: {len(missed)} checkpoint(s) missed in all (deleted before they were vaulted): "
+                         + ", ".join(c["name"] for c in missed[:6]) + (", ..." if len(missed) > 6 else ""))
+        return "\n".join(lines)
 
     def outputs(self) -> dict:
         rows = [c for c in self.store.checkpoints(self.phase_id) if c["state"] in ("kept", "best")]

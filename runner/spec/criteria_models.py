@@ -93,23 +93,66 @@ class Validate(Model):
     timeout: Duration = Field(3600.0, description="Limit for one validation run.")
 
 
+class CompleteWhen(Model):
+    """The mark a trainer writes once a checkpoint is whole: a file inside the checkpoint's folder written
+    last (Hugging Face: trainer_state.json), or a file beside the checkpoints naming the newest complete one
+    (DeepSpeed: latest)."""
+
+    file: str | None = Field(None, description="A file inside the checkpoint's folder that the trainer writes last, e.g. trainer_state.json.")
+    latest: str | None = Field(None, description="A file in the checkpoint folder (dir) that names the newest complete checkpoint, e.g. DeepSpeed's latest (content: global_step200); a checkpoint is complete once it names it or a later step.")
+
+    @model_validator(mode="after")
+    def _one(self) -> "CompleteWhen":
+        if (self.file is None) == (self.latest is None):
+            raise ValueError("give exactly one of file or latest")
+        for v in (self.file, self.latest):
+            if v is not None and ("/" in v or v in (".", "..")):
+                raise ValueError(f"{v!r} must be a plain file name")
+        return self
+
+
+# preset → (pattern, completion mark, format of the loadability check, the usual TensorBoard tags)
+PRESETS: dict[str, dict] = {
+    "huggingface": {"pattern": "checkpoint-{step}", "complete_when": {"file": "trainer_state.json"}, "format": "huggingface",
+                    "tags": {"loss": "train/loss", "eval_loss": "eval/loss"}},
+    "lightning": {"pattern": "epoch={epoch}-step={step}.ckpt", "complete_when": None, "format": "lightning",
+                  "tags": {"train_loss": "train_loss", "val_loss": "val_loss"}},
+    "deepspeed": {"pattern": "global_step{step}", "complete_when": {"latest": "latest"}, "format": "deepspeed",
+                  "tags": {"loss": "Train/Samples/train_loss"}},
+    "torch": {"pattern": "model_step{step}.pth", "complete_when": None, "format": "torch", "tags": {}},
+}
+
+
 class Checkpoints(Model):
     """The trainer's checkpoint folder."""
 
     dir: str = Field(description="Folder the trainer writes checkpoints to. Relative = relative to the spec file.")
-    pattern: str = Field("model_step{step}.pth", description="File name with a {step} placeholder.")
+    preset: Literal["huggingface", "lightning", "deepspeed", "torch"] | None = Field(None, description="The trainer that writes the checkpoints: sets pattern, complete_when, the loadability check and, when metrics.tensorboard.tags is empty, the usual tags (huggingface: checkpoint-{step}/ complete with trainer_state.json, tags loss, eval_loss; lightning: epoch={epoch}-step={step}.ckpt, tags train_loss, val_loss; deepspeed: global_step{step}/ complete when latest names it; torch: model_step{step}.pth). Fields given explicitly win.")
+    pattern: str | None = Field(None, description="Name of a checkpoint file or folder with {step} exactly once; other {placeholders} and * match anything, e.g. epoch={epoch}-step={step}.ckpt. Default: the preset's, else model_step{step}.pth.")
+    complete_when: CompleteWhen | None = Field(None, description="The trainer's completion mark (default: the preset's). Without one a checkpoint is complete when closed or renamed into place (files) or stable for settle (folders), and loadable.")
     keep: Keep | None = Field(None, description="How to score checkpoints and which vaulted ones to keep. Without it every vaulted checkpoint is kept.")
     vault: bool = Field(True, description="Protect each complete checkpoint in runs/RUN/PHASE/vault (hard link, or copy across filesystems).")
     polling: bool = Field(False, description="Watch the folder by polling (network filesystems send no events). Rescans run either way.")
-    settle: Duration = Field(2.0, description="A checkpoint not seen closed or renamed into place counts as complete once its size is stable this long.")
+    settle: Duration = Field(2.0, description="A checkpoint without a completion mark and not seen closed or renamed into place counts as complete once its size is stable this long (and it loads).")
     validate_: Validate | None = Field(None, alias="validate", description="Run a validation command against each new checkpoint; its metrics (e.g. val_loss) are usable everywhere, scoring included (at the checkpoint's exact step).")
 
-    @field_validator("pattern")
-    @classmethod
-    def _has_step(cls, v: str) -> str:
-        if v.count("{step}") != 1:
-            raise ValueError("must contain {step} exactly once, e.g. model_step{step}.pth")
-        return v
+    @model_validator(mode="after")
+    def _defaults(self) -> "Checkpoints":
+        preset = PRESETS.get(self.preset or "", {})
+        if self.pattern is None:
+            object.__setattr__(self, "pattern", preset.get("pattern", "model_step{step}.pth"))
+        if self.complete_when is None and preset.get("complete_when"):
+            object.__setattr__(self, "complete_when", CompleteWhen(**preset["complete_when"]))
+        if self.pattern.count("{step}") != 1:
+            raise ValueError("pattern must contain {step} exactly once, e.g. model_step{step}.pth")
+        if "/" in self.pattern:
+            raise ValueError("pattern names a file or folder directly inside dir (no /)")
+        return self
+
+    @property
+    def format(self) -> str | None:
+        """The loadability check: huggingface | lightning | deepspeed | torch, or None (by file type)."""
+        return PRESETS[self.preset]["format"] if self.preset else None
 
 
 class FileCheck(Model):

@@ -11,7 +11,7 @@ import posixpath
 import re
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from runner.spec.criteria_models import Checkpoints, Guard, Metrics, NextRule, Precondition, StopAt, Success
 from runner.spec.models_base import Model
@@ -104,3 +104,14 @@ class Phase(Model):
             if key.startswith("runner."):
                 raise ValueError(f"label {key!r}: the runner.* prefix is reserved for runner's own labels")
         return v
+
+    @model_validator(mode="after")
+    def _preset_tags(self) -> "Phase":
+        """checkpoints.preset gives the trainer's usual TensorBoard tags when metrics.tensorboard names none."""
+        from runner.spec.criteria_models import PRESETS
+
+        cp, m = self.checkpoints, self.metrics
+        tags = PRESETS[cp.preset]["tags"] if cp is not None and cp.preset else {}
+        if tags and m is not None and m.tensorboard is not None and not m.tensorboard.tags:
+            object.__setattr__(m.tensorboard, "tags", dict(tags))
+        return self

@@ -38,6 +38,14 @@ def save(folder: Path, step: int, rename: bool = True) -> str:
     return hashlib.sha256(final.read_bytes()).hexdigest()
 
 
+def safetensors_bytes(n: int) -> bytes:
+    import json
+    import struct
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [n], "data_offsets": [0, 4 * n]}}).encode()
+    return struct.pack("<Q", len(header)) + header + os.urandom(4 * n)
+
+
 def wait_for(fn, timeout=10):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -104,7 +112,7 @@ def test_folder_checkpoints_in_a_just_created_folder(store, tmp_path):
     guard.start()
     d = tmp_path / "ckpt" / "checkpoint-500"
     d.mkdir(parents=True)
-    (d / "model.safetensors").write_bytes(os.urandom(4096))
+    (d / "model.safetensors").write_bytes(safetensors_bytes(1024))
     (d / "config.json").write_text("{}")
     assert wait_for(lambda: any(c["state"] == "kept" for c in store.checkpoints(1)), timeout=10)
     guard.stop()

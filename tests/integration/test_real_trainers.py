@@ -1,0 +1,138 @@
+"""The checkpoint guard with the real trainers, in the offline test image runner-checkpoint-trainers
+(images/checkpoint-trainers; built by images/build-offline.sh): the Hugging Face Trainer with
+save_total_limit=1 saving every ~1.5 s (with and without a pause inside the save, one save cut short),
+and Lightning's ModelCheckpoint(save_top_k=1)."""
+import json
+import os
+from pathlib import Path
+
+import docker
+import pytest
+import torch
+
+IMAGE = "runner-checkpoint-trainers:latest"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _image():
+    try:
+        docker.from_env().images.get(IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"image {IMAGE} missing; build it with: bash images/build-offline.sh", pytrace=False)
+
+
+def spec(tmp_path, command, checkpoints, by):
+    p = tmp_path / "phase.yaml"
+    p.write_text(f"""apiVersion: runner/v1
+kind: Phase
+name: real
+labels: {{runner-test: "1"}}
+container:
+  image: {IMAGE}
+  command: {json.dumps(command)}
+  memory: 3g
+  mounts:
+    - {{source: "${{{{ run.dir }}}}", target: "${{{{ run.dir }}}}", create: true}}
+timeout: 4m
+metrics:
+  tensorboard: {{logdir: "${{{{ phase.dir }}}}/tb"}}
+checkpoints:
+  dir: "${{{{ phase.dir }}}}/ckpt"
+  {checkpoints}
+  keep: {{by: {by}, mode: min, best: 1, latest: 1}}
+""")
+    return str(p)
+
+
+def outcome(cli, tmp_path):
+    runs = json.loads(cli("status", "--output", "json").stdout)["runs"]
+    run = json.loads(cli("status", runs[0]["id"], "--output", "json").stdout)
+    cks = json.loads(cli("checkpoints", runs[0]["id"], "--output", "json").stdout)["checkpoints"]
+    return runs[0]["id"], run, cks
+
+
+def check_best(cli, run_id, cks, tmp_path):
+    scored = [c for c in cks if c["state"] in ("best", "kept") and c["score"] is not None]
+    lowest = min(scored, key=lambda c: (c["score"], c["step"]))
+    (best,) = [c for c in cks if c["state"] == "best"]
+    assert best["step"] == lowest["step"]
+    out = cli("export", run_id, "--best", str(tmp_path / "exported"))
+    assert out.returncode == 0, out.stderr
+    return best, tmp_path / "exported"
+
+
+HF_FILES = {"config.json", "generation_config.json", "model.safetensors", "optimizer.pt", "scheduler.pt",
+            "rng_state.pth", "trainer_state.json", "training_args.bin"}
+
+
+def hf_run(cli, tmp_path, *extra):
+    cmd = ["python3", "/app/hf_train.py", "--out", "${{ phase.dir }}/ckpt", "--logdir", "${{ phase.dir }}/tb",
+           "--max-steps", "100", "--save-steps", "10", "--step-delay", "0.12", "--diverge-after", "55", *extra]
+    out = cli("apply", spec(tmp_path, cmd, "preset: huggingface", "eval_loss"), timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return outcome(cli, tmp_path)
+
+
+def check_hf(cli, tmp_path, run_id, cks, missed=()):
+    vaulted = [c for c in cks if c["state"] != "missed"]
+    assert sorted(c["step"] for c in vaulted) == [s for s in range(10, 101, 10) if s not in missed]
+    for c in vaulted:  # every folder vaulted whole (pruned ones were whole too: their records say so)
+        assert set(c["files"]) == HF_FILES, (c["name"], sorted(c["files"]))
+    best, exported = check_best(cli, run_id, cks, tmp_path)
+    assert set(os.listdir(exported)) == HF_FILES
+    from transformers import GPT2LMHeadModel  # noqa: F401  (optional on the host)
+    return best, exported
+
+
+def load_hf_in_image(exported):
+    import docker as d
+
+    out = d.from_env().containers.run(IMAGE, ["python3", "-c", (
+        "import sys, torch; from transformers import GPT2LMHeadModel; m = GPT2LMHeadModel.from_pretrained(sys.argv[1]);"
+        "o = torch.load(sys.argv[1] + '/optimizer.pt'); print('loaded', sum(p.numel() for p in m.parameters()), len(o['state']))"),
+        str(exported)], volumes={str(exported): {"bind": str(exported), "mode": "ro"}}, remove=True, labels={"runner-test": "1"})
+    assert b"loaded" in out, out
+
+
+def test_hf_trainer_rotating_saves_every_1_5s_one_cut_short(cli, tmp_path):
+    run_id, run, cks = hf_run(cli, tmp_path, "--abort-save-at", "40")
+    missed = [c for c in cks if c["state"] == "missed"]
+    assert [c["step"] for c in missed] == [40]
+    assert "checkpoint-40" in json.dumps(run)  # the event, shown by `runner status`
+    vaulted = [c for c in cks if c["state"] != "missed"]
+    assert sorted(c["step"] for c in vaulted) == [10, 20, 30, 50, 60, 70, 80, 90, 100]
+    for c in vaulted:
+        assert set(c["files"]) == HF_FILES, (c["name"], sorted(c["files"]))
+    best, exported = check_best(cli, run_id, cks, tmp_path)
+    assert best["step"] <= 60
+    assert set(os.listdir(exported)) == HF_FILES
+    load_hf_in_image(exported)
+
+
+def test_hf_trainer_with_a_pause_inside_the_save(cli, tmp_path):
+    run_id, run, cks = hf_run(cli, tmp_path, "--save-pause", "3")
+    assert not [c for c in cks if c["state"] == "missed"]
+    assert sorted(c["step"] for c in cks) == list(range(10, 101, 10))
+    for c in cks:
+        assert set(c["files"]) == HF_FILES, (c["name"], sorted(c["files"]))
+    best, exported = check_best(cli, run_id, cks, tmp_path)
+    assert set(os.listdir(exported)) == HF_FILES
+    load_hf_in_image(exported)
+
+
+def test_lightning_model_checkpoint_top_1(cli, tmp_path):
+    cmd = ["python3", "/app/lightning_train.py", "--out", "${{ phase.dir }}/ckpt", "--logdir", "${{ phase.dir }}/tb",
+           "--max-steps", "120", "--every", "10", "--step-delay", "0.05", "--diverge-after", "70"]
+    out = cli("apply", spec(tmp_path, cmd, "preset: lightning", "val_loss"), timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_id, run, cks = outcome(cli, tmp_path)
+    assert not [c for c in cks if c["state"] == "missed"]
+    # save_top_k=1 writes a checkpoint only when val_loss improves and deletes the one before: every one it
+    # wrote is in the vault, each a new running minimum of val_loss.
+    scores = [c["score"] for c in sorted(cks, key=lambda c: c["step"])]
+    assert len(cks) >= 3 and all(b < a for a, b in zip(scores, scores[1:])), scores
+    best, exported = check_best(cli, run_id, cks, tmp_path)
+    ckpt = torch.load(exported, map_location="cpu")
+    assert ckpt["global_step"] == best["step"] and "state_dict" in ckpt
+    # Lightning kept only its own top-1 in the trainer's folder; the vault kept what runner's keep: says.
+    assert len(list(Path(best["source"]).parent.glob("*.ckpt"))) == 1
