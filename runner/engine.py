@@ -248,7 +248,8 @@ class Engine:
     def attach(self, run_id: str) -> RunResult:
         """Re-adopt a run's detached (or unsupervised running) phase: metrics continue from the
         stored points and offsets, guards and criteria apply, then the verdict and the chain."""
-        rows = [r for r in self.store.phases(run_id) if r["status"] in ("running", "detached") and r["container_id"]]
+        rows = [r for r in self.store.phases(run_id)
+                if (r["status"] in ("running", "detached") and r["container_id"]) or r["status"] == "launching"]
         if not rows:
             raise RunnerError(f"run {run_id} has no running or detached phase to attach to")
         return self.drive(run_id)
@@ -333,14 +334,27 @@ class Engine:
     def _recover_launching(self, row: dict) -> None:
         """The runner stopped between recording *launching* and recording the container: look
         for the container by its deterministic name before anything else happens."""
-        found = [c for c in self.backend.find({"runner.run-id": row["run_id"], "runner.phase": row["name"]})
-                 if c.name == row["container_name"]]
-        if found:
-            self.store.transition(row["id"], "running", f"found container {found[0].id[:12]} after a restart",
-                                  expect=frozenset({"launching"}), container_id=found[0].id, started_at=time.time())
+        found = self._launched_container(row)
+        if found is not None and found.status == "created":
+            # Created, never started: the runner stopped between the two calls.  Starting it now could
+            # start a container whose mounts or GPUs were meant for a plan this run has moved past, so
+            # it is removed (with a recorded reason) and the phase launched again from *pending*.
+            self.backend.remove(found.id)
+            self.store.transition(row["id"], "pending", f"container {found.id[:12]} was created but never started "
+                                  "(the runner stopped in between); removed it, launching again",
+                                  expect=frozenset({"launching"}))
+        elif found is not None:
+            self.store.transition(row["id"], "running", f"found container {found.id[:12]} after a restart",
+                                  expect=frozenset({"launching"}), container_id=found.id, started_at=time.time())
         else:
             self.store.transition(row["id"], "pending", "the runner stopped while launching and no container exists;"
                                   " launching it now", expect=frozenset({"launching"}))
+
+    def _launched_container(self, row: dict):
+        """The container a *launching* phase created, found by its deterministic name (or None)."""
+        found = [c for c in self.backend.find({"runner.run-id": row["run_id"], "runner.phase": row["name"]})
+                 if c.name == row["container_name"]]
+        return found[0] if found else None
 
     def _readopt(self, row: dict) -> PhaseResult:
         """Supervise a phase whose container runs (or ran) while nobody watched it."""
@@ -684,6 +698,13 @@ class Engine:
         row = self.store.phase(phase_id)
         self.store.update(phase_id, stop_requested=1)
         self.store.event(row["run_id"], phase_id, "phase.stop-requested", f"stop requested for phase {row['name']}")
+        if not row["container_id"] and row["status"] == "launching":
+            # The runner that launched it may have died between create and record: the container
+            # may exist (and train) under its deterministic name.  Stop that one, never nothing.
+            found = self._launched_container(row)
+            if found is not None:
+                self.store.update(phase_id, container_id=found.id)
+                row = self.store.phase(phase_id)
         if not row["container_id"]:
             self.store.transition(phase_id, "cancelled", "stopped before launch", expect=ACTIVE, finished_at=time.time())
             return
@@ -705,6 +726,14 @@ class Engine:
     def refresh(self, run_id: str) -> None:
         """Bring active phases up to date with the engine (for a phase nobody is supervising)."""
         for row in self.store.phases(run_id):
+            if row["status"] == "launching" and not row["container_id"]:
+                found = self._launched_container(row)
+                if found is None or found.status == "created":
+                    continue  # being launched right now, or left for `attach` / the server to relaunch
+                self.store.transition(row["id"], "running", f"found container {found.id[:12]} (the runner stopped "
+                                      "while launching it)", expect=frozenset({"launching"}), container_id=found.id,
+                                      started_at=time.time())
+                row = self.store.phase(row["id"])
             if row["status"] not in ("running", "detached") or not row["container_id"]:
                 continue
             try:

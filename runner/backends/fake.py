@@ -112,6 +112,10 @@ class FakeBackend:
         self._get(cid)
         del self.containers[cid]
 
+    def never_started(self, cid: str) -> None:
+        """Test helper: the container was created but the runner died before starting it."""
+        self.containers[cid].status = "created"
+
     def vanish(self, cid: str) -> None:
         """Test helper: the container is removed behind runner's back."""
         del self.containers[cid]

@@ -202,10 +202,15 @@ class CheckpointGuard:
                 marked = self._marked(name, step, path)
                 if marked is not None:
                     complete = marked
+                elif final:
+                    # The final scan runs once the container has ended: no writer is left, so whatever
+                    # loads (checked below) is complete — also for a guard that never watched it being
+                    # written (a detached phase judged by `status`, `stop` or a restarted server).
+                    complete = True
                 elif path.is_dir():  # a folder's files close one by one: only stability says it is done
-                    complete = now - stable_since >= self.spec.settle or (final and prev is not None and prev[0] == sig)
+                    complete = now - stable_since >= self.spec.settle
                 else:
-                    complete = name in touched or now - stable_since >= self.spec.settle or (final and prev is not None and prev[0] == sig)
+                    complete = name in touched or now - stable_since >= self.spec.settle
                 if not complete or self.disk_full or not self.spec.vault:
                     continue
                 why = why_not_loadable(path, self.spec.format, self.spec.complete_when.file if self.spec.complete_when else None)

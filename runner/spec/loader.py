@@ -89,6 +89,15 @@ class Document:
         return table.get(loc, (1, 1))
 
 
+MAX_DEPTH = 64  # a spec is a few levels deep; deeper nesting is a mistake or an attack (RecursionError)
+
+
+class _TooDeep(Exception):
+    def __init__(self, node: yaml.Node):
+        super().__init__("too deep")
+        self.node = node
+
+
 class _Builder:
     def __init__(self, file: str):
         self.file = file
@@ -104,6 +113,8 @@ class _Builder:
         if self.count > MAX_NODES:
             raise _TooBig()
         self.doc.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if len(path) > MAX_DEPTH:
+            raise _TooDeep(node)
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}
             for key_node, value_node in node.value:
@@ -159,6 +170,8 @@ def parse_yaml(text: str, file: str) -> tuple[Document, list[Problem]]:
     builder = _Builder(file)
     try:
         node = _Composer(text).get_single_node()
+    except RecursionError:
+        return builder.doc, [Problem(file, 1, 1, "", f"the document is nested too deeply (a spec needs at most {MAX_DEPTH} levels)")]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -172,6 +185,10 @@ def parse_yaml(text: str, file: str) -> tuple[Document, list[Problem]]:
         builder.doc.data = builder.build(node, ())
     except _TooBig:
         return builder.doc, [Problem(file, 1, 1, "", f"the document expands to over {MAX_NODES} values (alias bomb?)")]
+    except _TooDeep as exc:
+        mark = exc.node.start_mark
+        return builder.doc, [Problem(file, mark.line + 1, mark.column + 1, "",
+                                     f"nested deeper than {MAX_DEPTH} levels; a spec needs far fewer")]
     if not isinstance(builder.doc.data, dict):
         builder.problems.append(Problem(file, 1, 1, "", "a spec must be a mapping of fields (apiVersion, kind, name, ...)"))
     return builder.doc, builder.problems

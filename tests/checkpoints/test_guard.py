@@ -184,3 +184,20 @@ def test_recover_after_a_crash_between_link_and_record(store, tmp_path):
     rows = {c["step"]: c for c in store.checkpoints(1)}
     assert rows[10]["state"] == "kept" and rows[10]["how"] == "recovered" and rows[10]["sha256"]
     assert rows[20]["state"] == "kept" and (tmp_path / "vault" / "model_step20.pth").exists()
+
+
+def test_a_guard_that_never_watched_vaults_every_complete_checkpoint_at_the_end(store, tmp_path):
+    """A detached phase judged later (`runner status`, `runner stop`, a restarted server): the guard is
+    rebuilt from the store and never saw the files being written; once the container has ended its
+    final scan must vault everything that loads, and nothing that does not."""
+    shas = {step: save(tmp_path / "ckpt", step) for step in (100, 200, 300)}
+    (tmp_path / "ckpt" / "model_step400.pth").write_bytes(b"PK\x03\x04 half a zip")  # killed mid-write
+    guard = make_guard(store, tmp_path, keep={"by": "loss", "best": 3, "latest": 3})
+    m = MetricSet()
+    m.add("loss", [100, 200, 300], [3.0, 1.0, 2.0], [0, 0, 0])
+    out = guard.finish(m)
+    vaulted = {c["step"]: c for c in store.checkpoints(1) if c["state"] in ("kept", "best")}
+    assert sorted(vaulted) == [100, 200, 300]
+    assert all(hashlib.sha256(Path(vaulted[s]["vault_path"]).read_bytes()).hexdigest() == shas[s] for s in shas)
+    assert out["best_checkpoint"].endswith("vault/model_step200.pth")
+    assert 400 not in {c["step"] for c in store.checkpoints(1) if c["state"] in ("kept", "best")}

@@ -111,3 +111,27 @@ def test_validation_runs_score_checkpoints_by_val_loss(cli):
     two_best = sorted(cks, key=lambda c: (c["score"], c["step"]))[:2]
     assert {c["step"] for c in cks if c["state"] == "best"} == {c["step"] for c in two_best}
     assert not any(c["ever_best"] and c["state"] == "pruned" for c in cks)
+
+
+def test_stop_of_a_detached_phase_vaults_what_the_trainer_left(cli, tmp_path):
+    """`apply --detach`, then `runner stop`: nobody watched the trainer, yet the phase is judged by a
+    guard rebuilt from the store; its final scan (the container has ended) vaults every checkpoint that
+    loads — copies of the trainer's files that its rotation would delete next."""
+    out = cli("apply", str(SPEC), "--detach", "--input", "max_steps=100000")
+    assert out.returncode == 0, out.stderr
+    (run,) = status(cli)["runs"]
+    ckpt_dir = tmp_path / "runs" / run["id"] / "demo-keep-best" / "ckpt"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(ckpt_dir.glob("model_step*.pth"))) < 2:
+        time.sleep(0.5)
+    out = cli("stop", run["id"])
+    assert out.returncode == 0, out.stderr
+    phase = status(cli, run["id"])["phases"][0]
+    assert phase["status"] == "cancelled"
+    kept = [c for c in checkpoints(cli, run["id"]) if c["state"] in ("kept", "best")]
+    assert len(kept) >= 2, checkpoints(cli, run["id"])
+    for c in kept:
+        assert "/vault/" in c["vault_path"]
+        assert hashlib.sha256(Path(c["vault_path"]).read_bytes()).hexdigest() == c["sha256"]
+    # The SIGTERM save (the last step) is among them: what the trainer wrote last is protected too.
+    assert max(c["step"] for c in kept) == max(int(p.stem.split("step")[1]) for p in ckpt_dir.glob("model_step*.pth"))

@@ -218,3 +218,48 @@ def test_detach_reports_the_launched_phase_once(make, write_spec):
     engine = make(FakeBackend(script={"p1": Script(polls=10**9)}))
     run = engine.apply(write_spec(MINIMAL), detach=True)
     assert [(p.phase, p.status) for p in run.phases] == [("p1", "running")]
+
+
+def test_a_created_but_never_started_container_is_removed_and_launched_again(make, write_spec):
+    backend = FakeBackend(script={"p1": Script(polls=3)})
+    engine = make(backend)
+    run_id = engine.submit(write_spec(MINIMAL), {}, source="inbox:x.yaml")
+    engine.drive(run_id, detach=True)
+    (phase,) = engine.store.phases(run_id)
+    backend.never_started(phase["container_id"])
+    engine.store.transition(phase["id"], "launching", "killed between create and start", container_id=None)
+    run = make(backend).drive(run_id)
+    assert run.last.status == "succeeded" and len(backend.launched) == 2 and len(backend.containers) == 1
+    assert "was created but never started" in json.dumps(engine.store.events(run_id))
+
+
+def crashed_while_launching(make, write_spec):
+    backend = FakeBackend(script={"p1": Script(polls=10**9)})
+    engine = make(backend)
+    run_id = engine.submit(write_spec(MINIMAL), {}, source="apply")
+    engine.drive(run_id, detach=True)
+    (phase,) = engine.store.phases(run_id)
+    engine.store.transition(phase["id"], "launching", "SIGKILL between create and record", container_id=None)
+    return backend, engine, run_id, phase
+
+
+def test_stop_of_a_launching_phase_stops_the_container_it_created(make, write_spec):
+    backend, engine, run_id, phase = crashed_while_launching(make, write_spec)
+    make(backend).stop_run(run_id)
+    row = engine.store.phase(phase["id"])
+    assert row["status"] == "cancelled" and row["container_id"] == phase["container_id"]
+    assert backend.containers[phase["container_id"]].status == "exited"  # stopped, not left training unwatched
+
+
+def test_status_refresh_records_the_container_of_a_launching_phase(make, write_spec):
+    backend, engine, run_id, phase = crashed_while_launching(make, write_spec)
+    make(backend).refresh(run_id)
+    row = engine.store.phase(phase["id"])
+    assert row["status"] == "running" and row["container_id"] == phase["container_id"]
+
+
+def test_attach_takes_over_a_launching_phase(make, write_spec):
+    backend, engine, run_id, phase = crashed_while_launching(make, write_spec)
+    backend.containers[phase["container_id"]].polls_left = 2
+    run = make(backend).attach(run_id)
+    assert run.last.status == "succeeded" and len(backend.launched) == 1
