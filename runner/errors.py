@@ -83,3 +83,9 @@ class NotFound(Permanent):
     """A run or phase named on the command line does not exist."""
 
     exit_code = 1
+
+
+class InvalidTransition(Permanent):
+    """A phase asked to move between statuses the lifecycle table does not allow: a bug, never a user error."""
+
+    exit_code = 3
