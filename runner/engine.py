@@ -29,7 +29,7 @@ from runner import chain, preconditions
 from runner.backends.base import Backend, ContainerState
 from runner.criteria import Trip, verdict as judge_verdict
 from runner.metrics.series import MetricSet
-from runner.errors import ContainerNotFound, EngineUnavailable, ImageMissing, LaunchError, Problem, RunnerError, SpecError
+from runner.errors import ContainerNotFound, EngineUnavailable, ImageMissing, LaunchError, Problem, RunnerError, SpecError, Temporary
 from runner.outputs import phase_outputs
 from runner.plan import BindMount, LaunchPlan, launch_plan, merge_inputs, resolve
 from runner.spec import LoadedSpec, load_spec
@@ -180,6 +180,9 @@ class Engine:
         self.slots: Slots = Unlimited()  # the server puts its GPU/CPU scheduler here
         self.policy = None  # the server's mount policy (runner.policy.MountPolicy); None in the foreground
         self.persistent = False  # the server keeps supervising through engine outages instead of detaching
+        # Temporary launch errors (engine unreachable): first wait, doubling up to a minute.
+        self.retry_base_s = 1.0
+        self._launch_retry_s: float | None = None
 
     @property
     def backend(self) -> Backend:
@@ -191,9 +194,17 @@ class Engine:
     # ------------------------------------------------------------------ apply, drive, chain
 
     def apply(self, spec_path: str | Path, inputs: dict[str, str] | None = None, detach: bool = False) -> RunResult:
-        """Run a spec and, unless ``detach``, every phase its `next:` rules chain after it."""
+        """Run a spec and, unless ``detach``, every phase its `next:` rules chain after it.
+
+        An engine that does not answer at all is a one-line error before anything is recorded; a
+        temporary error once the run is under way is retried (``_launch_retrying``)."""
+        self.backend.ping()
         run_id = self.submit(spec_path, inputs or {}, source="apply", state="started")
-        return self.drive(run_id, detach=detach)
+        result = self.drive(run_id, detach=detach)
+        if not any(p["status"] in ACTIVE for p in self.store.phases(run_id)):
+            # Done: a later submission of the same spec (the inbox's dedupe) is not "already running".
+            self.store.set_submission(run_id, "done", f"ended: {result.last.status}" if result.phases else "ended")
+        return result
 
     def submit(self, spec_path: str | Path, inputs: dict[str, str], source: str, priority: int = 0,
                state: str = "queued") -> str:
@@ -315,7 +326,7 @@ class Engine:
             if sup.ckpt is not None:
                 sup.ckpt.start()  # watching before the trainer starts: no checkpoint can slip by
             try:
-                container_id = self.launch(phase_id, plan)
+                container_id = self._launch_retrying(phase_id, plan)
             except BaseException:
                 if sup.ckpt is not None:
                     sup.ckpt.stop()
@@ -477,10 +488,54 @@ class Engine:
 
     # ------------------------------------------------------------------ launch
 
+    @property
+    def launch_retry_s(self) -> float:
+        """How long temporary launch errors are retried: RUNNER_LAUNCH_RETRY_S, else 10 minutes for the
+        server (nobody watches it) and 30 s in the foreground (a person does)."""
+        if self._launch_retry_s is not None:
+            return self._launch_retry_s
+        env = os.environ.get("RUNNER_LAUNCH_RETRY_S")
+        return float(env) if env else (600.0 if self.persistent else 30.0)
+
+    @launch_retry_s.setter
+    def launch_retry_s(self, value: float) -> None:
+        self._launch_retry_s = value
+
+    def _launch_retrying(self, phase_id: int, plan: LaunchPlan) -> str:
+        """``launch``, riding out temporary errors (engine unreachable, API timeout) with backoff: the
+        phase stays pending (or launching) with the reason, each try recorded as ``phase.retry``.  After
+        a failed try that got as far as *launching*, the container is looked up by its name first (the
+        create may have reached the engine), so nothing is launched twice.  Gives up after
+        ``launch_retry_s`` with the phase recorded *error*."""
+        delay, deadline, tries = self.retry_base_s, time.monotonic() + self.launch_retry_s, 0
+        while True:
+            try:
+                row = self.store.phase(phase_id)
+                if row["status"] == "launching":
+                    self._recover_launching(row)  # → running (found it) or pending (launch again)
+                    row = self.store.phase(phase_id)
+                    if row["status"] == "running":
+                        return row["container_id"]
+                return self.launch(phase_id, plan)
+            except Temporary as exc:
+                tries += 1
+                if time.monotonic() + delay > deadline:
+                    reason = f"gave up after {tries} tries over {format_duration(self.launch_retry_s)}: {exc}"
+                    self.store.transition(phase_id, "error", reason, expect=frozenset({"pending", "launching"}),
+                                          finished_at=time.time())
+                    raise
+                self.store.update(phase_id, reason=f"{exc}; retrying in {format_duration(delay)} (try {tries})")
+                self.store.event(plan.run_id, phase_id, "phase.retry", f"temporary: {exc}; retrying in "
+                                 f"{format_duration(delay)} (try {tries})", {"try": tries, "delay": delay})
+                self.reporter.info(f"temporary error: {exc}; retrying in {format_duration(delay)}")
+                time.sleep(delay)
+                delay = min(delay * 2, 60.0)
+
     def launch(self, phase_id: int, plan: LaunchPlan) -> str:
         """Preflight, record ``launching``, create+start the container, record ``running``.
 
-        Any refusal is recorded as status ``error`` with the reason and re-raised."""
+        A temporary error (engine unreachable) is re-raised with the phase left where it was
+        (``_launch_retrying`` tries again); any other refusal is recorded as status ``error``."""
         try:
             self.backend.ping()
             self.backend.check_image(plan.image)
@@ -490,6 +545,8 @@ class Engine:
                                          expect=frozenset({"pending"})):
                 raise LaunchError(f"phase {plan.phase} is no longer pending (stopped?); not launched")
             container_id = self.backend.launch(plan)
+        except Temporary:
+            raise
         except Exception as exc:
             reason = str(exc) if isinstance(exc, RunnerError) else f"internal error: {type(exc).__name__}: {exc}"
             self.store.transition(phase_id, "error", reason, finished_at=time.time())

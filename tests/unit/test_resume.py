@@ -263,3 +263,38 @@ def test_attach_takes_over_a_launching_phase(make, write_spec):
     backend.containers[phase["container_id"]].polls_left = 2
     run = make(backend).attach(run_id)
     assert run.last.status == "succeeded" and len(backend.launched) == 1
+
+
+def test_an_unreachable_engine_at_launch_is_retried_with_backoff_then_launched_once(make, write_spec):
+    import threading
+
+    backend = FakeBackend(reachable=False)
+    engine = make(backend)
+    engine.retry_base_s = 0.05
+    run_id = engine.submit(write_spec(MINIMAL), {}, source="inbox:x.yaml")
+    seen = []
+
+    def back_later():
+        import time
+
+        time.sleep(0.3)
+        seen.append((engine.store.phases(run_id)[0]["status"], engine.store.phases(run_id)[0]["reason"]))
+        backend.reachable = True
+
+    threading.Thread(target=back_later).start()
+    run = engine.drive(run_id)
+    assert run.last.status == "succeeded" and len(backend.launched) == 1
+    assert seen[0][0] == "pending" and "retrying in" in seen[0][1]  # waiting, with the reason, meanwhile
+    assert kinds(engine, run_id).count("phase.retry") >= 2
+
+
+def test_launch_retries_give_up_with_an_error_and_the_reason(make, write_spec):
+    backend = FakeBackend(reachable=False)
+    engine = make(backend)
+    engine.retry_base_s, engine.launch_retry_s = 0.01, 0.05
+    run_id = engine.submit(write_spec(MINIMAL), {}, source="inbox:x.yaml")
+    with pytest.raises(Exception, match="unreachable"):
+        engine.drive(run_id)
+    (phase,) = engine.store.phases(run_id)
+    assert phase["status"] == "error" and phase["reason"].startswith("gave up after")
+    assert backend.launched == []
