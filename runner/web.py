@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from runner.errors import NotFound, RunnerError
+from runner.errors import NotFound, RunnerError, UsageError
 from runner.report import e, page, render_body, run_report, when
 from runner.store import ACTIVE, Store
 from runner.units import format_duration
@@ -36,9 +36,9 @@ def parse_address(text: str) -> tuple[str, int]:
     try:
         number = int(port)
     except ValueError:
-        raise RunnerError(f"--http {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080") from None
+        raise UsageError(f"--http {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080") from None
     if not 0 <= number <= 65535:
-        raise RunnerError(f"--http {text!r}: the port must be 0..65535")
+        raise UsageError(f"--http {text!r}: the port must be 0..65535")
     return (host.strip("[]") or "127.0.0.1"), number
 
 
