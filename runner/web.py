@@ -109,8 +109,8 @@ class Pages:
                     "<th>progress</th><th>reason</th></tr>" + "".join(rows) + "</table>")
         if not rows:
             body.append('<p class="muted">no runs yet</p>')
-        body.append(f'<h2>Queue</h2><table id="queue"><tr><th>#</th><th>run</th><th>priority</th><th>phase or spec</th>'
-                    f"<th>waiting for</th><th>submitted</th></tr>"
+        body.append('<h2>Queue</h2><table id="queue"><tr><th>#</th><th>run</th><th>priority</th><th>phase or spec</th>'
+                    "<th>waiting for</th><th>submitted</th></tr>"
                     + "".join(f"<tr><td>{i}</td><td>{e(q['run'])}</td><td>{e(q['priority'])}</td>"
                               f"<td>{e(q['phase'] or Path(q['spec']).name)}</td><td>{e(q['waiting_for'])}</td>"
                               f"<td>{e(q['submitted_at'])}</td></tr>" for i, q in enumerate(queue, 1))

@@ -14,7 +14,6 @@ Exit codes (README, "Exit codes") — the error's type decides:
 from __future__ import annotations
 
 import argparse
-import sys
 import traceback
 from types import ModuleType
 from typing import Sequence

@@ -56,8 +56,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     for view in views:
         rows = {r["name"]: r for r in store.phases(view["id"])}
         for p in view["phases"] or [{"name": "-", "status": view["status"], "exit_code": None, "reason": "", "started_at": None}]:
-            row = rows.get(p["name"])
-            progress = progress_text(engine, row) if row and row["status"] in ("running", "detached") else ""
+            stored = rows.get(p["name"])
+            progress = progress_text(engine, stored) if stored and stored["status"] in ("running", "detached") else ""
             add_row(table, view["id"], p["name"], p["status"], p.get("verdict") or "",
                     "" if p["exit_code"] is None else str(p["exit_code"]), short_time(p["started_at"]), progress, p["reason"])
     console.print(table)
