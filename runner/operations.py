@@ -3,11 +3,12 @@ tests and the server call it the same way. Rendering stays in runner/cli."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from runner.errors import EngineUnavailable, NotFound, RunnerError
 from runner.queries import needs_reconcile, pick_phase
-from runner.store import Store
+from runner.store import ACTIVE, Store
+from runner.views import run_view
 
 if TYPE_CHECKING:
     from runner.engine import Engine, PhaseResult, Reporter
@@ -32,6 +33,24 @@ def reconcile(engine: Engine, run_ids: list[str], server_running: bool) -> str |
             except EngineUnavailable as exc:
                 note = f"note: {exc}; statuses may be stale"
     return note
+
+
+def live_view(engine: Engine, phase_id: int) -> dict[str, Any] | None:
+    """The live view of an active phase rebuilt from the store; None when it cannot be (a spec gone, a bad row)."""
+    try:
+        return engine.view(phase_id)
+    except (RunnerError, OSError, ValueError):
+        return None
+
+
+def run_document(engine: Engine, run_id: str) -> dict[str, Any]:
+    """One run as `runner status RUN -o json` and the web page's /api/runs/RUN show it: the run view with every
+    event, and each active phase's live view under "live"."""
+    doc = run_view(engine.store, run_id, events=True)
+    for p, row in zip(doc["phases"], engine.store.phases(run_id)):
+        if row["status"] in ACTIVE:
+            p["live"] = live_view(engine, row["id"])
+    return doc
 
 
 def stop(engine: Engine, run_id: str) -> tuple[bool, list[PhaseResult]]:

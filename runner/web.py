@@ -55,21 +55,18 @@ class Pages:
         return Engine(self.store, DockerBackend, self.runs_dir)  # views only: the backend is never created
 
     def _live(self, row: dict) -> dict | None:
-        try:
-            return self._engine().view(row["id"])
-        except (RunnerError, OSError, ValueError):
-            return None
+        from runner.operations import live_view
+
+        return live_view(self._engine(), row["id"])
 
     def api_runs(self, request: Request) -> Response:
         return _json({"runs": [run_view(self.store, r["id"]) for r in self.store.runs()]})
 
     def api_run(self, request: Request) -> Response:
+        from runner.operations import run_document
+
         run_id = self.store.resolve_run(request.path_params["run"])
-        doc = run_view(self.store, run_id, events=True)
-        for p, row in zip(doc["phases"], self.store.phases(run_id)):
-            if row["status"] in ACTIVE:
-                p["live"] = self._live(row)
-        return _json(doc)
+        return _json(run_document(self._engine(), run_id))  # the same document as `runner status RUN -o json`
 
     def api_queue(self, request: Request) -> Response:
         return _json({"server": self.server_info(), "queue": queue_rows(self.store)})

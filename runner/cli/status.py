@@ -21,7 +21,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace, console: Console) -> int:
     from runner.daemon import find_server
-    from runner.operations import reconcile
+    from runner.operations import reconcile, run_document
     from runner.store import ACTIVE
     from runner.views import queue_rows, run_view
 
@@ -30,12 +30,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     run_ids = [store.resolve_run(args.run)] if args.run else [r["id"] for r in store.runs()]
     server = find_server(_common.state(args).parent)
     note = reconcile(engine, run_ids, server_running=server is not None)
-    views = [run_view(store, r, events=bool(args.run)) for r in run_ids]
+    views = [run_document(engine, r) if args.run else run_view(store, r) for r in run_ids]
     if args.output == "json":
-        if args.run:
-            for p, row in zip(views[0]["phases"], store.phases(views[0]["id"])):
-                if row["status"] in ACTIVE:
-                    p["live"] = engine.view(row["id"])
         doc: Any = views[0] if args.run else {"runs": views}
         if note:
             doc = {**doc, "note": note}
