@@ -172,3 +172,16 @@ def test_export_into_an_existing_folder(site):
     out = runner(site, "export", "ab12", "train", "--best", str(folder))
     assert out.returncode == 0, out.stderr
     assert (folder / "model_step20.pth").read_bytes() == b"weights 20"
+
+
+def test_a_second_server_is_refused(tmp_path):
+    from runner.daemon import ServerLock
+
+    lock = ServerLock(tmp_path / "runs")
+    assert lock.acquire()
+    try:
+        out = runner(tmp_path, "--state", str(tmp_path / "runs" / "runner.db"), "serve", "--gpus", "none", state=False)
+    finally:
+        lock.release()
+    assert out.returncode == 1, out.stderr
+    assert "a server already serves" in out.stderr and "Traceback" not in out.stderr
