@@ -34,6 +34,7 @@ from runner.outputs import phase_outputs
 from runner.plan import BindMount, LaunchPlan, launch_plan, merge_inputs, resolve
 from runner.spec import LoadedSpec, load_spec
 from runner.spec.models import Phase
+from runner.lifecycle import NOT_FOUND, STATUS_OF_VERDICT, Act, Container, PhaseView, next_action
 from runner.store import ACTIVE, Store
 from runner.preconditions import abs_path
 from runner.supervision import Supervision
@@ -41,7 +42,6 @@ from runner.units import format_duration
 
 POLL_S = 0.5
 ENGINE_RETRY_S = 120.0  # how long supervision rides out an unreachable engine before detaching
-STATUS_OF_VERDICT = {"success": "succeeded", "failure": "failed", "inconclusive": "inconclusive"}
 
 
 class Reporter(Protocol):
@@ -218,27 +218,28 @@ class Engine:
                 break  # `runner stop`: nothing more starts
             phases = self.store.phases(run_id)
             last = phases[-1] if phases else None
-            if last is None:
+            decided = self._decided_next(last) if last is not None and last["status"] not in ACTIVE else None
+            act = next_action(PhaseView.of(last, decided and decided["next"]) if last is not None else None)
+            if act == Act.PLAN:
                 sub = self.store.submission(run_id)
                 result = self._start(run_id, sub["spec_path"], sub["inputs"], detach)
-            elif last["status"] == "pending":
+            elif act == Act.LAUNCH:
                 result = self._run_pending(last["id"], detach)
-            elif last["status"] == "launching":
+            elif act == Act.FIND_CONTAINER:
                 self._recover_launching(last)
                 continue
-            elif last["status"] in ("running", "detached"):
+            elif act == Act.SUPERVISE:
                 if detach or (run.phases and run.phases[-1].phase_id == last["id"] and not self.persistent):
                     return _record(run, self._result(last["id"]))
                 result = self._readopt(last)
-            elif last["verdict"] and not last["decision"]:
+            elif act == Act.DECIDE:
                 result = self._decide(last["id"], self._restored(last["id"], _phase_of(last), _folder(last)))
-            else:
-                nxt = self._decided_next(last)
-                if nxt is None:
-                    if not run.phases or run.phases[-1].phase_id != last["id"]:
-                        _record(run, self._result(last["id"]))
-                    return run
-                result = self._start(run_id, nxt["next"], nxt["inputs"], detach, after=last)
+            elif act == Act.START_NEXT:
+                result = self._start(run_id, decided["next"], decided["inputs"], detach, after=last)
+            else:  # Act.DONE
+                if not run.phases or run.phases[-1].phase_id != last["id"]:
+                    _record(run, self._result(last["id"]))
+                return run
             _record(run, result)
         if not run.phases:
             phases = self.store.phases(run_id)
@@ -336,7 +337,8 @@ class Engine:
         """The runner stopped between recording *launching* and recording the container: look
         for the container by its deterministic name before anything else happens."""
         found = self._launched_container(row)
-        if found is not None and found.status == "created":
+        act = next_action(PhaseView.of(row), NOT_FOUND if found is None else Container(True, found.status))
+        if act == Act.RELAUNCH and found is not None:
             # Created, never started: the runner stopped between the two calls.  Starting it now could
             # start a container whose mounts or GPUs were meant for a plan this run has moved past, so
             # it is removed (with a recorded reason) and the phase launched again from *pending*.
@@ -344,7 +346,7 @@ class Engine:
             self.store.transition(row["id"], "pending", f"container {found.id[:12]} was created but never started "
                                   "(the runner stopped in between); removed it, launching again",
                                   expect=frozenset({"launching"}))
-        elif found is not None:
+        elif act in (Act.ADOPT, Act.JUDGE):  # an ended container is judged by the supervision that follows
             self.store.transition(row["id"], "running", f"found container {found.id[:12]} after a restart",
                                   expect=frozenset({"launching"}), container_id=found.id, started_at=time.time())
         else:

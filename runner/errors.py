@@ -18,7 +18,7 @@ class RunnerError(Exception):
     The type decides the command line's exit code (README, "Exit codes"): 1 for what
     was asked (``SpecError``, ``NotFound``, ``Refused``), 2 for how it was asked
     (``UsageError``), 3 for the machinery underneath (everything else: engine,
-    images, GPUs, disks, nvidia-smi)."""
+    images, GPUs, disks, nvidia-smi), 4 for a bug (``InvalidTransition``)."""
 
     exit_code = 3
 
@@ -104,3 +104,9 @@ class UsageError(Permanent):
     option value); argparse's own errors exit 2 the same way."""
 
     exit_code = 2
+
+
+class InvalidTransition(Permanent):
+    """A phase asked to move between statuses the lifecycle table does not allow: a bug, never a user error."""
+
+    exit_code = 4  # internal error (README, "Exit codes")

@@ -15,11 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from runner.errors import NotFound, Permanent
+from runner.errors import InvalidTransition, NotFound, Permanent
+from runner.lifecycle import ACTIVE, ENDED, allowed  # the statuses and their one transition table
 
 SCHEMA_VERSION = 1
-TERMINAL = frozenset({"blocked", "succeeded", "failed", "inconclusive", "cancelled", "error", "lost"})
-ACTIVE = frozenset({"pending", "launching", "running", "detached"})
+TERMINAL = ENDED
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -278,11 +278,21 @@ class Store:
                 raise NotFound(f"no phase with id {phase_id}")
             if expect is not None and row["status"] not in expect:
                 return False
+            if not allowed(row["status"], status):
+                raise InvalidTransition(f"phase {row['name']} cannot go from {row['status']} to {status} ({reason})")
+            status = str(status)
             db.execute("UPDATE phases SET status = ?, reason = ? WHERE id = ?", (status, reason, phase_id))
             _update(db, phase_id, fields)
             message = f"phase {row['name']}: {row['status']} → {status}" + (f": {reason}" if reason else "")
             _event(db, row["run_id"], phase_id, f"phase.{status}", message, {k: v for k, v in fields.items() if k != "plan_json"})
             return True
+
+    def as_if_crashed(self, phase_id: int, status: str, **fields: Any) -> None:
+        """Fault injection (tests): put a phase in the state a crash would have left it in, outside the
+        transition table (e.g. *launching* with no container id recorded)."""
+        with self.tx() as db:
+            db.execute("UPDATE phases SET status = ? WHERE id = ?", (str(status), phase_id))
+            _update(db, phase_id, fields)
 
     def update(self, phase_id: int, **fields: Any) -> None:
         with self.tx() as db:

@@ -14,12 +14,19 @@ import sys
 import pytest
 
 from runner.checkpoints.vault import file_hashes, sha256_of
-from runner.errors import (ContainerNotFound, EngineUnavailable, GpuUnavailable, ImageMissing, LaunchError, NotFound,
-                           Refused, RunnerError, SpecError, UsageError)
+from runner.errors import (ContainerNotFound, EngineUnavailable, GpuUnavailable, ImageMissing, InvalidTransition,
+                           LaunchError, NotFound, Refused, RunnerError, SpecError, UsageError)
 from runner.store import Store
 from tests.conftest import REPO
 
 GOOD = str(REPO / "specs/demo/train.yaml")
+
+
+def finish(store, phase_id, status, reason):
+    """pending → launching → running → STATUS, as the engine records a phase (the store enforces the table)."""
+    store.transition(phase_id, "launching")
+    store.transition(phase_id, "running", container_id="c" * 64)
+    store.transition(phase_id, status, reason, exit_code=0 if status == "succeeded" else 1, container_id=None)
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +46,15 @@ def site(tmp_path_factory):
         store.checkpoint_intent(train, step, f.name, str(f), str(f))
         store.checkpoint_update(train, f.name, state=st, score=score, sha256=sha256_of(f), size=f.stat().st_size,
                                 files_json=json.dumps(file_hashes(f)), ever_best=1)
-    store.transition(train, "succeeded", "exit code 0", exit_code=0)
+    finish(store, train, "succeeded", "exit code 0")
     log = root / "runs" / "ab12" / "finetune" / "container.log"
     log.parent.mkdir(parents=True)
     log.write_text("finetune output\n")
     fine = store.add_phase("ab12", "finetune", GOOD, "0" * 64, {}, log_path=str(log))
-    store.transition(fine, "succeeded", "exit code 0", exit_code=0)
+    finish(store, fine, "succeeded", "exit code 0")
     store.create_run("cd34", GOOD)
     only = store.add_phase("cd34", "train", GOOD, "0" * 64, {})
-    store.transition(only, "failed", "exit code 1", exit_code=1)
+    finish(store, only, "failed", "exit code 1")
     store.close()
     bad = root / "bad.yaml"
     bad.write_text("apiVersion: runner/v1\nkind: Phase\nname: x\ncontainer:\n  image: i\n  command: python train.py\n")
@@ -130,6 +137,7 @@ def test_error_types_decide_exit_codes():
                                         ContainerNotFound)} == {3}
     assert exit_code(OSError(28, "No space left on device")) == 3
     assert exit_code(ValueError("a bug")) == 4
+    assert exit_code(InvalidTransition("x")) == 4
     assert exit_code(KeyboardInterrupt()) == 130
 
 

@@ -60,7 +60,7 @@ def test_launching_without_a_container_launches_once(make, write_spec):
     engine.drive(run_id, detach=True)
     (phase,) = engine.store.phases(run_id)
     backend.vanish(phase["container_id"])  # pretend create never happened...
-    engine.store.transition(phase["id"], "launching", "crash test", container_id=None)
+    engine.store.as_if_crashed(phase["id"], "launching", container_id=None)
     run = make(backend).drive(run_id)  # ...so the restart launches it, once
     assert run.last.status == "succeeded" and len(backend.launched) == 2
     assert "the runner stopped while launching and no container exists" in json.dumps(engine.store.events(run_id))
@@ -72,7 +72,7 @@ def test_launching_with_its_container_present_adopts_it(make, write_spec):
     run_id = engine.submit(write_spec(MINIMAL), {}, source="inbox:x.yaml")
     engine.drive(run_id, detach=True)
     (phase,) = engine.store.phases(run_id)
-    engine.store.transition(phase["id"], "launching", "crash between create and record", container_id=None)
+    engine.store.as_if_crashed(phase["id"], "launching", container_id=None)
     run = make(backend).drive(run_id)
     assert run.last.status == "succeeded" and len(backend.launched) == 1
 
@@ -227,7 +227,7 @@ def test_a_created_but_never_started_container_is_removed_and_launched_again(mak
     engine.drive(run_id, detach=True)
     (phase,) = engine.store.phases(run_id)
     backend.never_started(phase["container_id"])
-    engine.store.transition(phase["id"], "launching", "killed between create and start", container_id=None)
+    engine.store.as_if_crashed(phase["id"], "launching", container_id=None)
     run = make(backend).drive(run_id)
     assert run.last.status == "succeeded" and len(backend.launched) == 2 and len(backend.containers) == 1
     assert "was created but never started" in json.dumps(engine.store.events(run_id))
@@ -239,7 +239,7 @@ def crashed_while_launching(make, write_spec):
     run_id = engine.submit(write_spec(MINIMAL), {}, source="apply")
     engine.drive(run_id, detach=True)
     (phase,) = engine.store.phases(run_id)
-    engine.store.transition(phase["id"], "launching", "SIGKILL between create and record", container_id=None)
+    engine.store.as_if_crashed(phase["id"], "launching", container_id=None)
     return backend, engine, run_id, phase
 
 

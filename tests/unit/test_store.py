@@ -17,23 +17,38 @@ def store(tmp_path):
 def test_transitions_are_recorded_with_events(store):
     store.create_run("r1", "/specs/a.yaml")
     pid = store.add_phase("r1", "p1", "/specs/a.yaml", "abc", {"lr": "1e-6"})
+    assert store.transition(pid, "launching", "creating")
     assert store.transition(pid, "running", "container c1 started", container_id="c1")
     assert store.transition(pid, "succeeded", "exit code 0", exit_code=0, oom_killed=0)
     row = store.phase(pid)
     assert (row["status"], row["exit_code"], row["oom_killed"], row["container_id"]) == ("succeeded", 0, False, "c1")
     kinds = [e["kind"] for e in store.events("r1")]
-    assert kinds == ["run.created", "phase.pending", "phase.running", "phase.succeeded"]
+    assert kinds == ["run.created", "phase.pending", "phase.launching", "phase.running", "phase.succeeded"]
     assert store.events("r1")[-1]["message"] == "phase p1: running → succeeded: exit code 0"
 
 
 def test_compare_and_set_records_one_outcome(store):
     store.create_run("r1", "a")
     pid = store.add_phase("r1", "p1", "a", "x", {})
+    store.transition(pid, "launching")
     store.transition(pid, "running")
     assert store.transition(pid, "cancelled", "stopped", expect=frozenset({"running"}))
     assert not store.transition(pid, "failed", "exit 143", expect=frozenset({"running"}))
     assert store.phase(pid)["status"] == "cancelled"
     assert [e["kind"] for e in store.events("r1")].count("phase.failed") == 0
+
+
+def test_the_transition_table_is_enforced(store):
+    from runner.errors import InvalidTransition
+    from runner.lifecycle import ENDED, TRANSITIONS, PhaseStatus
+
+    store.create_run("r1", "a")
+    pid = store.add_phase("r1", "p1", "a", "x", {})
+    with pytest.raises(InvalidTransition, match="cannot go from pending to succeeded"):
+        store.transition(pid, "succeeded", "judged without ever running")
+    assert store.phase(pid)["status"] == "pending"  # nothing written
+    assert all(TRANSITIONS[s] == frozenset() for s in ENDED)  # an ended phase never moves
+    assert set(TRANSITIONS) == set(PhaseStatus)
 
 
 def test_resolve_run_by_prefix_and_latest(store):
