@@ -7,38 +7,15 @@ everything at once, reporting the step at which each would have tripped).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from runner.metrics.series import MetricSet, Series
 from runner.spec.criteria_models import Criterion, Group, Guard, StopAt
+from runner.spec.windows import Window, parse_window
 
 # ---------------------------------------------------------------------------- windows and reductions
-
-
-@dataclass(frozen=True)
-class Window:
-    kind: str  # all | last | since
-    n: int = 0
-
-
-def parse_window(value: str | int) -> Window:
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            raise ValueError("a window of steps must be at least 1")
-        return Window("last", value)
-    text = str(value).strip()
-    if text == "all":
-        return Window("all")
-    m = re.fullmatch(r"(?:last\s+)?(\d+)\s*steps?", text)
-    if m:
-        return Window("last", int(m.group(1)))
-    m = re.fullmatch(r"since\s+(?:step\s+)?(\d+)", text)
-    if m:
-        return Window("since", int(m.group(1)))
-    raise ValueError(f"window must be 'all', 'last N steps' or 'since STEP', got {value!r}")
 
 
 def window_points(series: Series, window: Window, origin: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -469,7 +446,7 @@ class Judgement:
     text: str
     value: float | None
     passed: bool | None
-    children: list["Judgement"] = field(default_factory=list)
+    children: list[Judgement] = field(default_factory=list)
 
     def lines(self, indent: int = 0) -> list[str]:
         mark = {True: "✓", False: "✗", None: "?"}[self.passed]

@@ -29,7 +29,8 @@ from runner import chain, preconditions
 from runner.backends.base import Backend, ContainerState
 from runner.criteria import Trip, verdict as judge_verdict
 from runner.metrics.series import MetricSet
-from runner.errors import ContainerNotFound, EngineUnavailable, ImageMissing, LaunchError, Problem, RunnerError, SpecError, Temporary
+from runner.errors import (ContainerNotFound, EngineUnavailable, ImageMissing, LaunchError, Problem, Refused, RunnerError,
+                           SpecError, Temporary)
 from runner.outputs import phase_outputs
 from runner.plan import BindMount, LaunchPlan, launch_plan, merge_inputs, resolve
 from runner.spec import LoadedSpec, load_spec
@@ -263,7 +264,8 @@ class Engine:
         rows = [r for r in self.store.phases(run_id)
                 if (r["status"] in ("running", "detached") and r["container_id"]) or r["status"] == "launching"]
         if not rows:
-            raise RunnerError(f"run {run_id} has no running or detached phase to attach to")
+            raise Refused(f"run {run_id} has no running or detached phase to attach to",
+                          f"`runner status {run_id}` shows how it ended")
         return self.drive(run_id)
 
     def _start(self, run_id: str, spec_path: str, inputs: dict, detach: bool, after: dict | None = None) -> PhaseResult:

@@ -30,7 +30,7 @@ from runner.checkpoints.vault import DiskFull, file_hashes, protect, refresh, sh
 from runner.checkpoints.watch import Watcher
 from runner.errors import Temporary
 from runner.metrics.series import MetricSet
-from runner.preconditions import step_from_name
+from runner.paths import step_from_name
 from runner.spec.criteria_models import Checkpoints
 from runner.store import Store
 

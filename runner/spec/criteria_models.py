@@ -305,7 +305,7 @@ class Criterion(Model):
     @field_validator("window")
     @classmethod
     def _window(cls, v):
-        from runner.criteria import parse_window
+        from runner.spec.windows import parse_window
 
         parse_window(v)
         return v
