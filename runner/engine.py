@@ -199,6 +199,7 @@ class Engine:
 
         An engine that does not answer at all is a one-line error before anything is recorded; a
         temporary error once the run is under way is retried (``_launch_retrying``)."""
+        load_spec(spec_path)  # a bad or missing spec is said first, engine or not
         self.backend.ping()
         run_id = self.submit(spec_path, inputs or {}, source="apply", state="started")
         result = self.drive(run_id, detach=detach)
