@@ -141,6 +141,13 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
+def _planned_end(phase: Phase | None, sup: Supervision | None) -> int | None:
+    """The step the phase is meant to reach: its stop_at, else metrics.total_steps."""
+    if sup is not None and sup.guards.planned_end is not None:
+        return sup.guards.planned_end
+    return phase.metrics.total_steps if phase is not None and phase.metrics is not None else None
+
+
 def declared_inputs(loaded: LoadedSpec) -> set[str]:
     return set((loaded.doc.data or {}).get("inputs") or {})
 
@@ -691,12 +698,17 @@ class Engine:
                 exit_reason = "killed: out of memory (the container hit its memory limit)"
             else:
                 exit_reason = f"exit code {state.exit_code}" + (f": {state.error}" if state.error else "")
+                if state.exit_code in (137, 143) and not (sup and (sup.trip or sup.met_early or sup.end_reached)):
+                    # runner did not stop it (no guard, criteria or planned end; no `runner stop`)
+                    exit_reason += (" — killed from outside runner (SIGKILL: `docker kill`, the OOM killer of the host?)"
+                                    if state.exit_code == 137 else
+                                    " — stopped from outside runner (SIGTERM: `docker stop`, a host shutdown?)")
             trip: Trip | None = sup.trip if sup else None
             success = phase.success if phase else None
             end_reached = sup.end_reached if sup else None
             v = judge_verdict(exit_ok, exit_reason, trip, success, sup.metrics if sup else MetricSet(),
                               met_early=bool(sup and sup.met_early), end_reached=end_reached,
-                              planned_end=sup.guards.planned_end if sup else None)
+                              planned_end=_planned_end(phase, sup))
             status = STATUS_OF_VERDICT[v.verdict]
             reason = v.reasons[0]
             if not exit_ok and trip is None and not (sup and sup.met_early) and end_reached is None:
