@@ -383,6 +383,7 @@ class Engine:
         """Supervise a phase whose container runs (or ran) while nobody watched it."""
         phase, plan = _phase_of(row), _stored_plan(row)
         sup = self._restored(row["id"], phase, _folder(row))
+        sup.started = row["started_at"] or time.time()  # guards' timeouts count from the container's start too
         self.slots.claim(row["id"], plan)
         try:
             if sup.ckpt is not None:
@@ -597,7 +598,11 @@ class Engine:
             return self._result(phase_id)
 
     def _follow(self, phase_id: int, plan: LaunchPlan, container_id: str, pump: threading.Thread, sup: Supervision) -> PhaseResult:
-        started = time.monotonic()
+        # The phase's timeout counts from its container's start, also when this process re-adopted it
+        # later (attach, a restarted server): the time before this process is taken from the record
+        # once, the rest from the monotonic clock (a wall-clock jump never fires or delays a timeout).
+        began = self.store.phase(phase_id)["started_at"]
+        started = time.monotonic() - (max(0.0, time.time() - began) if began else 0.0)
         unreachable_since: float | None = None
         stopping = False
         interval = sup.phase.metrics.poll_interval if sup.phase.metrics else 1.0

@@ -298,3 +298,16 @@ def test_launch_retries_give_up_with_an_error_and_the_reason(make, write_spec):
     (phase,) = engine.store.phases(run_id)
     assert phase["status"] == "error" and phase["reason"].startswith("gave up after")
     assert backend.launched == []
+
+
+def test_the_timeout_of_a_readopted_phase_counts_from_its_start(make, write_spec):
+    import time
+
+    backend = FakeBackend(script={"p1": Script(polls=10**9)})
+    engine = make(backend)
+    run_id = engine.submit(write_spec(MINIMAL + "timeout: 30m\n"), {}, source="inbox:x.yaml")
+    engine.drive(run_id, detach=True)
+    (phase,) = engine.store.phases(run_id)
+    engine.store.update(phase["id"], started_at=time.time() - 3600)  # it has run for an hour already
+    run = make(backend).drive(run_id)  # a restarted server re-adopts it
+    assert run.last.status == "failed" and "timeout" in run.last.reason
