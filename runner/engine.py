@@ -30,7 +30,7 @@ from runner.backends.base import Backend, ContainerState
 from runner.criteria import Trip, verdict as judge_verdict
 from runner.metrics.series import MetricSet
 from runner.errors import (ContainerNotFound, EngineUnavailable, ImageMissing, LaunchError, Problem, Refused, RunnerError,
-                           SpecError, Temporary)
+                           SpecError, StoreFull, Temporary)
 from runner.outputs import phase_outputs
 from runner.plan import BindMount, LaunchPlan, launch_plan, merge_inputs, resolve
 from runner.spec import LoadedSpec, load_spec
@@ -664,10 +664,30 @@ class Engine:
 
     def _poll_metrics(self, plan: LaunchPlan, phase_id: int, sup: Supervision) -> None:
         new = sup.poll()
-        if new:
-            self.store.save_metrics(phase_id, new, sup.sources.offsets())
-        for problem in sup.sources.problems():
-            self.store.event(plan.run_id, phase_id, "metrics.problem", problem)
+        for name, (steps, values, walls) in sup.unsaved.items():  # points a full disk kept out of the store
+            if name in new:
+                import numpy as np
+
+                s, v, w = new[name]
+                new[name] = (np.concatenate([steps, s]), np.concatenate([values, v]), np.concatenate([walls, w]))
+            else:
+                new[name] = (steps, values, walls)
+        try:
+            if new:
+                self.store.save_metrics(phase_id, new, sup.sources.offsets())
+            sup.unsaved = {}
+            for problem in sup.sources.problems():
+                self.store.event(plan.run_id, phase_id, "metrics.problem", problem)
+        except StoreFull as exc:
+            # Guards and criteria go on from memory; the points are saved once there is space again.
+            sup.unsaved = new
+            if not sup.store_full:
+                self.reporter.info(f"{exc} — supervision goes on; the metrics are recorded when there is space again")
+            sup.store_full = True
+            return
+        if sup.store_full:
+            sup.store_full = False
+            self.reporter.info("the run store has space again; metrics recorded")
         if sup.ckpt is not None:
             sup.ckpt.retain(sup.metrics)
 
@@ -751,11 +771,18 @@ class Engine:
         """Copy the container's output to container.log, the reporter and the stdout metric parser.
         ``mode`` "wb" rewrites the log from the container's start (re-attach: nothing missed while away)."""
         partial = b""
+        writable = True
         try:
             with open(log_path, mode) as out:
                 for chunk in self.backend.logs(container_id, follow=True):
-                    out.write(chunk)
-                    out.flush()
+                    if writable:
+                        try:
+                            out.write(chunk)
+                            out.flush()
+                        except OSError as exc:  # a full disk: the log file stops, the metrics and the view go on
+                            writable = False
+                            self.reporter.info(f"cannot write {log_path} ({exc}); the container's output is still "
+                                               "read (`docker logs` has all of it)")
                     lines = (partial + chunk).split(b"\n")
                     partial = lines.pop()
                     for line in lines:

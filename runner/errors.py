@@ -110,3 +110,7 @@ class InvalidTransition(Permanent):
     """A phase asked to move between statuses the lifecycle table does not allow: a bug, never a user error."""
 
     exit_code = 4  # internal error (README, "Exit codes")
+
+
+class StoreFull(Temporary):
+    """The run store's disk is full: the write was not recorded; freeing space makes it work again."""

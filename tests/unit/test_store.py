@@ -120,3 +120,36 @@ def test_restored_supervision_continues_from_offsets(tmp_path):
     assert sup.sources.tensorboard.offsets == {str(tmp_path / "tb" / "events.out.tfevents.1"): 4242}
     assert sup.metrics.series["loss"].steps.tolist() == list(range(1, 9))
     assert sup.trip is not None and sup.trip.step == 7  # guard state is rebuilt too
+
+
+def test_opening_a_current_store_writes_nothing(tmp_path):
+    """`runner status` must read a store whose disk is full: opening it must not write."""
+    import hashlib
+
+    path = tmp_path / "runner.db"
+    s = Store(path)
+    s.create_run("r1", "a")
+    s.close()
+    before = (path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+    again = Store(path)
+    assert [r["id"] for r in again.runs()] == ["r1"]
+    again.close()
+    assert (path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest()) == before
+
+
+def test_a_full_disk_is_a_clear_temporary_error_and_loses_nothing(tmp_path):
+    from runner.errors import StoreFull, Temporary
+
+    s = Store(tmp_path / "runner.db")
+    s.create_run("r1", "a")
+    pages = s.db.execute("PRAGMA page_count").fetchone()[0]
+    s.db.execute(f"PRAGMA max_page_count={pages + 2}")  # as good as a full disk for SQLite
+    with pytest.raises(StoreFull, match="is full") as exc:
+        for i in range(10_000):
+            s.event("r1", None, "note", "x" * 2000)
+    assert isinstance(exc.value, Temporary)
+    assert not s.db.in_transaction
+    assert [r["id"] for r in s.runs()] == ["r1"]  # what was recorded is still there, and readable
+    s.db.execute("PRAGMA max_page_count=1073741823")  # space again: recording goes on
+    s.event("r1", None, "note", "after")
+    assert s.events("r1")[-1]["message"] == "after"
