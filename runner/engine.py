@@ -744,6 +744,12 @@ class Engine:
                                     sup.metrics if sup else MetricSet(), ckpt, abs_path(folder, ckpt.dir) if ckpt else None)
             outputs.update(vaulted)
             missed = sup.ckpt.missed_explanation(sup.metrics) if sup and sup.ckpt else ""
+            if sup and sup.ckpt:
+                override, warning = sup.ckpt.unprotected_best(sup.metrics)
+                outputs.update(override)
+                if warning:
+                    outputs["warnings"] = [warning]
+                    missed = "\n".join(x for x in (missed, warning) if x)
             fields.update(verdict=v.verdict, explanation=v.explanation() + ("\n" + missed if missed else ""),
                           outputs_json=json.dumps(outputs),
                           judgement_json=json.dumps(v.judgement.as_dict() if v.judgement else None))
