@@ -35,7 +35,9 @@ from runner.outputs import phase_outputs
 from runner.plan import BindMount, LaunchPlan, launch_plan, merge_inputs, resolve
 from runner.spec import LoadedSpec, load_spec
 from runner.spec.models import Phase
-from runner.lifecycle import NOT_FOUND, STATUS_OF_VERDICT, Act, Container, PhaseView, next_action
+from runner.lifecycle import NOT_FOUND, STATUS_OF_VERDICT, Act, Container, PhaseView, failure_kinds, next_action
+from runner.outputs import context
+from runner.spec import interpolate
 from runner.store import ACTIVE, Store
 from runner.preconditions import abs_path
 from runner.supervision import Supervision
@@ -286,7 +288,10 @@ class Engine:
                 inputs = {k: v for k, v in inputs.items() if k in declared_inputs(loaded)}
             else:
                 inputs = {**self._run_inputs(run_id, loaded), **inputs}
-            phase, plan, _ = self.plan(loaded, inputs, run_id)
+            # A phase run again in this run (a retry, a chain that loops back) is attempt 2, 3, ...:
+            # its own container name and folder, so nothing of the earlier attempt is overwritten.
+            attempt = 1 + sum(1 for p in self.store.phases(run_id) if p["name"] == loaded.phase.name)
+            phase, plan, _ = self.plan(loaded, inputs, run_id, attempt)
         except SpecError as exc:
             if after is not None:
                 self.store.event(run_id, after["id"], "chain.error", f"next spec {spec_path} is invalid:\n{exc}")
@@ -421,7 +426,9 @@ class Engine:
 
         sup = Supervision(phase, folder)
         row = self.store.phase(phase_id)
-        sup.ckpt = self._checkpoint_guard(row["run_id"], phase_id, phase, folder, str(self.runs_dir / row["run_id"] / row["name"]))
+        stored = _stored_plan(row)
+        pdir = stored.phase_dir if stored is not None else str(self.runs_dir / row["run_id"] / row["name"])
+        sup.ckpt = self._checkpoint_guard(row["run_id"], phase_id, phase, folder, pdir)
         new = {}
         for name, pts in self.store.metric_points(phase_id).items():
             arr = np.array(pts, dtype=np.float64)
@@ -436,11 +443,11 @@ class Engine:
             sup.sources.jsonl.offset = offsets.get(str(sup.sources.jsonl.path), 0)
         return sup
 
-    def plan(self, loaded: LoadedSpec, inputs: dict[str, str], run_id: str) -> tuple[Phase, LaunchPlan, dict]:
+    def plan(self, loaded: LoadedSpec, inputs: dict[str, str], run_id: str, attempt: int = 1) -> tuple[Phase, LaunchPlan, dict]:
         """Pure apart from the policy: the resolved phase, its launch plan and the merged inputs (SpecError)."""
         merged = merge_inputs(loaded, inputs)
-        phase = resolve(loaded, merged, run_id, self.runs_dir)
-        plan = launch_plan(phase, loaded, merged, run_id, self.runs_dir)
+        phase = resolve(loaded, merged, run_id, self.runs_dir, attempt)
+        plan = launch_plan(phase, loaded, merged, run_id, self.runs_dir, attempt)
         if self.policy is not None:
             problems = self.policy.problems(loaded, plan)
             if problems:
@@ -485,17 +492,51 @@ class Engine:
         return "; ".join(unmet)
 
     def _decide(self, phase_id: int, sup: Supervision) -> PhaseResult:
-        """The chain decision of a judged phase, recorded once (with what `drive` needs to act on it)."""
+        """The chain decision of an ended phase, recorded once (with what `drive` needs to act on it):
+        a retry of the same spec when its `retry:` policy covers how it failed, else its `next:` rules."""
         row = self.store.phase(phase_id)
         spec = row["spec_path"]
-        counts = {rule: n for (s, rule), n in self._fired(row["run_id"]).items() if s == spec}
-        d = chain.decide(_phase_of(row).next, row["verdict"], sup.metrics, {**row["outputs"], "name": row["name"]},
-                         row["inputs"], {"id": row["run_id"], "dir": str(self.runs_dir / row["run_id"])}, _folder(row), counts)
+        d = self._retry_decision(row, sup)
+        if d is None and row["status"] == "lost":
+            d = chain.Decision(None, None, {}, "the container was lost and no retry applies; the chain ends")
+        if d is None:
+            counts = {rule: n for (s, rule), n in self._fired(row["run_id"]).items() if s == spec}
+            d = chain.decide(_phase_of(row).next, row["verdict"], sup.metrics, {**row["outputs"], "name": row["name"]},
+                             row["inputs"], {"id": row["run_id"], "dir": str(self.runs_dir / row["run_id"])}, _folder(row), counts)
         if self.store.record_decision(phase_id, d.reason, {"next": d.spec, "inputs": d.inputs, "rule": d.rule, "spec": spec}):
             self.reporter.info(f"next: {d.reason}")
         result = self._result(phase_id)
         result.decision = d
         return result
+
+    def _retry_decision(self, row: dict, sup: Supervision):
+        """A decision to run the same spec again (attempt N+1), or None.  Only infrastructure
+        failures the spec's `retry.on` names; never a guard trip or a failed verdict."""
+        policy = _phase_of(row).retry
+        kinds = failure_kinds(row)
+        if policy is None or not kinds:
+            return None
+        matched = sorted(k for k in kinds if k in policy.on)
+        if not matched:
+            return None
+        earlier = [p for p in self.store.phases(row["run_id"]) if p["name"] == row["name"] and p["id"] <= row["id"]]
+        retries_so_far = len(earlier) - 1
+        if retries_so_far >= policy.max:
+            self.store.event(row["run_id"], row["id"], "phase.retry-exhausted",
+                             f"{row['name']} failed ({', '.join(matched)}); no retries left ({policy.max} used)")
+            return None
+        outputs = dict(row["outputs"] or {})
+        if sup.ckpt is not None and not outputs.get("last_checkpoint"):
+            outputs.update(sup.ckpt.outputs())  # a lost phase was never judged: its vault still says what it kept
+        ctx = {**context(outputs), "inputs": row["inputs"], "run": {"id": row["run_id"], "dir": str(self.runs_dir / row["run_id"])}}
+        ctx["phase"] = {**ctx["phase"], "name": row["name"]}
+        with_inputs = {k: interpolate.substitute(v, ctx) if isinstance(v, str) else interpolate.as_text(v)
+                       for k, v in policy.with_.items()}
+        attempt = retries_so_far + 2
+        return chain.Decision("retry", row["spec_path"], {**row["inputs"], **with_inputs},
+                              f"retry {attempt - 1} of {policy.max} ({', '.join(matched)}): attempt {attempt} of "
+                              f"{row['name']}" + (f" with {', '.join(f'{k}={v}' for k, v in with_inputs.items())}"
+                                                  if with_inputs else ""))
 
     # ------------------------------------------------------------------ launch
 

@@ -135,8 +135,31 @@ def next_action(phase: PhaseView | None, container: Container | None = None) -> 
         if not container.exists:
             return Act.MARK_LOST
         return Act.JUDGE if container.ended else Act.SUPERVISE
-    if s in JUDGED and phase.verdict and not phase.decided:
-        return Act.DECIDE
+    if ((s in JUDGED and phase.verdict) or s == S.LOST) and not phase.decided:
+        return Act.DECIDE  # a lost phase decides too: its retry policy may relaunch it
     if phase.next_spec:
         return Act.START_NEXT
     return Act.DONE
+
+
+def failure_kinds(row: dict) -> set[str]:
+    """How an ended phase failed, in the words of `retry.on`; empty for anything a retry must not
+    cover (success, a guard trip, criteria not met, a cancel)."""
+    status, reason = row.get("status"), row.get("reason") or ""
+    if status == S.LOST:
+        return {"lost"}
+    if status != S.FAILED:
+        return set()
+    if row.get("oom_killed"):
+        return {"oom"}
+    if "short of its planned end" in reason:
+        return {"stopped"}
+    if reason.startswith("exit code ") or reason.startswith("container failed: exit code "):
+        code = row.get("exit_code")
+        kinds = {f"exit_code {code}"} if code is not None else set()
+        if code == 137:
+            kinds.add("killed")
+        if code == 143:
+            kinds.add("stopped")
+        return kinds
+    return set()

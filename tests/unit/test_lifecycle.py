@@ -27,7 +27,8 @@ CREATED = Container(True, "created")
     (PhaseView(S.FAILED, "c1", "failure", decided=True), None, Act.DONE),
     (PhaseView(S.BLOCKED), None, Act.DONE),
     (PhaseView(S.CANCELLED, "c1"), None, Act.DONE),
-    (PhaseView(S.LOST, "c1"), None, Act.DONE),
+    (PhaseView(S.LOST, "c1"), None, Act.DECIDE),  # its retry policy may relaunch it
+    (PhaseView(S.LOST, "c1", decided=True), None, Act.DONE),
 ])
 def test_next_action(phase, container, action):
     assert next_action(phase, container) == action

@@ -311,3 +311,65 @@ def test_the_timeout_of_a_readopted_phase_counts_from_its_start(make, write_spec
     engine.store.update(phase["id"], started_at=time.time() - 3600)  # it has run for an hour already
     run = make(backend).drive(run_id)  # a restarted server re-adopts it
     assert run.last.status == "failed" and "timeout" in run.last.reason
+
+
+class Flaky(FakeBackend):
+    """Each launch takes the next script: attempt 1 fails one way, attempt 2 another."""
+
+    def __init__(self, *scripts):
+        super().__init__()
+        self.queue = list(scripts)
+
+    def launch(self, plan):
+        self.script[plan.phase] = self.queue.pop(0)
+        return super().launch(plan)
+
+
+RETRYING = MINIMAL.replace("name: p1", "name: p1\ninputs: {resume_from: none}") + """\
+retry: {on: [oom, lost, exit_code 3], max: 2, with: {resume_from: "${{ phase.dir }}/after-${{ phase.verdict }}"}}
+next:
+  - {when: failure, apply: two.yaml}
+"""
+
+
+def test_an_oom_is_retried_as_a_new_attempt_with_its_own_name_and_inputs(make, write_spec, tmp_path):
+    (tmp_path / "two.yaml").write_text(MINIMAL.replace("name: p1", "name: two"))
+    backend = Flaky(Script(oom=True, exit_code=137), Script())
+    engine = make(backend)
+    run_id = engine.submit(write_spec(RETRYING), {}, source="apply")
+    run = engine.drive(run_id)
+    first, second = engine.store.phases(run_id)
+    assert (first["name"], first["status"], second["name"], second["status"]) == ("p1", "failed", "p1", "succeeded")
+    assert first["decision"].startswith("retry 1 of 2 (oom): attempt 2 of p1")
+    assert second["container_name"].endswith("-p1-2") and second["log_path"].endswith("/p1.2/container.log")
+    assert second["inputs"]["resume_from"].endswith("/p1/after-failure")  # from the failed attempt's outputs
+    assert run.last.status == "succeeded" and len(backend.launched) == 2
+
+
+def test_retries_never_cover_a_failed_verdict_and_stop_at_max(make, write_spec, tmp_path):
+    (tmp_path / "two.yaml").write_text(MINIMAL.replace("name: p1", "name: two"))
+    backend = Flaky(Script(exit_code=3), Script(exit_code=3), Script(exit_code=3), Script())
+    engine = make(backend)
+    run_id = engine.submit(write_spec(RETRYING), {}, source="apply")
+    engine.drive(run_id)
+    names = [(p["name"], p["status"]) for p in engine.store.phases(run_id)]
+    assert names == [("p1", "failed"), ("p1", "failed"), ("p1", "failed"), ("two", "succeeded")]  # 2 retries, then next:
+    assert "phase.retry-exhausted" in kinds(engine, run_id)
+    crit = Flaky(Script(lines=["step 1 loss 5.0"]), Script())  # success criteria not met: a failed verdict, never retried
+    engine2 = make(crit)
+    spec = RETRYING.replace("retry:", "metrics: {stdout: {step: 'step (\\d+)', patterns: {loss: 'loss ([0-9.]+)'}}}\n"
+                                      "success: {all: [{metric: loss, below: 1}]}\nretry:")
+    run2 = engine2.submit(write_spec(spec), {}, source="apply")
+    engine2.drive(run2)
+    assert [p["name"] for p in engine2.store.phases(run2)] == ["p1", "two"]
+
+
+def test_a_lost_container_is_retried(make, write_spec, tmp_path):
+    (tmp_path / "two.yaml").write_text(MINIMAL.replace("name: p1", "name: two"))
+    backend = Flaky(Script(polls=10**9), Script())
+    engine = make(backend)
+    run_id = engine.submit(write_spec(RETRYING), {}, source="apply")
+    engine.drive(run_id, detach=True)
+    backend.vanish(next(iter(backend.containers)))
+    make(backend).drive(run_id)
+    assert [(p["name"], p["status"]) for p in engine.store.phases(run_id)] == [("p1", "lost"), ("p1", "succeeded")]
