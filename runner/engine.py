@@ -30,7 +30,7 @@ from runner.backends.base import Backend, ContainerState
 from runner.criteria import Trip, verdict as judge_verdict
 from runner.metrics.series import MetricSet
 from runner.errors import (ContainerNotFound, EngineUnavailable, ImageMissing, LaunchError, Problem, Refused, RunnerError,
-                           SpecError, StoreFull, Temporary)
+                           SpecError, Temporary)
 from runner.outputs import phase_outputs
 from runner.plan import BindMount, LaunchPlan, launch_plan, merge_inputs, resolve
 from runner.spec import LoadedSpec, load_spec
@@ -40,7 +40,7 @@ from runner.outputs import context
 from runner.spec import interpolate
 from runner.store import ACTIVE, Store
 from runner.preconditions import abs_path
-from runner.supervision import Supervision
+from runner.session import PhaseSession
 from runner.units import format_duration
 
 POLL_S = 0.5
@@ -143,7 +143,7 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
-def _planned_end(phase: Phase | None, sup: Supervision | None) -> int | None:
+def _planned_end(phase: Phase | None, sup: PhaseSession | None) -> int | None:
     """The step the phase is meant to reach: its stop_at, else metrics.total_steps."""
     if sup is not None and sup.guards.planned_end is not None:
         return sup.guards.planned_end
@@ -336,19 +336,15 @@ class Engine:
             if blocked:
                 self.store.transition(phase_id, "blocked", blocked, finished_at=time.time(), decision="blocked: the chain ends")
                 return self._result(phase_id)
-            sup = Supervision(phase, folder)
-            sup.ckpt = self._checkpoint_guard(run_id, phase_id, phase, folder, plan.phase_dir)
-            if sup.ckpt is not None:
-                sup.ckpt.start()  # watching before the trainer starts: no checkpoint can slip by
+            sup = PhaseSession.fresh(self.store, self.backend, phase_id, phase, folder, plan, self.reporter.info)
+            sup.start()  # watching checkpoints before the trainer starts: none can slip by
             try:
                 container_id = self._launch_retrying(phase_id, plan)
             except BaseException:
-                if sup.ckpt is not None:
-                    sup.ckpt.stop()
+                sup.stop()
                 raise
             if detach:
-                if sup.ckpt is not None:
-                    sup.ckpt.stop()  # `runner attach` (or the server) takes over; rescans find what was written meanwhile
+                sup.stop()  # `runner attach` (or the server) takes over; rescans find what was written meanwhile
                 self.reporter.info(f"detached: container {container_id[:12]} runs on; follow with `runner logs {run_id} -f`")
                 return self._result(phase_id)
             result = self.supervise(phase_id, plan, container_id, sup)
@@ -391,8 +387,7 @@ class Engine:
         sup.started = row["started_at"] or time.time()  # guards' timeouts count from the container's start too
         self.slots.claim(row["id"], plan)
         try:
-            if sup.ckpt is not None:
-                sup.ckpt.start()  # recover() repairs the vault; the first rescan finds what was written meanwhile
+            sup.start()  # the guard repairs the vault; its first rescan finds what was written meanwhile
             self.store.transition(row["id"], "running", "re-attached", expect=frozenset({"running", "detached"}))
             self.reporter.info(f"run {row['run_id']}: attached to phase {row['name']} (container {row['container_id'][:12]})")
             result = self.supervise(row["id"], plan, row["container_id"], sup, fresh_log=True)
@@ -420,28 +415,10 @@ class Engine:
                     fired[(spec, rule)] = fired.get((spec, rule), 0) + 1
         return fired
 
-    def _restored(self, phase_id: int, phase: Phase, folder: Path) -> Supervision:
-        """A Supervision seeded from the store: the points read so far and the source offsets."""
-        import numpy as np
-
-        sup = Supervision(phase, folder)
-        row = self.store.phase(phase_id)
-        stored = _stored_plan(row)
-        pdir = stored.phase_dir if stored is not None else str(self.runs_dir / row["run_id"] / row["name"])
-        sup.ckpt = self._checkpoint_guard(row["run_id"], phase_id, phase, folder, pdir)
-        new = {}
-        for name, pts in self.store.metric_points(phase_id).items():
-            arr = np.array(pts, dtype=np.float64)
-            new[name] = (arr[:, 0].astype(np.int64), arr[:, 1], arr[:, 2])
-            sup.metrics.add(name, *new[name])
-        sup.guards.feed(new)
-        sup.trip = sup.guards.tripped
-        offsets = self.store.offsets(phase_id)
-        if sup.sources.tensorboard is not None:
-            sup.sources.tensorboard.offsets.update({f: o for f, o in offsets.items() if "tfevents" in f})
-        if sup.sources.jsonl is not None:
-            sup.sources.jsonl.offset = offsets.get(str(sup.sources.jsonl.path), 0)
-        return sup
+    def _restored(self, phase_id: int, phase: Phase, folder: Path) -> PhaseSession:
+        """The phase's session rebuilt from the store (every path but a fresh launch)."""
+        return PhaseSession.recover(self.store, self.backend, phase_id, phase, folder,
+                                    _stored_plan(self.store.phase(phase_id)), self.reporter.info)
 
     def plan(self, loaded: LoadedSpec, inputs: dict[str, str], run_id: str, attempt: int = 1) -> tuple[Phase, LaunchPlan, dict]:
         """Pure apart from the policy: the resolved phase, its launch plan and the merged inputs (SpecError)."""
@@ -453,21 +430,6 @@ class Engine:
             if problems:
                 raise SpecError(problems)
         return phase, plan, merged
-
-    def _checkpoint_guard(self, run_id: str, phase_id: int, phase: Phase, folder: Path, phase_dir: str):
-        if phase.checkpoints is None:
-            return None
-        from runner.checkpoints.guard import CheckpointGuard
-
-        guard = CheckpointGuard(self.store, run_id, phase_id, phase.checkpoints, abs_path(folder, phase.checkpoints.dir),
-                                Path(phase_dir) / "vault", say=self.reporter.info)
-        if phase.checkpoints.validate_ is not None:
-            from runner.checkpoints.validation import Validator
-
-            plan = _stored_plan(self.store.phase(phase_id))
-            if plan is not None:
-                guard.validator = Validator(self.backend, plan, phase.checkpoints.validate_, self.store, run_id, phase_id)
-        return guard
 
     def _preconditions(self, run_id: str, phase_id: int, phase: Phase, plan: LaunchPlan, folder: Path) -> str:
         """'' when every precondition is met, else the reasons (each check is recorded)."""
@@ -491,7 +453,7 @@ class Engine:
                 unmet.append(text)
         return "; ".join(unmet)
 
-    def _decide(self, phase_id: int, sup: Supervision) -> PhaseResult:
+    def _decide(self, phase_id: int, sup: PhaseSession) -> PhaseResult:
         """The chain decision of an ended phase, recorded once (with what `drive` needs to act on it):
         a retry of the same spec when its `retry:` policy covers how it failed, else its `next:` rules."""
         row = self.store.phase(phase_id)
@@ -509,7 +471,7 @@ class Engine:
         result.decision = d
         return result
 
-    def _retry_decision(self, row: dict, sup: Supervision):
+    def _retry_decision(self, row: dict, sup: PhaseSession):
         """A decision to run the same spec again (attempt N+1), or None.  Only infrastructure
         failures the spec's `retry.on` names; never a guard trip or a failed verdict."""
         policy = _phase_of(row).retry
@@ -620,11 +582,13 @@ class Engine:
 
     # ------------------------------------------------------------------ supervise
 
-    def supervise(self, phase_id: int, plan: LaunchPlan, container_id: str, sup: Supervision | None = None,
+    def supervise(self, phase_id: int, plan: LaunchPlan, container_id: str, sup: PhaseSession | None = None,
                   fresh_log: bool = False) -> PhaseResult:
         """Follow a running container to its end: logs, metrics, guards, criteria, timeout, stop and
         detach requests.  Returns the recorded outcome."""
-        sup = sup or Supervision(Phase.model_validate(json.loads(self.store.phase(phase_id)["phase_json"])), "/")
+        if sup is None:
+            row = self.store.phase(phase_id)
+            sup = self._restored(phase_id, _phase_of(row), _folder(row))
         log_path = Path(plan.phase_dir) / "container.log"
         pump = threading.Thread(target=self._pump_logs, args=(container_id, log_path, sup, "wb" if fresh_log else "ab"), daemon=True)
         pump.start()
@@ -638,7 +602,7 @@ class Engine:
             pump.join(timeout=5)
             return self._result(phase_id)
 
-    def _follow(self, phase_id: int, plan: LaunchPlan, container_id: str, pump: threading.Thread, sup: Supervision) -> PhaseResult:
+    def _follow(self, phase_id: int, plan: LaunchPlan, container_id: str, pump: threading.Thread, sup: PhaseSession) -> PhaseResult:
         # The phase's timeout counts from its container's start, also when this process re-adopted it
         # later (attach, a restarted server): the time before this process is taken from the record
         # once, the rest from the monotonic clock (a wall-clock jump never fires or delays a timeout).
@@ -703,36 +667,10 @@ class Engine:
         self._poll_metrics(plan, phase_id, sup)  # what was written just before the end
         return self.finish(phase_id, state, sup)
 
-    def _poll_metrics(self, plan: LaunchPlan, phase_id: int, sup: Supervision) -> None:
-        new = sup.poll()
-        for name, (steps, values, walls) in sup.unsaved.items():  # points a full disk kept out of the store
-            if name in new:
-                import numpy as np
+    def _poll_metrics(self, plan: LaunchPlan, phase_id: int, sup: PhaseSession) -> None:
+        sup.record_poll(self.reporter.info)
 
-                s, v, w = new[name]
-                new[name] = (np.concatenate([steps, s]), np.concatenate([values, v]), np.concatenate([walls, w]))
-            else:
-                new[name] = (steps, values, walls)
-        try:
-            if new:
-                self.store.save_metrics(phase_id, new, sup.sources.offsets())
-            sup.unsaved = {}
-            for problem in sup.sources.problems():
-                self.store.event(plan.run_id, phase_id, "metrics.problem", problem)
-        except StoreFull as exc:
-            # Guards and criteria go on from memory; the points are saved once there is space again.
-            sup.unsaved = new
-            if not sup.store_full:
-                self.reporter.info(f"{exc} — supervision goes on; the metrics are recorded when there is space again")
-            sup.store_full = True
-            return
-        if sup.store_full:
-            sup.store_full = False
-            self.reporter.info("the run store has space again; metrics recorded")
-        if sup.ckpt is not None:
-            sup.ckpt.retain(sup.metrics)
-
-    def finish(self, phase_id: int, state: ContainerState, sup: Supervision | None = None) -> PhaseResult:
+    def finish(self, phase_id: int, state: ContainerState, sup: PhaseSession | None = None) -> PhaseResult:
         """Record the outcome of an ended container, once (a second caller changes nothing)."""
         row = self.store.phase(phase_id)
         if row["status"] not in ACTIVE:
@@ -743,16 +681,9 @@ class Engine:
             sup = self._restored(phase_id, phase, folder)
             self._poll_metrics_quiet(sup)
         fields = dict(exit_code=state.exit_code, oom_killed=int(state.oom_killed), finished_at=time.time())
-        vaulted = {}
-        if sup is not None and sup.ckpt is not None:
-            def merge() -> None:  # validation results that arrived after the last poll
-                new = sup.poll()
-                if new:
-                    self.store.save_metrics(phase_id, new, sup.sources.offsets())
-
-            # Vault and validate everything first (also for cancelled phases): the verdict is
-            # taken on every validation, including the last checkpoint's.
-            vaulted = sup.ckpt.finish(sup.metrics, merge)
+        # Vault and validate everything first (also for cancelled phases): the verdict is taken on
+        # every validation, including the last checkpoint's.
+        vaulted = sup.vault_all() if sup is not None else {}
         if row["stop_requested"]:
             status, reason, v = "cancelled", "stopped on request", None
         else:
@@ -799,7 +730,7 @@ class Engine:
             self.reporter.info(f"verdict: {v.verdict}\n" + fields["explanation"])
         return self._result(phase_id)
 
-    def _poll_metrics_quiet(self, sup: Supervision) -> None:
+    def _poll_metrics_quiet(self, sup: PhaseSession) -> None:
         try:
             sup.poll()
         except OSError:
@@ -814,7 +745,7 @@ class Engine:
         except RunnerError as exc:
             self.reporter.info(f"stop failed: {exc}")
 
-    def _pump_logs(self, container_id: str, log_path: Path, sup: Supervision | None = None, mode: str = "ab") -> None:
+    def _pump_logs(self, container_id: str, log_path: Path, sup: PhaseSession | None = None, mode: str = "ab") -> None:
         """Copy the container's output to container.log, the reporter and the stdout metric parser.
         ``mode`` "wb" rewrites the log from the container's start (re-attach: nothing missed while away)."""
         partial = b""
@@ -839,7 +770,7 @@ class Engine:
         except RunnerError as exc:
             self.reporter.info(f"log stream ended: {exc}")
 
-    def _line(self, text: str, sup: Supervision | None) -> None:
+    def _line(self, text: str, sup: PhaseSession | None) -> None:
         self.reporter.log_line(text)
         if sup is not None:
             sup.feed_line(text)

@@ -20,7 +20,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from runner.metrics.series import MetricSet
 from runner.paths import step_from_name
 from runner.spec.criteria_models import Checkpoints
 from runner.store import Store
+
+if TYPE_CHECKING:
+    from runner.checkpoints.validation import Validator
 
 RESCAN_S = 1.0
 
@@ -57,7 +60,7 @@ class CheckpointGuard:
         self.watcher = Watcher(folder, polling=spec.polling, interval=rescan_s)
         self.pending: dict[str, tuple[tuple, float]] = {}  # name → (files' sizes and mtimes, stable since)
         self.disk_full = False
-        self.validator = None  # a checkpoints.validation.Validator, when the spec has validate:
+        self.validator: Validator | None = None  # when the spec has validate:
         self.unloadable: set[str] = set()
         self.seen: dict[str, int] = {}  # name → step of checkpoints seen in the folder and not vaulted yet
         self.signatures: dict[str, tuple] = {}  # vaulted folder → its files' (path, size, mtime) when last vaulted
