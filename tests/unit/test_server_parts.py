@@ -316,3 +316,40 @@ def test_queue_lists_waiting_work_in_start_order(tmp_path, write_spec, capsys):
     assert store.submission(high)["state"] == "cancelled"
     main(["--state", str(store.path), "queue"])
     assert high not in capsys.readouterr().out
+
+
+def test_a_missed_checkpoint_is_posted_to_the_webhook(server):
+    """`checkpoint.missed` (a checkpoint deleted before it could be vaulted) reaches the webhook, over
+    real HTTP on loopback, with the checkpoint's name and step."""
+    import http.server
+    import json as _json
+    import threading
+
+    received = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(_json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        server.notify = f"http://127.0.0.1:{httpd.server_port}/hook"
+        store = server.store
+        store.create_run("r1", "spec")
+        pid = store.add_phase("r1", "p1", "spec", "x", {})
+        store.event("r1", pid, "checkpoint.missed", "MISSED checkpoint-40 (step 40): deleted before it was complete",
+                    {"name": "checkpoint-40", "step": 40})
+        server._post_notifications()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not received:
+            time.sleep(0.05)
+        (body,) = [b for b in received if b["event"] == "checkpoint.missed"]
+        assert body["run"] == "r1" and body["phase"] == "p1" and body["data"] == {"name": "checkpoint-40", "step": 40}
+    finally:
+        httpd.shutdown()
