@@ -32,10 +32,14 @@ def only_run(cli) -> str:
     return run["id"]
 
 
-def containers(docker_client, **labels) -> list:
-    """Every container (any state) carrying all the given labels (keys with '.' as '__')."""
-    filters = [f"{k.replace('__', '.')}={v}" for k, v in labels.items()]
-    return docker_client.containers.list(all=True, filters={"label": filters})
+def containers(docker_client, labels: dict) -> list:
+    """Every container (any state) carrying all the given labels."""
+    return docker_client.containers.list(all=True, filters={"label": [f"{k}={v}" for k, v in labels.items()]})
+
+
+def labelled_containers(docker_client, test_id) -> list:
+    """The containers of this test (its specs carry the ``runner-test.id`` label)."""
+    return containers(docker_client, {TEST_LABEL: test_id})
 
 
 def run_containers(docker_client, run_id: str, phase: str | None = None) -> list:

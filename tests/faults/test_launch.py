@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.faults.conftest import check_invariants, containers, only_run, run_containers, serve, status, wait_for
+from tests.faults.conftest import check_invariants, labelled_containers, only_run, run_containers, serve, status, wait_for
 
 SHORT = ["sh", "-c", "sleep 3; echo done"]
 
@@ -108,7 +108,7 @@ def test_row39_sigkill_of_apply_during_launch(cli, tmp_path, spec_for, docker_cl
     proc.wait(timeout=10)
     runs = status(cli)["runs"] if cli.state.exists() else []
     if not runs:  # killed before the run was recorded: nothing may have been launched
-        assert containers(docker_client, runner_test__id=test_id) == []
+        assert labelled_containers(docker_client, test_id) == []
         return
     run = runs[0]["id"]
     status(cli, run)  # status refreshes: a launching phase is matched to its container by name
