@@ -134,3 +134,18 @@ def test_row41_docker_stop_at_10_percent_is_stopped_from_outside_not_success(cli
     assert p["status"] != "succeeded" and p["verdict"] != "success", p
     assert "next" not in (p["decision"] or "") or "no next rule" in p["decision"]  # the success branch never runs
     assert any(w in p["reason"] + p["explanation"] for w in ("outside", "planned end", "short of")), p
+
+
+def test_row13_a_40_kb_line_is_reassembled_from_the_engines_16_kb_pieces(cli, spec_for, docker_client):
+    """The json-file log driver stores a line longer than 16 KB in pieces; container.log and the stdout metric
+    parser get the line whole."""
+    line = "loss=1.5 " + "x" * 40000
+    spec = spec_for(["sh", "-c", f"echo step=7 {line}; echo done"],
+                    extra="metrics:\n  stdout: {step: 'step=(\\d+)', patterns: {loss: 'loss=([0-9.]+)'}}\n")
+    out = cli("apply", spec, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    doc = check_invariants(cli, only_run(cli), docker_client)
+    (p,) = doc["phases"]
+    with open(p["log"]) as f:
+        assert f.read().splitlines() == [f"step=7 {line}", "done"]
+    assert p["outputs"]["metrics"].get("loss", {}).get("last") == 1.5, p["outputs"]["metrics"]

@@ -3,8 +3,6 @@ import struct
 
 import pytest
 
-from tests.faults.conftest import wait_for  # noqa: F401  (marks the module as part of the suite)
-
 
 def event_file(tmp_path, points=100):
     from tensorboardX import SummaryWriter
