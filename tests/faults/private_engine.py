@@ -147,3 +147,65 @@ def private_engine():
             engine.close()
         if had_docker0 and not _docker0():
             pytest.fail("the main engine's docker0 bridge is gone after the private engine ran", pytrace=False)
+
+
+class StallingProxy:
+    """A unix-socket proxy in front of an engine's socket that can hold back the engine's answers (an API stall):
+    while ``stalled`` is set, nothing the engine sends reaches the client, so its requests run into their timeout."""
+
+    def __init__(self, target: Path, sock: Path):
+        import socket
+        import threading
+
+        self.target, self.sock = str(target), sock
+        self.stalled = threading.Event()
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(sock))
+        self.server.listen(64)
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.sock}"
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self.closed:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                upstream.connect(self.target)
+            except OSError:
+                client.close()
+                continue
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, src, dst, answers: bool) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                while answers and self.stalled.is_set() and not self.closed:
+                    time.sleep(0.05)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.closed = True
+        self.stalled.clear()
+        self.server.close()

@@ -3,8 +3,12 @@
 Each test starts its own private engine (tests/faults/private_engine.py: its own namespaces, socket and data
 root), so the main engine is never touched; runner reaches it through DOCKER_HOST."""
 import json
+import os
 import subprocess
 import sys
+import time
+
+import docker
 
 import pytest
 
@@ -29,7 +33,7 @@ def on(engine, cli):
 
 def start_apply(ecli, engine, spec):
     proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "--state", str(ecli.state), "apply", spec],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**__import__("os").environ, **engine.env})
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **engine.env})
 
     def ticking():
         if not ecli.state.exists():
@@ -110,3 +114,48 @@ def test_row11_socket_gone_is_degraded_no_transition_no_failure(cli, spec_for, p
     doc = check_invariants(ecli, run, engine.client)
     (p,) = doc["phases"]
     assert (p["status"], p["container_id"]) == ("succeeded", container.id)
+
+
+def test_row12_api_stall_past_the_read_timeout_is_waited_out_never_a_kill(cli, spec_for, private_engine):
+    """The engine's answers are held back for 70 s (longer than the SDK's 60 s read timeout): supervision treats the
+    engine as unreachable for a while and polls again; it never stops or kills the container, and the phase ends
+    succeeded once the engine answers."""
+    from tests.faults.private_engine import StallingProxy
+
+    engine = private_engine(live_restore=True)
+    proxy = StallingProxy(engine.sock, engine.root / "proxy.sock")
+    try:
+        ecli = on(engine, cli)
+        ecli_env = {"DOCKER_HOST": proxy.host}
+        ticker = ["sh", "-c", "trap 'exit 143' TERM; i=0; while [ $i -lt 95 ]; do echo tick $i; i=$((i+1)); "
+                              "sleep 1 & wait $!; done"]
+        spec = spec_for(ticker, image=IMAGE, container_extra="stop_grace_period: 1s\n")
+        proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "--state", str(cli.state), "apply", spec],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, **ecli_env})
+        run = wait_for("the container to run", lambda: ecli.state.exists() and status(ecli)["runs"] and
+                       status(ecli)["runs"][0]["phases"][0]["container_id"] and status(ecli)["runs"][0]["id"], timeout=60)
+        container = engine.client.containers.get(status(ecli, run)["phases"][0]["container_id"])
+        started = container.attrs["State"]["StartedAt"]
+        proxy.stalled.set()
+        try:
+            with pytest.raises(docker.errors.DockerException):  # the stall is real: a 2 s client times out
+                docker.DockerClient(base_url=proxy.host, timeout=2).ping()
+            # 70 s: every call runner makes meanwhile waits, and the first ones run into the 60 s read timeout.
+            deadline = time.monotonic() + 70
+            while time.monotonic() < deadline:
+                container.reload()
+                assert container.status == "running", "the container was stopped during the stall"
+                time.sleep(1)
+        finally:
+            proxy.stalled.clear()
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+        doc = check_invariants(ecli, run, engine.client)
+        (p,) = doc["phases"]
+        assert (p["status"], p["exit_code"], p["container_id"]) == ("succeeded", 0, container.id)
+        container.reload()
+        assert container.attrs["State"]["StartedAt"] == started
+        assert not any(e["kind"] in ("phase.stop-requested", "phase.timeout", "guard.tripped") for e in doc["events"])
+    finally:
+        proxy.close()
