@@ -99,7 +99,32 @@ def cli(tmp_path):
                               capture_output=True, text=True, env={**os.environ, **(env or {})}, **kwargs)
 
     run.state = state
-    return run
+    yield run
+    _remove_containers_of_runs(state)
+
+
+def _remove_containers_of_runs(state) -> None:
+    """Remove the containers of every run in a test's store (specs from specs/ carry no test label)."""
+    if not state.exists():
+        return
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
+        try:
+            runs = [row[0] for row in con.execute("SELECT id FROM runs")]
+        finally:
+            con.close()
+        client = docker.from_env()
+    except (sqlite3.Error, docker.errors.DockerException):
+        return
+    for run_id in runs:
+        for c in client.containers.list(all=True, filters={"label": f"runner.run-id={run_id}"}):
+            try:
+                c.remove(force=True)
+            except docker.errors.DockerException:
+                pass
+    client.close()
 
 
 def wait_for(what, check, timeout=240.0, every=0.5):
