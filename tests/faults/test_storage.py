@@ -130,3 +130,59 @@ def test_row38_status_after_an_unwatched_end_vaults_what_the_trainer_left(cli, t
     finally:
         for c in run_containers(docker_client, run):  # not labelled for the test fixture: the demo spec
             c.remove(force=True)
+
+
+@pytest.mark.xfail(strict=True, reason="gap: when the vault's disk fills (copy mode), a .vaulting partial file is left, "
+                   "best_checkpoint names the best of what was vaulted, not the true best, and nothing in the outputs "
+                   "says vaulting stopped (issue 10 item 4)")
+def test_row14_vault_disk_full_names_the_true_best_with_a_warning_and_leaves_no_partial(cli, tmp_path, small_fs,
+                                                                                     docker_client, test_id):
+    """The vault is a tmpfs with room for about two checkpoints (so vaulting copies, and stops with the disk
+    full); the trainer keeps every checkpoint and its loss falls, so the true best is its last one."""
+    ckpt = tmp_path / "ckpt"
+    spec = tmp_path / "vfull.yaml"
+    spec.write_text(f"""\
+apiVersion: runner/v1
+kind: Phase
+name: vfull
+labels: {{runner-test.id: "{test_id}"}}
+container:
+  image: {TRAINER_IMAGE}
+  command: [python3, /app/train.py, --max-steps, 300, --save-every, 20, --step-delay, 0.03,
+            --logdir, "${{{{ phase.dir }}}}/tb", --output-dir, {ckpt}]
+  mounts:
+    - {{source: "${{{{ phase.dir }}}}", target: "${{{{ phase.dir }}}}", create: true}}
+    - {{source: {ckpt}, target: {ckpt}, create: true}}
+timeout: 3m
+metrics:
+  tensorboard: {{logdir: "${{{{ phase.dir }}}}/tb", tags: {{text_loss: train/text_loss}}}}
+checkpoints:
+  dir: {ckpt}
+  pattern: "model_step{{step}}.pth"
+  keep: {{by: text_loss, mode: min, best: 100, latest: 1}}
+""")
+    out = cli("apply", str(spec), "--detach")
+    assert out.returncode == 0, out.stderr
+    run = only_run(cli)
+    first = wait_for("the first checkpoint", lambda: sorted(ckpt.glob("model_step*.pth")), timeout=60, every=0.1)[0]
+    vault = cli.state.parent / run / "vfull" / "vault"
+    assert not vault.exists() or not any(vault.iterdir())
+    small_fs(vault, str(int(first.stat().st_size * 2.5)))
+    (container,) = run_containers(docker_client, run)
+
+    def ended():
+        container.reload()
+        return container.status == "exited"
+
+    wait_for("the trainer to finish", ended, timeout=120)
+    out = cli("attach", run, timeout=120)  # judges it: the final scan vaults until the disk is full
+    doc = check_invariants(cli, run, docker_client)
+    (p,) = doc["phases"]
+    written = sorted(ckpt.glob("model_step*.pth"), key=lambda f: int(f.stem.split("step")[1]))
+    assert len(written) == 15
+    assert not list(vault.rglob("*.vaulting"))  # no partial file left behind
+    cks = checkpoints(cli, run, "vfull")
+    true_best = min((c for c in cks if c["score"] is not None), key=lambda c: (c["score"], c["step"]))
+    best = p["outputs"]["best_checkpoint"]
+    assert f"model_step{true_best['step']}.pth" in best, (best, true_best)
+    assert any(w in p["explanation"].lower() for w in ("disk full", "vaulting stopped")), p["explanation"]
