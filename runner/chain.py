@@ -14,7 +14,7 @@ from runner.spec.criteria_models import NextRule
 
 @dataclass(frozen=True)
 class Decision:
-    rule: int | None  # index in next:, None = the chain ends
+    rule: int | str | None  # index in next:, "retry" (the same spec again), None = the chain ends
     spec: str | None  # absolute path of the next spec
     inputs: dict[str, str]
     reason: str

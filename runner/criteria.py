@@ -7,38 +7,15 @@ everything at once, reporting the step at which each would have tripped).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from runner.metrics.series import MetricSet, Series
 from runner.spec.criteria_models import Criterion, Group, Guard, StopAt
+from runner.spec.windows import Window, parse_window
 
 # ---------------------------------------------------------------------------- windows and reductions
-
-
-@dataclass(frozen=True)
-class Window:
-    kind: str  # all | last | since
-    n: int = 0
-
-
-def parse_window(value: str | int) -> Window:
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            raise ValueError("a window of steps must be at least 1")
-        return Window("last", value)
-    text = str(value).strip()
-    if text == "all":
-        return Window("all")
-    m = re.fullmatch(r"(?:last\s+)?(\d+)\s*steps?", text)
-    if m:
-        return Window("last", int(m.group(1)))
-    m = re.fullmatch(r"since\s+(?:step\s+)?(\d+)", text)
-    if m:
-        return Window("since", int(m.group(1)))
-    raise ValueError(f"window must be 'all', 'last N steps' or 'since STEP', got {value!r}")
 
 
 def window_points(series: Series, window: Window, origin: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -469,7 +446,7 @@ class Judgement:
     text: str
     value: float | None
     passed: bool | None
-    children: list["Judgement"] = field(default_factory=list)
+    children: list[Judgement] = field(default_factory=list)
 
     def lines(self, indent: int = 0) -> list[str]:
         mark = {True: "✓", False: "✗", None: "?"}[self.passed]
@@ -581,6 +558,17 @@ class Verdict:
         return "\n".join(lines)
 
 
+def _short_of(metrics: MetricSet, end: int) -> bool:
+    """Whether the last logged step is more than one logging interval short of ``end`` (a trainer
+    logging every 20 steps may end at 356,000 with its last log at 355,980)."""
+    last = metrics.latest_step()
+    if last is None:
+        return True
+    series = max((s for s in metrics.series.values() if len(s)), key=lambda s: int(s.steps[-1]))
+    interval = int(series.steps[-1] - series.steps[-2]) if len(series) > 1 else 0
+    return last + interval < end
+
+
 def verdict(exit_ok: bool, exit_reason: str, trip: Trip | None, success: Group | None, metrics: MetricSet,
             cancelled: bool = False, met_early: bool = False, end_reached: int | None = None,
             planned_end: int | None = None) -> Verdict:
@@ -588,7 +576,8 @@ def verdict(exit_ok: bool, exit_reason: str, trip: Trip | None, success: Group |
 
     Reaching the planned end (``end_reached``) is the normal end of a phase: the success criteria
     judge it whatever the exit code of a container runner stopped there.  A container that exits 0
-    short of a planned end has not done its work: failure."""
+    more than one logging interval short of a planned end (stop_at, or metrics.total_steps) has not
+    done its work: failure."""
     judgement = judge(success, metrics) if success is not None else None
     if cancelled:
         return Verdict("failure", ["cancelled on request"], judgement)
@@ -600,10 +589,11 @@ def verdict(exit_ok: bool, exit_reason: str, trip: Trip | None, success: Group |
         head = "criteria met, run stopped early"
     elif not exit_ok:
         return Verdict("failure", [f"container failed: {exit_reason}"], judgement)
-    elif planned_end is not None:
+    elif planned_end is not None and _short_of(metrics, planned_end):
         last = metrics.latest_step()
         return Verdict("failure", [f"container {exit_reason} at step {_fmt_step(last)}, short of its planned end at step "
-                                   f"{planned_end:,}: stopped from outside, or the trainer's own end is set earlier than stop_at"],
+                                   f"{planned_end:,}: stopped from outside runner (`docker stop`, a host shutdown), or "
+                                   "the trainer's own end is set earlier than the spec's stop_at / total_steps"],
                        judgement)
     else:
         head = f"container {exit_reason}"

@@ -29,19 +29,22 @@ from runner import chain, faults, preconditions
 from runner.backends.base import Backend, ContainerState
 from runner.criteria import Trip, verdict as judge_verdict
 from runner.metrics.series import MetricSet
-from runner.errors import ContainerNotFound, EngineUnavailable, ImageMissing, LaunchError, Problem, RunnerError, SpecError
+from runner.errors import (ContainerNotFound, EngineUnavailable, ImageMissing, LaunchError, Problem, Refused, RunnerError,
+                           SpecError, Temporary)
 from runner.outputs import phase_outputs
 from runner.plan import BindMount, LaunchPlan, launch_plan, merge_inputs, resolve
 from runner.spec import LoadedSpec, load_spec
 from runner.spec.models import Phase
+from runner.lifecycle import NOT_FOUND, STATUS_OF_VERDICT, Act, Container, PhaseView, failure_kinds, next_action
+from runner.outputs import context
+from runner.spec import interpolate
 from runner.store import ACTIVE, Store
 from runner.preconditions import abs_path
-from runner.supervision import Supervision
+from runner.session import PhaseSession
 from runner.units import format_duration
 
 POLL_S = 0.5
 ENGINE_RETRY_S = 120.0  # how long supervision rides out an unreachable engine before detaching
-STATUS_OF_VERDICT = {"success": "succeeded", "failure": "failed", "inconclusive": "inconclusive"}
 
 
 class Reporter(Protocol):
@@ -140,6 +143,13 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
+def _planned_end(phase: Phase | None, sup: PhaseSession | None) -> int | None:
+    """The step the phase is meant to reach: its stop_at, else metrics.total_steps."""
+    if sup is not None and sup.guards.planned_end is not None:
+        return sup.guards.planned_end
+    return phase.metrics.total_steps if phase is not None and phase.metrics is not None else None
+
+
 def declared_inputs(loaded: LoadedSpec) -> set[str]:
     return set((loaded.doc.data or {}).get("inputs") or {})
 
@@ -180,6 +190,9 @@ class Engine:
         self.slots: Slots = Unlimited()  # the server puts its GPU/CPU scheduler here
         self.policy = None  # the server's mount policy (runner.policy.MountPolicy); None in the foreground
         self.persistent = False  # the server keeps supervising through engine outages instead of detaching
+        # Temporary launch errors (engine unreachable): first wait, doubling up to a minute.
+        self.retry_base_s = 1.0
+        self._launch_retry_s: float | None = None
 
     @property
     def backend(self) -> Backend:
@@ -191,9 +204,18 @@ class Engine:
     # ------------------------------------------------------------------ apply, drive, chain
 
     def apply(self, spec_path: str | Path, inputs: dict[str, str] | None = None, detach: bool = False) -> RunResult:
-        """Run a spec and, unless ``detach``, every phase its `next:` rules chain after it."""
+        """Run a spec and, unless ``detach``, every phase its `next:` rules chain after it.
+
+        An engine that does not answer at all is a one-line error before anything is recorded; a
+        temporary error once the run is under way is retried (``_launch_retrying``)."""
+        load_spec(spec_path)  # a bad or missing spec is said first, engine or not
+        self.backend.ping()
         run_id = self.submit(spec_path, inputs or {}, source="apply", state="started")
-        return self.drive(run_id, detach=detach)
+        result = self.drive(run_id, detach=detach)
+        if not any(p["status"] in ACTIVE for p in self.store.phases(run_id)):
+            # Done: a later submission of the same spec (the inbox's dedupe) is not "already running".
+            self.store.set_submission(run_id, "done", f"ended: {result.last.status}" if result.phases else "ended")
+        return result
 
     def submit(self, spec_path: str | Path, inputs: dict[str, str], source: str, priority: int = 0,
                state: str = "queued") -> str:
@@ -218,27 +240,28 @@ class Engine:
                 break  # `runner stop`: nothing more starts
             phases = self.store.phases(run_id)
             last = phases[-1] if phases else None
-            if last is None:
+            decided = self._decided_next(last) if last is not None and last["status"] not in ACTIVE else None
+            act = next_action(PhaseView.of(last, decided and decided["next"]) if last is not None else None)
+            if act == Act.PLAN:
                 sub = self.store.submission(run_id)
                 result = self._start(run_id, sub["spec_path"], sub["inputs"], detach)
-            elif last["status"] == "pending":
+            elif act == Act.LAUNCH:
                 result = self._run_pending(last["id"], detach)
-            elif last["status"] == "launching":
+            elif act == Act.FIND_CONTAINER:
                 self._recover_launching(last)
                 continue
-            elif last["status"] in ("running", "detached"):
+            elif act == Act.SUPERVISE:
                 if detach or (run.phases and run.phases[-1].phase_id == last["id"] and not self.persistent):
                     return _record(run, self._result(last["id"]))
                 result = self._readopt(last)
-            elif last["verdict"] and not last["decision"]:
+            elif act == Act.DECIDE:
                 result = self._decide(last["id"], self._restored(last["id"], _phase_of(last), _folder(last)))
-            else:
-                nxt = self._decided_next(last)
-                if nxt is None:
-                    if not run.phases or run.phases[-1].phase_id != last["id"]:
-                        _record(run, self._result(last["id"]))
-                    return run
-                result = self._start(run_id, nxt["next"], nxt["inputs"], detach, after=last)
+            elif act == Act.START_NEXT:
+                result = self._start(run_id, decided["next"], decided["inputs"], detach, after=last)
+            else:  # Act.DONE
+                if not run.phases or run.phases[-1].phase_id != last["id"]:
+                    _record(run, self._result(last["id"]))
+                return run
             _record(run, result)
         if not run.phases:
             phases = self.store.phases(run_id)
@@ -251,7 +274,8 @@ class Engine:
         rows = [r for r in self.store.phases(run_id)
                 if (r["status"] in ("running", "detached") and r["container_id"]) or r["status"] == "launching"]
         if not rows:
-            raise RunnerError(f"run {run_id} has no running or detached phase to attach to")
+            raise Refused(f"run {run_id} has no running or detached phase to attach to",
+                          f"`runner status {run_id}` shows how it ended")
         return self.drive(run_id)
 
     def _start(self, run_id: str, spec_path: str, inputs: dict, detach: bool, after: dict | None = None) -> PhaseResult:
@@ -264,7 +288,10 @@ class Engine:
                 inputs = {k: v for k, v in inputs.items() if k in declared_inputs(loaded)}
             else:
                 inputs = {**self._run_inputs(run_id, loaded), **inputs}
-            phase, plan, _ = self.plan(loaded, inputs, run_id)
+            # A phase run again in this run (a retry, a chain that loops back) is attempt 2, 3, ...:
+            # its own container name and folder, so nothing of the earlier attempt is overwritten.
+            attempt = 1 + sum(1 for p in self.store.phases(run_id) if p["name"] == loaded.phase.name)
+            phase, plan, _ = self.plan(loaded, inputs, run_id, attempt)
         except SpecError as exc:
             if after is not None:
                 self.store.event(run_id, after["id"], "chain.error", f"next spec {spec_path} is invalid:\n{exc}")
@@ -309,19 +336,15 @@ class Engine:
             if blocked:
                 self.store.transition(phase_id, "blocked", blocked, finished_at=time.time(), decision="blocked: the chain ends")
                 return self._result(phase_id)
-            sup = Supervision(phase, folder)
-            sup.ckpt = self._checkpoint_guard(run_id, phase_id, phase, folder, plan.phase_dir)
-            if sup.ckpt is not None:
-                sup.ckpt.start()  # watching before the trainer starts: no checkpoint can slip by
+            sup = PhaseSession.fresh(self.store, self.backend, phase_id, phase, folder, plan, self.reporter.info)
+            sup.start()  # watching checkpoints before the trainer starts: none can slip by
             try:
-                container_id = self.launch(phase_id, plan)
+                container_id = self._launch_retrying(phase_id, plan)
             except BaseException:
-                if sup.ckpt is not None:
-                    sup.ckpt.stop()
+                sup.stop()
                 raise
             if detach:
-                if sup.ckpt is not None:
-                    sup.ckpt.stop()  # `runner attach` (or the server) takes over; rescans find what was written meanwhile
+                sup.stop()  # `runner attach` (or the server) takes over; rescans find what was written meanwhile
                 self.reporter.info(f"detached: container {container_id[:12]} runs on; follow with `runner logs {run_id} -f`")
                 return self._result(phase_id)
             result = self.supervise(phase_id, plan, container_id, sup)
@@ -335,7 +358,8 @@ class Engine:
         """The runner stopped between recording *launching* and recording the container: look
         for the container by its deterministic name before anything else happens."""
         found = self._launched_container(row)
-        if found is not None and found.status == "created":
+        act = next_action(PhaseView.of(row), NOT_FOUND if found is None else Container(True, found.status))
+        if act == Act.RELAUNCH and found is not None:
             # Created, never started: the runner stopped between the two calls.  Starting it now could
             # start a container whose mounts or GPUs were meant for a plan this run has moved past, so
             # it is removed (with a recorded reason) and the phase launched again from *pending*.
@@ -343,7 +367,7 @@ class Engine:
             self.store.transition(row["id"], "pending", f"container {found.id[:12]} was created but never started "
                                   "(the runner stopped in between); removed it, launching again",
                                   expect=frozenset({"launching"}))
-        elif found is not None:
+        elif act in (Act.ADOPT, Act.JUDGE):  # an ended container is judged by the supervision that follows
             self.store.transition(row["id"], "running", f"found container {found.id[:12]} after a restart",
                                   expect=frozenset({"launching"}), container_id=found.id, started_at=time.time())
         else:
@@ -360,10 +384,10 @@ class Engine:
         """Supervise a phase whose container runs (or ran) while nobody watched it."""
         phase, plan = _phase_of(row), _stored_plan(row)
         sup = self._restored(row["id"], phase, _folder(row))
+        sup.started = row["started_at"] or time.time()  # guards' timeouts count from the container's start too
         self.slots.claim(row["id"], plan)
         try:
-            if sup.ckpt is not None:
-                sup.ckpt.start()  # recover() repairs the vault; the first rescan finds what was written meanwhile
+            sup.start()  # the guard repairs the vault; its first rescan finds what was written meanwhile
             self.store.transition(row["id"], "running", "re-attached", expect=frozenset({"running", "detached"}))
             self.reporter.info(f"run {row['run_id']}: attached to phase {row['name']} (container {row['container_id'][:12]})")
             result = self.supervise(row["id"], plan, row["container_id"], sup, fresh_log=True)
@@ -391,52 +415,21 @@ class Engine:
                     fired[(spec, rule)] = fired.get((spec, rule), 0) + 1
         return fired
 
-    def _restored(self, phase_id: int, phase: Phase, folder: Path) -> Supervision:
-        """A Supervision seeded from the store: the points read so far and the source offsets."""
-        import numpy as np
+    def _restored(self, phase_id: int, phase: Phase, folder: Path) -> PhaseSession:
+        """The phase's session rebuilt from the store (every path but a fresh launch)."""
+        return PhaseSession.recover(self.store, self.backend, phase_id, phase, folder,
+                                    _stored_plan(self.store.phase(phase_id)), self.reporter.info)
 
-        sup = Supervision(phase, folder)
-        row = self.store.phase(phase_id)
-        sup.ckpt = self._checkpoint_guard(row["run_id"], phase_id, phase, folder, str(self.runs_dir / row["run_id"] / row["name"]))
-        new = {}
-        for name, pts in self.store.metric_points(phase_id).items():
-            arr = np.array(pts, dtype=np.float64)
-            new[name] = (arr[:, 0].astype(np.int64), arr[:, 1], arr[:, 2])
-            sup.metrics.add(name, *new[name])
-        sup.guards.feed(new)
-        sup.trip = sup.guards.tripped
-        offsets = self.store.offsets(phase_id)
-        if sup.sources.tensorboard is not None:
-            sup.sources.tensorboard.offsets.update({f: o for f, o in offsets.items() if "tfevents" in f})
-        if sup.sources.jsonl is not None:
-            sup.sources.jsonl.offset = offsets.get(str(sup.sources.jsonl.path), 0)
-        return sup
-
-    def plan(self, loaded: LoadedSpec, inputs: dict[str, str], run_id: str) -> tuple[Phase, LaunchPlan, dict]:
+    def plan(self, loaded: LoadedSpec, inputs: dict[str, str], run_id: str, attempt: int = 1) -> tuple[Phase, LaunchPlan, dict]:
         """Pure apart from the policy: the resolved phase, its launch plan and the merged inputs (SpecError)."""
         merged = merge_inputs(loaded, inputs)
-        phase = resolve(loaded, merged, run_id, self.runs_dir)
-        plan = launch_plan(phase, loaded, merged, run_id, self.runs_dir)
+        phase = resolve(loaded, merged, run_id, self.runs_dir, attempt)
+        plan = launch_plan(phase, loaded, merged, run_id, self.runs_dir, attempt)
         if self.policy is not None:
             problems = self.policy.problems(loaded, plan)
             if problems:
                 raise SpecError(problems)
         return phase, plan, merged
-
-    def _checkpoint_guard(self, run_id: str, phase_id: int, phase: Phase, folder: Path, phase_dir: str):
-        if phase.checkpoints is None:
-            return None
-        from runner.checkpoints.guard import CheckpointGuard
-
-        guard = CheckpointGuard(self.store, run_id, phase_id, phase.checkpoints, abs_path(folder, phase.checkpoints.dir),
-                                Path(phase_dir) / "vault", say=self.reporter.info)
-        if phase.checkpoints.validate_ is not None:
-            from runner.checkpoints.validation import Validator
-
-            plan = _stored_plan(self.store.phase(phase_id))
-            if plan is not None:
-                guard.validator = Validator(self.backend, plan, phase.checkpoints.validate_, self.store, run_id, phase_id)
-        return guard
 
     def _preconditions(self, run_id: str, phase_id: int, phase: Phase, plan: LaunchPlan, folder: Path) -> str:
         """'' when every precondition is met, else the reasons (each check is recorded)."""
@@ -460,25 +453,103 @@ class Engine:
                 unmet.append(text)
         return "; ".join(unmet)
 
-    def _decide(self, phase_id: int, sup: Supervision) -> PhaseResult:
-        """The chain decision of a judged phase, recorded once (with what `drive` needs to act on it)."""
+    def _decide(self, phase_id: int, sup: PhaseSession) -> PhaseResult:
+        """The chain decision of an ended phase, recorded once (with what `drive` needs to act on it):
+        a retry of the same spec when its `retry:` policy covers how it failed, else its `next:` rules."""
         row = self.store.phase(phase_id)
         spec = row["spec_path"]
-        counts = {rule: n for (s, rule), n in self._fired(row["run_id"]).items() if s == spec}
-        d = chain.decide(_phase_of(row).next, row["verdict"], sup.metrics, {**row["outputs"], "name": row["name"]},
-                         row["inputs"], {"id": row["run_id"], "dir": str(self.runs_dir / row["run_id"])}, _folder(row), counts)
+        d = self._retry_decision(row, sup)
+        if d is None and row["status"] == "lost":
+            d = chain.Decision(None, None, {}, "the container was lost and no retry applies; the chain ends")
+        if d is None:
+            counts = {rule: n for (s, rule), n in self._fired(row["run_id"]).items() if s == spec}
+            d = chain.decide(_phase_of(row).next, row["verdict"], sup.metrics, {**row["outputs"], "name": row["name"]},
+                             row["inputs"], {"id": row["run_id"], "dir": str(self.runs_dir / row["run_id"])}, _folder(row), counts)
         if self.store.record_decision(phase_id, d.reason, {"next": d.spec, "inputs": d.inputs, "rule": d.rule, "spec": spec}):
             self.reporter.info(f"next: {d.reason}")
         result = self._result(phase_id)
         result.decision = d
         return result
 
+    def _retry_decision(self, row: dict, sup: PhaseSession):
+        """A decision to run the same spec again (attempt N+1), or None.  Only infrastructure
+        failures the spec's `retry.on` names; never a guard trip or a failed verdict."""
+        policy = _phase_of(row).retry
+        kinds = failure_kinds(row)
+        if policy is None or not kinds:
+            return None
+        matched = sorted(k for k in kinds if k in policy.on)
+        if not matched:
+            return None
+        earlier = [p for p in self.store.phases(row["run_id"]) if p["name"] == row["name"] and p["id"] <= row["id"]]
+        retries_so_far = len(earlier) - 1
+        if retries_so_far >= policy.max:
+            self.store.event(row["run_id"], row["id"], "phase.retry-exhausted",
+                             f"{row['name']} failed ({', '.join(matched)}); no retries left ({policy.max} used)")
+            return None
+        outputs = dict(row["outputs"] or {})
+        if sup.ckpt is not None and not outputs.get("last_checkpoint"):
+            outputs.update(sup.ckpt.outputs())  # a lost phase was never judged: its vault still says what it kept
+        ctx = {**context(outputs), "inputs": row["inputs"], "run": {"id": row["run_id"], "dir": str(self.runs_dir / row["run_id"])}}
+        ctx["phase"] = {**ctx["phase"], "name": row["name"]}
+        with_inputs = {k: interpolate.substitute(v, ctx) if isinstance(v, str) else interpolate.as_text(v)
+                       for k, v in policy.with_.items()}
+        attempt = retries_so_far + 2
+        return chain.Decision("retry", row["spec_path"], {**row["inputs"], **with_inputs},
+                              f"retry {attempt - 1} of {policy.max} ({', '.join(matched)}): attempt {attempt} of "
+                              f"{row['name']}" + (f" with {', '.join(f'{k}={v}' for k, v in with_inputs.items())}"
+                                                  if with_inputs else ""))
+
     # ------------------------------------------------------------------ launch
+
+    @property
+    def launch_retry_s(self) -> float:
+        """How long temporary launch errors are retried: RUNNER_LAUNCH_RETRY_S, else 10 minutes for the
+        server (nobody watches it) and 30 s in the foreground (a person does)."""
+        if self._launch_retry_s is not None:
+            return self._launch_retry_s
+        env = os.environ.get("RUNNER_LAUNCH_RETRY_S")
+        return float(env) if env else (600.0 if self.persistent else 30.0)
+
+    @launch_retry_s.setter
+    def launch_retry_s(self, value: float) -> None:
+        self._launch_retry_s = value
+
+    def _launch_retrying(self, phase_id: int, plan: LaunchPlan) -> str:
+        """``launch``, riding out temporary errors (engine unreachable, API timeout) with backoff: the
+        phase stays pending (or launching) with the reason, each try recorded as ``phase.retry``.  After
+        a failed try that got as far as *launching*, the container is looked up by its name first (the
+        create may have reached the engine), so nothing is launched twice.  Gives up after
+        ``launch_retry_s`` with the phase recorded *error*."""
+        delay, deadline, tries = self.retry_base_s, time.monotonic() + self.launch_retry_s, 0
+        while True:
+            try:
+                row = self.store.phase(phase_id)
+                if row["status"] == "launching":
+                    self._recover_launching(row)  # → running (found it) or pending (launch again)
+                    row = self.store.phase(phase_id)
+                    if row["status"] == "running":
+                        return row["container_id"]
+                return self.launch(phase_id, plan)
+            except Temporary as exc:
+                tries += 1
+                if time.monotonic() + delay > deadline:
+                    reason = f"gave up after {tries} tries over {format_duration(self.launch_retry_s)}: {exc}"
+                    self.store.transition(phase_id, "error", reason, expect=frozenset({"pending", "launching"}),
+                                          finished_at=time.time())
+                    raise
+                self.store.update(phase_id, reason=f"{exc}; retrying in {format_duration(delay)} (try {tries})")
+                self.store.event(plan.run_id, phase_id, "phase.retry", f"temporary: {exc}; retrying in "
+                                 f"{format_duration(delay)} (try {tries})", {"try": tries, "delay": delay})
+                self.reporter.info(f"temporary error: {exc}; retrying in {format_duration(delay)}")
+                time.sleep(delay)
+                delay = min(delay * 2, 60.0)
 
     def launch(self, phase_id: int, plan: LaunchPlan) -> str:
         """Preflight, record ``launching``, create+start the container, record ``running``.
 
-        Any refusal is recorded as status ``error`` with the reason and re-raised."""
+        A temporary error (engine unreachable) is re-raised with the phase left where it was
+        (``_launch_retrying`` tries again); any other refusal is recorded as status ``error``."""
         try:
             self.backend.ping()
             self.backend.check_image(plan.image)
@@ -490,6 +561,8 @@ class Engine:
             faults.point("pre_create")
             container_id = self.backend.launch(plan)
             faults.point("post_create")
+        except Temporary:
+            raise
         except Exception as exc:
             reason = str(exc) if isinstance(exc, RunnerError) else f"internal error: {type(exc).__name__}: {exc}"
             self.store.transition(phase_id, "error", reason, finished_at=time.time())
@@ -511,11 +584,13 @@ class Engine:
 
     # ------------------------------------------------------------------ supervise
 
-    def supervise(self, phase_id: int, plan: LaunchPlan, container_id: str, sup: Supervision | None = None,
+    def supervise(self, phase_id: int, plan: LaunchPlan, container_id: str, sup: PhaseSession | None = None,
                   fresh_log: bool = False) -> PhaseResult:
         """Follow a running container to its end: logs, metrics, guards, criteria, timeout, stop and
         detach requests.  Returns the recorded outcome."""
-        sup = sup or Supervision(Phase.model_validate(json.loads(self.store.phase(phase_id)["phase_json"])), "/")
+        if sup is None:
+            row = self.store.phase(phase_id)
+            sup = self._restored(phase_id, _phase_of(row), _folder(row))
         log_path = Path(plan.phase_dir) / "container.log"
         pump = threading.Thread(target=self._pump_logs, args=(container_id, log_path, sup, "wb" if fresh_log else "ab"), daemon=True)
         pump.start()
@@ -529,8 +604,12 @@ class Engine:
             pump.join(timeout=5)
             return self._result(phase_id)
 
-    def _follow(self, phase_id: int, plan: LaunchPlan, container_id: str, pump: threading.Thread, sup: Supervision) -> PhaseResult:
-        started = time.monotonic()
+    def _follow(self, phase_id: int, plan: LaunchPlan, container_id: str, pump: threading.Thread, sup: PhaseSession) -> PhaseResult:
+        # The phase's timeout counts from its container's start, also when this process re-adopted it
+        # later (attach, a restarted server): the time before this process is taken from the record
+        # once, the rest from the monotonic clock (a wall-clock jump never fires or delays a timeout).
+        began = self.store.phase(phase_id)["started_at"]
+        started = time.monotonic() - (max(0.0, time.time() - began) if began else 0.0)
         unreachable_since: float | None = None
         stopping = False
         interval = sup.phase.metrics.poll_interval if sup.phase.metrics else 1.0
@@ -590,16 +669,10 @@ class Engine:
         self._poll_metrics(plan, phase_id, sup)  # what was written just before the end
         return self.finish(phase_id, state, sup)
 
-    def _poll_metrics(self, plan: LaunchPlan, phase_id: int, sup: Supervision) -> None:
-        new = sup.poll()
-        if new:
-            self.store.save_metrics(phase_id, new, sup.sources.offsets())
-        for problem in sup.sources.problems():
-            self.store.event(plan.run_id, phase_id, "metrics.problem", problem)
-        if sup.ckpt is not None:
-            sup.ckpt.retain(sup.metrics)
+    def _poll_metrics(self, plan: LaunchPlan, phase_id: int, sup: PhaseSession) -> None:
+        sup.record_poll(self.reporter.info)
 
-    def finish(self, phase_id: int, state: ContainerState, sup: Supervision | None = None) -> PhaseResult:
+    def finish(self, phase_id: int, state: ContainerState, sup: PhaseSession | None = None) -> PhaseResult:
         """Record the outcome of an ended container, once (a second caller changes nothing)."""
         row = self.store.phase(phase_id)
         if row["status"] not in ACTIVE:
@@ -610,16 +683,9 @@ class Engine:
             sup = self._restored(phase_id, phase, folder)
             self._poll_metrics_quiet(sup)
         fields = dict(exit_code=state.exit_code, oom_killed=int(state.oom_killed), finished_at=time.time())
-        vaulted = {}
-        if sup is not None and sup.ckpt is not None:
-            def merge() -> None:  # validation results that arrived after the last poll
-                new = sup.poll()
-                if new:
-                    self.store.save_metrics(phase_id, new, sup.sources.offsets())
-
-            # Vault and validate everything first (also for cancelled phases): the verdict is
-            # taken on every validation, including the last checkpoint's.
-            vaulted = sup.ckpt.finish(sup.metrics, merge)
+        # Vault and validate everything first (also for cancelled phases): the verdict is taken on
+        # every validation, including the last checkpoint's.
+        vaulted = sup.vault_all() if sup is not None else {}
         if row["stop_requested"]:
             status, reason, v = "cancelled", "stopped on request", None
         else:
@@ -631,12 +697,17 @@ class Engine:
                 exit_reason = "killed: out of memory (the container hit its memory limit)"
             else:
                 exit_reason = f"exit code {state.exit_code}" + (f": {state.error}" if state.error else "")
+                if state.exit_code in (137, 143) and not (sup and (sup.trip or sup.met_early or sup.end_reached)):
+                    # runner did not stop it (no guard, criteria or planned end; no `runner stop`)
+                    exit_reason += (" — killed from outside runner (SIGKILL: `docker kill`, the OOM killer of the host?)"
+                                    if state.exit_code == 137 else
+                                    " — stopped from outside runner (SIGTERM: `docker stop`, a host shutdown?)")
             trip: Trip | None = sup.trip if sup else None
             success = phase.success if phase else None
             end_reached = sup.end_reached if sup else None
             v = judge_verdict(exit_ok, exit_reason, trip, success, sup.metrics if sup else MetricSet(),
                               met_early=bool(sup and sup.met_early), end_reached=end_reached,
-                              planned_end=sup.guards.planned_end if sup else None)
+                              planned_end=_planned_end(phase, sup))
             status = STATUS_OF_VERDICT[v.verdict]
             reason = v.reasons[0]
             if not exit_ok and trip is None and not (sup and sup.met_early) and end_reached is None:
@@ -647,6 +718,12 @@ class Engine:
                                     sup.metrics if sup else MetricSet(), ckpt, abs_path(folder, ckpt.dir) if ckpt else None)
             outputs.update(vaulted)
             missed = sup.ckpt.missed_explanation(sup.metrics) if sup and sup.ckpt else ""
+            if sup and sup.ckpt:
+                override, warning = sup.ckpt.unprotected_best(sup.metrics)
+                outputs.update(override)
+                if warning:
+                    outputs["warnings"] = [warning]
+                    missed = "\n".join(x for x in (missed, warning) if x)
             fields.update(verdict=v.verdict, explanation=v.explanation() + ("\n" + missed if missed else ""),
                           outputs_json=json.dumps(outputs),
                           judgement_json=json.dumps(v.judgement.as_dict() if v.judgement else None))
@@ -655,7 +732,7 @@ class Engine:
             self.reporter.info(f"verdict: {v.verdict}\n" + fields["explanation"])
         return self._result(phase_id)
 
-    def _poll_metrics_quiet(self, sup: Supervision) -> None:
+    def _poll_metrics_quiet(self, sup: PhaseSession) -> None:
         try:
             sup.poll()
         except OSError:
@@ -670,15 +747,22 @@ class Engine:
         except RunnerError as exc:
             self.reporter.info(f"stop failed: {exc}")
 
-    def _pump_logs(self, container_id: str, log_path: Path, sup: Supervision | None = None, mode: str = "ab") -> None:
+    def _pump_logs(self, container_id: str, log_path: Path, sup: PhaseSession | None = None, mode: str = "ab") -> None:
         """Copy the container's output to container.log, the reporter and the stdout metric parser.
         ``mode`` "wb" rewrites the log from the container's start (re-attach: nothing missed while away)."""
         partial = b""
+        writable = True
         try:
             with open(log_path, mode) as out:
                 for chunk in self.backend.logs(container_id, follow=True):
-                    out.write(chunk)
-                    out.flush()
+                    if writable:
+                        try:
+                            out.write(chunk)
+                            out.flush()
+                        except OSError as exc:  # a full disk: the log file stops, the metrics and the view go on
+                            writable = False
+                            self.reporter.info(f"cannot write {log_path} ({exc}); the container's output is still "
+                                               "read (`docker logs` has all of it)")
                     lines = (partial + chunk).split(b"\n")
                     partial = lines.pop()
                     for line in lines:
@@ -688,7 +772,7 @@ class Engine:
         except RunnerError as exc:
             self.reporter.info(f"log stream ended: {exc}")
 
-    def _line(self, text: str, sup: Supervision | None) -> None:
+    def _line(self, text: str, sup: PhaseSession | None) -> None:
         self.reporter.log_line(text)
         if sup is not None:
             sup.feed_line(text)

@@ -13,7 +13,12 @@ from dataclasses import dataclass
 
 class RunnerError(Exception):
     """Root of runner's errors.  ``str(err)`` is one line a person can act on;
-    ``hint`` optionally says what to do about it."""
+    ``hint`` optionally says what to do about it.
+
+    The type decides the command line's exit code (README, "Exit codes"): 1 for what
+    was asked (``SpecError``, ``NotFound``, ``Refused``), 2 for how it was asked
+    (``UsageError``), 3 for the machinery underneath (everything else: engine,
+    images, GPUs, disks, nvidia-smi), 4 for a bug (``InvalidTransition``)."""
 
     exit_code = 3
 
@@ -80,6 +85,32 @@ class ContainerNotFound(Permanent):
 
 
 class NotFound(Permanent):
-    """A run or phase named on the command line does not exist."""
+    """What a command names does not exist: a run, a phase, a path, a recorded
+    checkpoint, a run store, a phase's logs."""
 
     exit_code = 1
+
+
+class Refused(Permanent):
+    """The request conflicts with what exists: an export destination that exists, attaching
+    to a run with nothing running, a second server for one run store, a spec the server
+    cannot see.  Nothing was changed."""
+
+    exit_code = 1
+
+
+class UsageError(Permanent):
+    """The command line itself is wrong (``--input NAME`` without ``=VALUE``, a malformed
+    option value); argparse's own errors exit 2 the same way."""
+
+    exit_code = 2
+
+
+class InvalidTransition(Permanent):
+    """A phase asked to move between statuses the lifecycle table does not allow: a bug, never a user error."""
+
+    exit_code = 4  # internal error (README, "Exit codes")
+
+
+class StoreFull(Temporary):
+    """The run store's disk is full: the write was not recorded; freeing space makes it work again."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from runner.metrics.series import MetricSet
-from runner.preconditions import step_from_name
+from runner.paths import step_from_name
 from runner.spec.criteria_models import Checkpoints
 
 

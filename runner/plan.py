@@ -59,13 +59,14 @@ class LaunchPlan:
         return self.gpus != 0
 
 
-def container_name(run_id: str, phase: str) -> str:
-    """Deterministic, so the engine itself refuses a second container for the same phase."""
-    return f"runner-{run_id}-{phase}"
+def container_name(run_id: str, phase: str, attempt: int = 1) -> str:
+    """Deterministic, so the engine itself refuses a second container for the same phase (and
+    attempt: a retried phase, or one a looping chain runs again, is attempt 2, 3, ...)."""
+    return f"runner-{run_id}-{phase}" + (f"-{attempt}" if attempt > 1 else "")
 
 
-def phase_dir(runs_dir: Path | str, run_id: str, phase: str) -> Path:
-    return Path(runs_dir) / run_id / phase
+def phase_dir(runs_dir: Path | str, run_id: str, phase: str, attempt: int = 1) -> Path:
+    return Path(runs_dir) / run_id / (phase if attempt <= 1 else f"{phase}.{attempt}")
 
 
 def merge_inputs(loaded: LoadedSpec, given: dict[str, str]) -> dict[str, object]:
@@ -89,9 +90,9 @@ def merge_inputs(loaded: LoadedSpec, given: dict[str, str]) -> dict[str, object]
     return merged
 
 
-def resolve(loaded: LoadedSpec, inputs: dict[str, object], run_id: str, runs_dir: Path | str) -> Phase:
+def resolve(loaded: LoadedSpec, inputs: dict[str, object], run_id: str, runs_dir: Path | str, attempt: int = 1) -> Phase:
     """The phase with every ``${{ }}`` reference substituted, validated again."""
-    pdir = phase_dir(runs_dir, run_id, loaded.phase.name)
+    pdir = phase_dir(runs_dir, run_id, loaded.phase.name, attempt)
     context = {
         "inputs": inputs,
         "run": {"id": run_id, "dir": str(Path(runs_dir) / run_id)},
@@ -110,8 +111,8 @@ def resolve(loaded: LoadedSpec, inputs: dict[str, object], run_id: str, runs_dir
 
     data = loaded.doc.data
     resolved = dict(data)
-    # `next:` rules are resolved when the phase has ended (they use its outputs).
-    resolved.update({k: interpolate.walk_strings(v, sub, (k,)) for k, v in data.items() if k not in ("inputs", "next")})
+    # `next:` rules and `retry.with` are resolved when the phase has ended (they use its outputs).
+    resolved.update({k: interpolate.walk_strings(v, sub, (k,)) for k, v in data.items() if k not in ("inputs", "next", "retry")})
     if problems:
         raise SpecError(problems)
     try:
@@ -126,7 +127,8 @@ def build_plan(loaded: LoadedSpec, given_inputs: dict[str, str], run_id: str, ru
     return launch_plan(resolve(loaded, inputs, run_id, runs_dir), loaded, inputs, run_id, runs_dir)
 
 
-def launch_plan(phase: Phase, loaded: LoadedSpec, inputs: dict[str, object], run_id: str, runs_dir: Path | str) -> LaunchPlan:
+def launch_plan(phase: Phase, loaded: LoadedSpec, inputs: dict[str, object], run_id: str, runs_dir: Path | str,
+                attempt: int = 1) -> LaunchPlan:
     """Pure: the launch request for an already resolved phase."""
     c = phase.container
     folder = str(loaded.folder)
@@ -138,7 +140,7 @@ def launch_plan(phase: Phase, loaded: LoadedSpec, inputs: dict[str, object], run
     return LaunchPlan(
         run_id=run_id,
         phase=phase.name,
-        container_name=container_name(run_id, phase.name),
+        container_name=container_name(run_id, phase.name, attempt),
         image=c.image,
         command=tuple(c.command),
         env=dict(c.env),
@@ -152,6 +154,6 @@ def launch_plan(phase: Phase, loaded: LoadedSpec, inputs: dict[str, object], run
         labels=labels,
         stop_grace=c.stop_grace_period,
         timeout=phase.timeout,
-        phase_dir=str(phase_dir(runs_dir, run_id, phase.name)),
+        phase_dir=str(phase_dir(runs_dir, run_id, phase.name, attempt)),
         inputs={k: interpolate.as_text(v) for k, v in inputs.items()},
     )

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import os
-import functools
-import re
 import shutil
 from pathlib import Path
 from typing import Callable
 
 from runner import nvidia
 from runner.errors import RunnerError
+from runner.paths import step_from_name
 from runner.spec.criteria_models import FileCheck, Precondition
 
 
@@ -19,25 +18,6 @@ def _human(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return str(n)
-
-
-@functools.lru_cache(maxsize=64)
-def _name_regex(pattern: str) -> re.Pattern:
-    """{step} → the step's digits; any other {placeholder} and * → anything (e.g. epoch={epoch}-step={step}.ckpt)."""
-    out = []
-    for part in re.split(r"(\{[A-Za-z_][A-Za-z0-9_]*\}|\*)", pattern):
-        if part == "{step}":
-            out.append(r"(?P<step>\d+)")
-        elif part == "*" or (part.startswith("{") and part.endswith("}") and len(part) > 2):
-            out.append(r".*?")
-        else:
-            out.append(re.escape(part))
-    return re.compile("^" + "".join(out) + "$")
-
-
-def step_from_name(name: str, pattern: str) -> int | None:
-    m = _name_regex(pattern).match(name)
-    return int(m.group("step")) if m and "{step}" in pattern else None
 
 
 def gpu_free_memory() -> list[tuple[int, int]]:

@@ -15,11 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from runner.errors import NotFound, Permanent
+from runner.errors import InvalidTransition, NotFound, Permanent, StoreFull
+from runner.lifecycle import ACTIVE, ENDED, allowed  # the statuses and their one transition table
 
 SCHEMA_VERSION = 1
-TERMINAL = frozenset({"blocked", "succeeded", "failed", "inconclusive", "cancelled", "error", "lost"})
-ACTIVE = frozenset({"pending", "launching", "running", "detached"})
+TERMINAL = ENDED
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -145,11 +145,14 @@ class Store:
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise Permanent(f"{self.path} was written by a newer runner (schema {version} > {SCHEMA_VERSION})")
-            self.db.executescript(_SCHEMA)
             cols = {r[1] for r in self.db.execute("PRAGMA table_info(checkpoints)")}
-            if "files_json" not in cols:  # stores written before per-file records: an added column, nothing else
-                self.db.execute("ALTER TABLE checkpoints ADD COLUMN files_json TEXT")
-            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            # Opening a current store writes nothing: `runner status` must read a store whose disk is full.
+            if version < SCHEMA_VERSION or "files_json" not in cols:
+                self.db.executescript(_SCHEMA)
+                cols = {r[1] for r in self.db.execute("PRAGMA table_info(checkpoints)")}
+                if "files_json" not in cols:  # stores written before per-file records: an added column, nothing else
+                    self.db.execute("ALTER TABLE checkpoints ADD COLUMN files_json TEXT")
+                self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise Permanent(f"cannot open run store {self.path}: {exc}") from None
         self._lock = threading.RLock()
@@ -159,14 +162,24 @@ class Store:
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; a full disk is a clear, temporary StoreFull (nothing of it was written)."""
         with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
             try:
-                yield self.db
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
+                self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.db
+                except BaseException:
+                    if self.db.in_transaction:  # SQLite itself rolls back on some errors (a full disk)
+                        self.db.execute("ROLLBACK")
+                    raise
+                self.db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if "full" not in str(exc):
+                    raise
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise StoreFull(f"the disk of the run store {self.path} is full ({exc}); this change was not "
+                                "recorded, nothing earlier is lost", "free space on that disk; runner goes on recording then") from None
 
     # ------------------------------------------------------------------ writes
 
@@ -278,11 +291,21 @@ class Store:
                 raise NotFound(f"no phase with id {phase_id}")
             if expect is not None and row["status"] not in expect:
                 return False
+            if not allowed(row["status"], status):
+                raise InvalidTransition(f"phase {row['name']} cannot go from {row['status']} to {status} ({reason})")
+            status = str(status)
             db.execute("UPDATE phases SET status = ?, reason = ? WHERE id = ?", (status, reason, phase_id))
             _update(db, phase_id, fields)
             message = f"phase {row['name']}: {row['status']} → {status}" + (f": {reason}" if reason else "")
             _event(db, row["run_id"], phase_id, f"phase.{status}", message, {k: v for k, v in fields.items() if k != "plan_json"})
             return True
+
+    def as_if_crashed(self, phase_id: int, status: str, **fields: Any) -> None:
+        """Fault injection (tests): put a phase in the state a crash would have left it in, outside the
+        transition table (e.g. *launching* with no container id recorded)."""
+        with self.tx() as db:
+            db.execute("UPDATE phases SET status = ? WHERE id = ?", (str(status), phase_id))
+            _update(db, phase_id, fields)
 
     def update(self, phase_id: int, **fields: Any) -> None:
         with self.tx() as db:

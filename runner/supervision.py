@@ -50,6 +50,8 @@ class Supervision:
         self.met_early = False
         self.standing: Judgement | None = None
         self.started = time.time()
+        self.unsaved: dict = {}  # metric points not in the store yet (its disk was full)
+        self.store_full = False
         self.last_new_step_at = time.time()
         self._rate_marks: list[tuple[float, int]] = []
 

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from runner.errors import NotFound, RunnerError
+from runner.errors import NotFound, RunnerError, UsageError
 from runner.report import e, page, render_body, run_report, when
 from runner.store import ACTIVE, Store
 from runner.units import format_duration
@@ -36,9 +36,9 @@ def parse_address(text: str) -> tuple[str, int]:
     try:
         number = int(port)
     except ValueError:
-        raise RunnerError(f"--http {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080") from None
+        raise UsageError(f"--http {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080") from None
     if not 0 <= number <= 65535:
-        raise RunnerError(f"--http {text!r}: the port must be 0..65535")
+        raise UsageError(f"--http {text!r}: the port must be 0..65535")
     return (host.strip("[]") or "127.0.0.1"), number
 
 
@@ -55,21 +55,18 @@ class Pages:
         return Engine(self.store, DockerBackend, self.runs_dir)  # views only: the backend is never created
 
     def _live(self, row: dict) -> dict | None:
-        try:
-            return self._engine().view(row["id"])
-        except (RunnerError, OSError, ValueError):
-            return None
+        from runner.operations import live_view
+
+        return live_view(self._engine(), row["id"])
 
     def api_runs(self, request: Request) -> Response:
         return _json({"runs": [run_view(self.store, r["id"]) for r in self.store.runs()]})
 
     def api_run(self, request: Request) -> Response:
+        from runner.operations import run_document
+
         run_id = self.store.resolve_run(request.path_params["run"])
-        doc = run_view(self.store, run_id, events=True)
-        for p, row in zip(doc["phases"], self.store.phases(run_id)):
-            if row["status"] in ACTIVE:
-                p["live"] = self._live(row)
-        return _json(doc)
+        return _json(run_document(self._engine(), run_id))  # the same document as `runner status RUN -o json`
 
     def api_queue(self, request: Request) -> Response:
         return _json({"server": self.server_info(), "queue": queue_rows(self.store)})
@@ -109,8 +106,8 @@ class Pages:
                     "<th>progress</th><th>reason</th></tr>" + "".join(rows) + "</table>")
         if not rows:
             body.append('<p class="muted">no runs yet</p>')
-        body.append(f'<h2>Queue</h2><table id="queue"><tr><th>#</th><th>run</th><th>priority</th><th>phase or spec</th>'
-                    f"<th>waiting for</th><th>submitted</th></tr>"
+        body.append('<h2>Queue</h2><table id="queue"><tr><th>#</th><th>run</th><th>priority</th><th>phase or spec</th>'
+                    "<th>waiting for</th><th>submitted</th></tr>"
                     + "".join(f"<tr><td>{i}</td><td>{e(q['run'])}</td><td>{e(q['priority'])}</td>"
                               f"<td>{e(q['phase'] or Path(q['spec']).name)}</td><td>{e(q['waiting_for'])}</td>"
                               f"<td>{e(q['submitted_at'])}</td></tr>" for i, q in enumerate(queue, 1))

@@ -20,7 +20,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -30,9 +30,12 @@ from runner.checkpoints.vault import DiskFull, file_hashes, protect, refresh, sh
 from runner.checkpoints.watch import Watcher
 from runner.errors import Temporary
 from runner.metrics.series import MetricSet
-from runner.preconditions import step_from_name
+from runner.paths import step_from_name
 from runner.spec.criteria_models import Checkpoints
 from runner.store import Store
+
+if TYPE_CHECKING:
+    from runner.checkpoints.validation import Validator
 
 RESCAN_S = 1.0
 
@@ -57,7 +60,7 @@ class CheckpointGuard:
         self.watcher = Watcher(folder, polling=spec.polling, interval=rescan_s)
         self.pending: dict[str, tuple[tuple, float]] = {}  # name → (files' sizes and mtimes, stable since)
         self.disk_full = False
-        self.validator = None  # a checkpoints.validation.Validator, when the spec has validate:
+        self.validator: Validator | None = None  # when the spec has validate:
         self.unloadable: set[str] = set()
         self.seen: dict[str, int] = {}  # name → step of checkpoints seen in the folder and not vaulted yet
         self.signatures: dict[str, tuple] = {}  # vaulted folder → its files' (path, size, mtime) when last vaulted
@@ -431,6 +434,30 @@ class CheckpointGuard:
             lines.append(f"note: {len(missed)} checkpoint(s) missed in all (deleted before they were vaulted): "
                          + ", ".join(c["name"] for c in missed[:6]) + (", ..." if len(missed) > 6 else ""))
         return "\n".join(lines)
+
+    def unprotected_best(self, metrics: MetricSet) -> tuple[dict, str]:
+        """After vaulting stopped (a full disk): if a checkpoint still in the trainer's folder scores
+        better than every vaulted one, the outputs name it (it *is* the best) and the explanation says
+        loudly that it is not protected.  ({}, "") otherwise."""
+        if not self.disk_full or self.spec.keep is None:
+            return {}, ""
+        sign = 1 if self.spec.keep.mode == "min" else -1
+        vaulted = {c["name"] for c in self.store.checkpoints(self.phase_id) if c["state"] in ("kept", "best")}
+        kept = [c["score"] for c in self.store.checkpoints(self.phase_id) if c["name"] in vaulted and c["score"] is not None]
+        best_kept = min((sign * v for v in kept), default=None)
+        candidates = []
+        for name, (step, path) in self.entries().items():
+            value = self.score(metrics, step)[0] if name not in vaulted else None
+            if value is not None and (best_kept is None or sign * value < best_kept):
+                candidates.append((sign * value, -step, name, step, path, value))
+        if not candidates:
+            return {}, ""
+        _, _, name, step, path, value = min(candidates)
+        shown = "none" if best_kept is None else f"{sign * best_kept:.5g}"
+        return {"best_checkpoint": str(path)}, (
+            f"⚠ vaulting stopped (disk full): the best checkpoint, {name} (step {step:,}, {self.spec.keep.by} {value:.5g}), "
+            f"is NOT in the vault (best vaulted: {shown}); phase.best_checkpoint is the trainer's own file {path} — "
+            "copy it somewhere safe before the trainer's rotation deletes it")
 
     def outputs(self) -> dict:
         rows = [c for c in self.store.checkpoints(self.phase_id) if c["state"] in ("kept", "best")]

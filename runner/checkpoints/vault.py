@@ -17,11 +17,15 @@ class DiskFull(Permanent):
 
 def _copy_file(src: Path, dst: Path) -> None:
     tmp = dst.with_name(dst.name + ".vaulting")
-    with open(src, "rb") as fin, open(tmp, "wb") as fout:
-        shutil.copyfileobj(fin, fout, 16 * 1024 * 1024)
-        fout.flush()
-        os.fsync(fout.fileno())
-    os.replace(tmp, dst)
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 16 * 1024 * 1024)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a partial copy (a full disk) is never left behind
+        raise
 
 
 def _link_or_copy(src: Path, dst: Path) -> str:
@@ -49,12 +53,16 @@ def protect(src: Path, vault: Path) -> tuple[Path, str]:
             tmp = vault / (src.name + ".vaulting")
             shutil.rmtree(tmp, ignore_errors=True)
             how = "link"
-            for root, _dirs, files in os.walk(src):
-                rel = Path(root).relative_to(src)
-                (tmp / rel).mkdir(parents=True, exist_ok=True)
-                for f in files:
-                    how = _link_or_copy(Path(root) / f, tmp / rel / f) if how == "link" else (_copy_file(Path(root) / f, tmp / rel / f) or "copy")
-            os.replace(tmp, dst)
+            try:
+                for root, _dirs, files in os.walk(src):
+                    rel = Path(root).relative_to(src)
+                    (tmp / rel).mkdir(parents=True, exist_ok=True)
+                    for f in files:
+                        how = _link_or_copy(Path(root) / f, tmp / rel / f) if how == "link" else (_copy_file(Path(root) / f, tmp / rel / f) or "copy")
+                os.replace(tmp, dst)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)  # no half folder left in the vault
+                raise
             return dst, how
         return dst, _link_or_copy(src, dst)
     except FileNotFoundError:

@@ -217,3 +217,25 @@ class Sources:
         if self.jsonl:
             offs[str(self.jsonl.path)] = self.jsonl.offset
         return offs
+
+
+def read_scalars(path: str | Path, tags: list[str] | tuple[str, ...] = ()) -> tuple[MetricSet, list[str]]:
+    """Every scalar runner reads from a logdir, one event file or a JSONL file (``runner metrics``), after the
+    newest-wins rule; ``tags`` keeps only those. Returns the metrics and the readers' problems (warnings)."""
+    from runner.errors import NotFound
+
+    path = Path(path)
+    if not path.exists():
+        raise NotFound(f"{path} does not exist")
+    reader: LogdirReader | JsonlReader
+    if path.is_file() and path.suffix in (".jsonl", ".json", ".ndjson"):
+        reader = JsonlReader(path)
+    elif path.is_file():
+        reader = LogdirReader(path.parent, only=path)
+    else:
+        reader = LogdirReader(path)
+    metrics = MetricSet()
+    for name, (st, v, w) in reader.poll().items():
+        if not tags or name in tags:
+            metrics.add(name, st, v, w)
+    return metrics, reader.problems

@@ -202,6 +202,15 @@ def _u32_at(buf: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return _rows(buf, offsets, 4).view("<u4").ravel()
 
 
+def _corrupt_header_at(data: bytes, p: int) -> bool:
+    """Whether a full record header at ``p`` is corrupt (a half-written one is not: it waits)."""
+    if p + HEADER > len(data):
+        return False
+    length = int.from_bytes(data[p:p + 8], "little")
+    crc = int.from_bytes(data[p + 8:p + 12], "little")
+    return length > MAX_RECORD or masked(crc32c(data[p:p + 8])) != crc
+
+
 def frame(data: bytes) -> tuple[np.ndarray, np.ndarray, int]:
     """Offsets and lengths of the complete records in ``data``, and where the unread rest begins.
 
@@ -282,8 +291,18 @@ def parse_records(data: bytes, file: str = "", base: int = 0, scalar_tags: dict[
     scalar_tags = {} if scalar_tags is None else scalar_tags
     chunk = Chunk()
     offsets, lengths, consumed = frame(data)
+    if _corrupt_header_at(data, consumed):
+        # Framing stopped at a header whose length field fails its CRC (or is absurd): not a record
+        # still being written, a corruption.  Said once; the bytes after it cannot be framed.
+        length = int.from_bytes(data[consumed:consumed + 8], "little")
+        chunk.problems.append(f"{file}: corrupt record header at byte {base + consumed} (length field {length:,} bytes, "
+                              "its CRC does not match); the rest of the file as it is now is not read")
+        tail = len(data)
+    else:
+        tail = consumed
     if offsets.size == 0:
-        return chunk, consumed
+        return chunk, tail
+    consumed = tail
     buf = np.frombuffer(data, dtype=np.uint8)
     # Header CRCs: one expected value per distinct length.
     header_crc = _u32_at(buf, offsets + 8).astype(np.uint64)

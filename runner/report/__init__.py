@@ -139,3 +139,14 @@ def write_pngs(store: Store, run_id: str, folder: Path) -> list[Path]:
             render.png(plot, path)
             written.append(path)
     return written
+
+
+def write_report(store: Store, run_id: str, out: Path) -> int:
+    """Write the report of a run to ``out`` atomically (a .part file renamed into place); returns its size in bytes."""
+    import os
+
+    text = render_run(store, run_id)
+    tmp = out.with_name(out.name + ".part")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)
+    return len(text)

@@ -184,7 +184,7 @@ def phase_report(store: Store, row: dict) -> PhaseReport:
             if trip_step is None and st.tripped is not None and row["status"] not in ("running", "detached"):
                 trip_step = st.tripped.step
             plot.thresholds.append(Threshold(st.label, s.steps, np.array(limits), trip_step))
-        for k, c in enumerate(_criteria(phase.success)):
+        for _k, c in enumerate(_criteria(phase.success)):
             if c.metric in plots:
                 w = _window(c, ms, origin, len(plots[c.metric].windows))
                 if w is not None:

@@ -305,7 +305,7 @@ class Criterion(Model):
     @field_validator("window")
     @classmethod
     def _window(cls, v):
-        from runner.criteria import parse_window
+        from runner.spec.windows import parse_window
 
         parse_window(v)
         return v
@@ -344,3 +344,31 @@ class NextRule(Model):
     apply: str = Field(description="The next spec file. Relative = relative to this spec file.")
     with_: dict[str, Union[str, int, float, bool]] = Field(default_factory=dict, alias="with", description="Inputs of the next spec; may use ${{ phase.best_checkpoint }}, ${{ phase.last_checkpoint }}, ${{ phase.verdict }}, ${{ phase.dir }}, ${{ metrics.NAME.last|min|max|mean|smoothed }} (smoothed: the last value of the smoothed series).")
     max_iterations: int | None = Field(None, ge=1, description="How often this rule may fire in one run; required when the chain loops back.")
+
+
+RETRY_ON = ("oom", "lost", "killed", "stopped")
+
+
+class Retry(Model):
+    """Relaunch a phase after an infrastructure failure (never after a guard trip or a failed verdict)."""
+
+    on: list[str] = Field(
+        description="Which failures: oom (out of memory), lost (the container disappeared), killed (exit 137, not OOM), "
+        "stopped (stopped from outside, or exit 0 short of the planned end), 'exit_code N'.")
+    max: int = Field(1, ge=1, le=20, description="At most this many retries (attempts after the first).")
+    with_: dict[str, Union[str, int, float, bool]] = Field(
+        default_factory=dict, alias="with",
+        description="Inputs of the new attempt, e.g. resume_from: ${{ phase.last_checkpoint }} (the failed attempt's newest "
+        "vaulted checkpoint); the other inputs stay as they were.")
+
+    @field_validator("on")
+    @classmethod
+    def _kinds(cls, v: list[str]) -> list[str]:
+        import re
+
+        for item in v:
+            if item not in RETRY_ON and not re.fullmatch(r"exit_code \d+", item):
+                raise ValueError(f"{item!r}: retry on one of {', '.join(RETRY_ON)} or 'exit_code N'")
+        if not v:
+            raise ValueError("say which failures to retry on, e.g. [oom, lost]")
+        return v

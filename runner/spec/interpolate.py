@@ -25,7 +25,7 @@ NAMESPACES: dict[str, set[str] | None] = {
     "checkpoint": {"path", "step"},
 }
 OUTPUTS = {("phase", "verdict"), ("phase", "best_checkpoint"), ("phase", "last_checkpoint")}
-STATS = {"last", "last_step", "min", "max", "mean", "count"}
+STATS = {"last", "last_step", "min", "max", "mean", "count", "smoothed"}
 
 
 def references(text: str) -> list[tuple[str, str]]:
@@ -42,7 +42,7 @@ def check_reference(namespace: str, key: str, declared_inputs: set[str], in_next
         return None  # placement is checked by the loader (only in checkpoints.validate.command)
     if (namespace, key) in OUTPUTS or namespace == "metrics":
         if not in_next:
-            return f"${{{{ {namespace}.{key} }}}} is known only when the phase has ended: use it in next: rules"
+            return f"${{{{ {namespace}.{key} }}}} is known only when the phase has ended: use it in next: rules or retry.with"
         if namespace == "metrics" and key.rsplit(".", 1)[-1] not in STATS:
             return f"${{{{ metrics.{key} }}}}: write metrics.NAME.STAT with STAT one of {', '.join(sorted(STATS))}"
         return None

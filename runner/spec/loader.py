@@ -301,7 +301,7 @@ def reference_problems(doc: Document, file: str) -> list[Problem]:
 
     def check(text: str, path: Loc) -> str:
         for ns, key in interpolate.references(text):
-            msg = interpolate.check_reference(ns, key, declared, in_next=bool(path) and path[0] == "next")
+            msg = interpolate.check_reference(ns, key, declared, in_next=bool(path) and (path[0] == "next" or path[:2] == ("retry", "with")))
             if ns == "checkpoint" and tuple(path[:3]) != ("checkpoints", "validate", "command"):
                 msg = f"${{{{ checkpoint.{key} }}}} is only known in checkpoints.validate.command"
             if msg:

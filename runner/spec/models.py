@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from runner.spec.criteria_models import Checkpoints, Guard, Metrics, NextRule, Precondition, StopAt, Success
+from runner.spec.criteria_models import Checkpoints, Guard, Metrics, NextRule, Precondition, Retry, StopAt, Success
 from runner.spec.models_base import Model
 from runner.spec.types import Argv, Duration, GpuRequest, InputValue, Size, TextMap
 
@@ -87,6 +87,8 @@ class Phase(Model):
     stop_at: StopAt | None = Field(None, description="The planned end: stop after N steps from the phase's first step (or at an absolute step); reaching it is the normal end, judged by the success criteria.")
     guards: list[Guard] = Field(default_factory=list, description="Checks that stop the run early, as a failure (NaN, divergence, stall, missing metric, timeout).")
     success: Success | None = Field(None, description="Criteria giving the verdict. Without them: success if the container exits 0.")
+    retry: Retry | None = Field(None, description="Relaunch after an infrastructure failure (OOM, a lost container, a kill from outside), "
+                                "from the vault's newest checkpoint if asked; each attempt is recorded. Never after a guard trip or a failed verdict.")
     next: list[NextRule] = Field(default_factory=list, description="Ordered rules; the first that matches the verdict or criteria chains the next spec.")
 
     @field_validator("inputs")

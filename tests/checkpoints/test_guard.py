@@ -202,3 +202,37 @@ def test_a_guard_that_never_watched_vaults_every_complete_checkpoint_at_the_end(
     assert all(hashlib.sha256(Path(vaulted[s]["vault_path"]).read_bytes()).hexdigest() == shas[s] for s in shas)
     assert out["best_checkpoint"].endswith("vault/model_step200.pth")
     assert 400 not in {c["step"] for c in store.checkpoints(1) if c["state"] in ("kept", "best")}
+
+
+def test_a_full_disk_in_copy_mode_leaves_no_partial_file(tmp_path, monkeypatch):
+    import errno
+
+    from runner.checkpoints import vault as vault_mod
+
+    save(tmp_path / "ckpt", 100)
+    monkeypatch.setattr(vault_mod.os, "link", lambda *a: (_ for _ in ()).throw(OSError(errno.EXDEV, "cross-device")))
+
+    def full(fin, fout, size):
+        fout.write(fin.read(100))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(vault_mod.shutil, "copyfileobj", full)
+    with pytest.raises(vault_mod.DiskFull, match="disk full"):
+        protect(tmp_path / "ckpt" / "model_step100.pth", tmp_path / "vault")
+    assert list((tmp_path / "vault").iterdir()) == []
+
+
+def test_when_vaulting_stopped_the_outputs_name_the_true_best_and_say_it_is_unprotected(store, tmp_path):
+    save(tmp_path / "ckpt", 100)
+    guard = make_guard(store, tmp_path, keep={"by": "loss", "best": 1, "latest": 1})
+    guard.scan(final=True)  # step 100 vaulted
+    guard.disk_full = True  # then the disk filled: nothing more is vaulted
+    save(tmp_path / "ckpt", 200)
+    save(tmp_path / "ckpt", 300)
+    m = MetricSet()
+    m.add("loss", [100, 200, 300], [3.0, 1.0, 2.0], [0, 0, 0])
+    out = guard.finish(m)
+    assert out["best_checkpoint"].endswith("vault/model_step100.pth")  # the best the vault has...
+    override, warning = guard.unprotected_best(m)
+    assert override == {"best_checkpoint": str(tmp_path / "ckpt" / "model_step200.pth")}  # ...is not the best
+    assert "NOT in the vault" in warning and "step 200" in warning and "best vaulted: 3" in warning

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import time
 
-import pytest
 
 from tests.faults.conftest import TEST_LABEL, check_invariants, labelled_containers, serve, status, wait_for
 
@@ -101,8 +100,6 @@ def test_rows23_to_31_hostile_drops_each_end_in_one_state_and_the_server_runs_on
             server.kill()
 
 
-@pytest.mark.xfail(strict=True, reason="gap: a finished local `runner apply` leaves its submission 'started' forever, "
-                   "so the same spec dropped in the inbox later is moved to duplicates/ (issue 10, README server example)")
 def test_a_spec_run_locally_then_dropped_in_the_inbox_is_accepted(cli, tmp_path, docker_client, test_id):
     path = tmp_path / "local.yaml"
     path.write_text(spec(test_id, "local"))

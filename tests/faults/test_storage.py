@@ -78,8 +78,9 @@ def test_row14_checkpoint_volume_full_fails_loudly_and_keeps_the_best(cli, spec_
     assert not list((cli.state.parent / run).rglob("*.vaulting"))
 
 
-@pytest.mark.xfail(strict=True, reason="gap: with the store's disk full, `runner apply` says 'disk I/O error' and "
-                   "`runner status` cannot open the store at all (issue 10 item 4: a clear error, status still reads)")
+@pytest.mark.xfail(strict=True, reason="gap: with the store's disk 100% full, a new process cannot open the store at "
+                   "all (SQLite cannot create the WAL's -shm: 'disk I/O error'): `runner status` cannot read it and "
+                   "`runner apply` does not say the disk is full (issue 10 item 4: a clear error, status still reads)")
 def test_row15_state_db_volume_full_is_a_clear_error_and_status_still_reads(cli, spec_for, docker_client, tmp_path,
                                                                            small_fs):
     small_fs(cli.state.parent, "2m")
@@ -132,9 +133,6 @@ def test_row38_status_after_an_unwatched_end_vaults_what_the_trainer_left(cli, t
             c.remove(force=True)
 
 
-@pytest.mark.xfail(strict=True, reason="gap: when the vault's disk fills (copy mode), a .vaulting partial file is left, "
-                   "best_checkpoint names the best of what was vaulted, not the true best, and nothing in the outputs "
-                   "says vaulting stopped (issue 10 item 4)")
 def test_row14_vault_disk_full_names_the_true_best_with_a_warning_and_leaves_no_partial(cli, tmp_path, small_fs,
                                                                                      docker_client, test_id):
     """The vault is a tmpfs with room for about two checkpoints (so vaulting copies, and stops with the disk
@@ -181,8 +179,12 @@ checkpoints:
     written = sorted(ckpt.glob("model_step*.pth"), key=lambda f: int(f.stem.split("step")[1]))
     assert len(written) == 15
     assert not list(vault.rglob("*.vaulting"))  # no partial file left behind
-    cks = checkpoints(cli, run, "vfull")
-    true_best = min((c for c in cks if c["score"] is not None), key=lambda c: (c["score"], c["step"]))
+    # The true best: the written checkpoint at the lowest logged text_loss (vaulted or not).
+    out = cli("metrics", str(cli.state.parent / run / "vfull" / "tb"), "--tag", "train/text_loss", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    (series,) = json.loads(out.stdout).values()
+    loss = dict(zip(series["steps"], series["values"]))
+    true_best = min((int(f.stem.split("step")[1]) for f in written), key=lambda step: (loss[step], step))
     best = p["outputs"]["best_checkpoint"]
-    assert f"model_step{true_best['step']}.pth" in best, (best, true_best)
+    assert best.endswith(f"model_step{true_best}.pth"), (best, true_best)
     assert any(w in p["explanation"].lower() for w in ("disk full", "vaulting stopped")), p["explanation"]

@@ -193,3 +193,32 @@ def test_tags_map_to_short_names_and_subfolders_are_read(tmp_path):
     assert list(points) == ["text_loss"]
     assert sorted(LogdirReader(tmp_path).poll()) == ["sub/deeper/train/other", "sub/deeper/train/text_loss"]
     assert points["text_loss"][0].tolist() == [7] and points["text_loss"][1].tolist() == [1.5]
+
+
+def test_a_corrupt_length_field_is_a_recorded_corruption_not_a_silent_stop(tmp_path):
+    """A record's length field grown by 16 MiB (its header CRC no longer matches) looks like a record
+    still being written; it must be reported, not waited on forever with half the run unread."""
+    write_torch(tmp_path)
+    path = event_file(tmp_path)
+    data = bytearray(path.read_bytes())
+    offsets, pos = [], 0
+    while pos < len(data):
+        offsets.append(pos)
+        pos += 16 + int.from_bytes(data[pos : pos + 8], "little")
+    victim = offsets[len(offsets) // 2]
+    length = int.from_bytes(data[victim : victim + 8], "little") + 16 * 1024 * 1024
+    data[victim : victim + 8] = length.to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+    reader = LogdirReader(tmp_path)
+    first = reader.poll()
+    problems = reader.problems
+    assert any("corrupt record header" in p and f"{length:,}" in p for p in problems), problems
+    assert 0 < sum(len(s) for s, _, _ in first.values())  # what came before is read
+    # The corruption stops that file only: a later event file (a restarted writer) is read as usual.
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(tmp_path), filename_suffix=".more")
+    w.add_scalar("train/text_loss", 1.0, 999999)
+    w.close()
+    later = reader.poll()
+    assert 999999 in later["train/text_loss"][0].tolist()

@@ -42,7 +42,8 @@ def test_success_is_recorded_with_logs(make, write_spec, tmp_path):
     log = tmp_path / "runs" / result.run_id / "p1" / "container.log"
     assert log.read_text() == "step 1\ndone\n"
     kinds = [e["kind"] for e in engine.store.events(result.run_id)]
-    assert kinds == ["run.created", "phase.pending", "phase.launching", "phase.running", "phase.succeeded", "chain.decision"]
+    assert kinds == ["run.created", "phase.pending", "phase.launching", "phase.running", "phase.succeeded", "chain.decision",
+                     "run.done"]
 
 
 def test_failure_and_oom(make, write_spec):
@@ -74,11 +75,26 @@ def test_launching_is_recorded_before_the_container_exists(make, write_spec):
 ])
 def test_refusals_are_recorded_as_error(make, write_spec, backend, error, reason):
     engine = make(backend)
+    engine.retry_base_s, engine.launch_retry_s = 0.01, 0.05  # a temporary error is retried for a while first
+    run_id = engine.submit(write_spec(MINIMAL), {}, source="apply", state="started")
     with pytest.raises(error):
-        engine.apply(write_spec(MINIMAL))
-    (phase,) = engine.store.phases(engine.store.resolve_run(None))
+        engine.drive(run_id)
+    (phase,) = engine.store.phases(run_id)
     assert phase["status"] == "error" and reason in phase["reason"]
     assert backend.launched == []
+
+
+def test_apply_with_no_engine_at_all_fails_at_once_and_records_nothing(make, write_spec):
+    engine = make(FakeBackend(reachable=False))
+    with pytest.raises(EngineUnavailable):
+        engine.apply(write_spec(MINIMAL))
+    assert engine.store.runs() == []
+
+
+def test_a_finished_local_apply_marks_its_submission_done(make, write_spec):
+    engine = make()
+    run = engine.apply(write_spec(MINIMAL))
+    assert engine.store.submission(run.run_id)["state"] == "done"
 
 
 def test_gpu_without_runtime_fails_before_running(make, write_spec):

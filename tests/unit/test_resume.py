@@ -60,7 +60,7 @@ def test_launching_without_a_container_launches_once(make, write_spec):
     engine.drive(run_id, detach=True)
     (phase,) = engine.store.phases(run_id)
     backend.vanish(phase["container_id"])  # pretend create never happened...
-    engine.store.transition(phase["id"], "launching", "crash test", container_id=None)
+    engine.store.as_if_crashed(phase["id"], "launching", container_id=None)
     run = make(backend).drive(run_id)  # ...so the restart launches it, once
     assert run.last.status == "succeeded" and len(backend.launched) == 2
     assert "the runner stopped while launching and no container exists" in json.dumps(engine.store.events(run_id))
@@ -72,7 +72,7 @@ def test_launching_with_its_container_present_adopts_it(make, write_spec):
     run_id = engine.submit(write_spec(MINIMAL), {}, source="inbox:x.yaml")
     engine.drive(run_id, detach=True)
     (phase,) = engine.store.phases(run_id)
-    engine.store.transition(phase["id"], "launching", "crash between create and record", container_id=None)
+    engine.store.as_if_crashed(phase["id"], "launching", container_id=None)
     run = make(backend).drive(run_id)
     assert run.last.status == "succeeded" and len(backend.launched) == 1
 
@@ -227,7 +227,7 @@ def test_a_created_but_never_started_container_is_removed_and_launched_again(mak
     engine.drive(run_id, detach=True)
     (phase,) = engine.store.phases(run_id)
     backend.never_started(phase["container_id"])
-    engine.store.transition(phase["id"], "launching", "killed between create and start", container_id=None)
+    engine.store.as_if_crashed(phase["id"], "launching", container_id=None)
     run = make(backend).drive(run_id)
     assert run.last.status == "succeeded" and len(backend.launched) == 2 and len(backend.containers) == 1
     assert "was created but never started" in json.dumps(engine.store.events(run_id))
@@ -239,7 +239,7 @@ def crashed_while_launching(make, write_spec):
     run_id = engine.submit(write_spec(MINIMAL), {}, source="apply")
     engine.drive(run_id, detach=True)
     (phase,) = engine.store.phases(run_id)
-    engine.store.transition(phase["id"], "launching", "SIGKILL between create and record", container_id=None)
+    engine.store.as_if_crashed(phase["id"], "launching", container_id=None)
     return backend, engine, run_id, phase
 
 
@@ -263,3 +263,113 @@ def test_attach_takes_over_a_launching_phase(make, write_spec):
     backend.containers[phase["container_id"]].polls_left = 2
     run = make(backend).attach(run_id)
     assert run.last.status == "succeeded" and len(backend.launched) == 1
+
+
+def test_an_unreachable_engine_at_launch_is_retried_with_backoff_then_launched_once(make, write_spec):
+    import threading
+
+    backend = FakeBackend(reachable=False)
+    engine = make(backend)
+    engine.retry_base_s = 0.05
+    run_id = engine.submit(write_spec(MINIMAL), {}, source="inbox:x.yaml")
+    seen = []
+
+    def back_later():
+        import time
+
+        time.sleep(0.3)
+        seen.append((engine.store.phases(run_id)[0]["status"], engine.store.phases(run_id)[0]["reason"]))
+        backend.reachable = True
+
+    threading.Thread(target=back_later).start()
+    run = engine.drive(run_id)
+    assert run.last.status == "succeeded" and len(backend.launched) == 1
+    assert seen[0][0] == "pending" and "retrying in" in seen[0][1]  # waiting, with the reason, meanwhile
+    assert kinds(engine, run_id).count("phase.retry") >= 2
+
+
+def test_launch_retries_give_up_with_an_error_and_the_reason(make, write_spec):
+    backend = FakeBackend(reachable=False)
+    engine = make(backend)
+    engine.retry_base_s, engine.launch_retry_s = 0.01, 0.05
+    run_id = engine.submit(write_spec(MINIMAL), {}, source="inbox:x.yaml")
+    with pytest.raises(Exception, match="unreachable"):
+        engine.drive(run_id)
+    (phase,) = engine.store.phases(run_id)
+    assert phase["status"] == "error" and phase["reason"].startswith("gave up after")
+    assert backend.launched == []
+
+
+def test_the_timeout_of_a_readopted_phase_counts_from_its_start(make, write_spec):
+    import time
+
+    backend = FakeBackend(script={"p1": Script(polls=10**9)})
+    engine = make(backend)
+    run_id = engine.submit(write_spec(MINIMAL + "timeout: 30m\n"), {}, source="inbox:x.yaml")
+    engine.drive(run_id, detach=True)
+    (phase,) = engine.store.phases(run_id)
+    engine.store.update(phase["id"], started_at=time.time() - 3600)  # it has run for an hour already
+    run = make(backend).drive(run_id)  # a restarted server re-adopts it
+    assert run.last.status == "failed" and "timeout" in run.last.reason
+
+
+class Flaky(FakeBackend):
+    """Each launch takes the next script: attempt 1 fails one way, attempt 2 another."""
+
+    def __init__(self, *scripts):
+        super().__init__()
+        self.queue = list(scripts)
+
+    def launch(self, plan):
+        self.script[plan.phase] = self.queue.pop(0)
+        return super().launch(plan)
+
+
+RETRYING = MINIMAL.replace("name: p1", "name: p1\ninputs: {resume_from: none}") + """\
+retry: {on: [oom, lost, exit_code 3], max: 2, with: {resume_from: "${{ phase.dir }}/after-${{ phase.verdict }}"}}
+next:
+  - {when: failure, apply: two.yaml}
+"""
+
+
+def test_an_oom_is_retried_as_a_new_attempt_with_its_own_name_and_inputs(make, write_spec, tmp_path):
+    (tmp_path / "two.yaml").write_text(MINIMAL.replace("name: p1", "name: two"))
+    backend = Flaky(Script(oom=True, exit_code=137), Script())
+    engine = make(backend)
+    run_id = engine.submit(write_spec(RETRYING), {}, source="apply")
+    run = engine.drive(run_id)
+    first, second = engine.store.phases(run_id)
+    assert (first["name"], first["status"], second["name"], second["status"]) == ("p1", "failed", "p1", "succeeded")
+    assert first["decision"].startswith("retry 1 of 2 (oom): attempt 2 of p1")
+    assert second["container_name"].endswith("-p1-2") and second["log_path"].endswith("/p1.2/container.log")
+    assert second["inputs"]["resume_from"].endswith("/p1/after-failure")  # from the failed attempt's outputs
+    assert run.last.status == "succeeded" and len(backend.launched) == 2
+
+
+def test_retries_never_cover_a_failed_verdict_and_stop_at_max(make, write_spec, tmp_path):
+    (tmp_path / "two.yaml").write_text(MINIMAL.replace("name: p1", "name: two"))
+    backend = Flaky(Script(exit_code=3), Script(exit_code=3), Script(exit_code=3), Script())
+    engine = make(backend)
+    run_id = engine.submit(write_spec(RETRYING), {}, source="apply")
+    engine.drive(run_id)
+    names = [(p["name"], p["status"]) for p in engine.store.phases(run_id)]
+    assert names == [("p1", "failed"), ("p1", "failed"), ("p1", "failed"), ("two", "succeeded")]  # 2 retries, then next:
+    assert "phase.retry-exhausted" in kinds(engine, run_id)
+    crit = Flaky(Script(lines=["step 1 loss 5.0"]), Script())  # success criteria not met: a failed verdict, never retried
+    engine2 = make(crit)
+    spec = RETRYING.replace("retry:", "metrics: {stdout: {step: 'step (\\d+)', patterns: {loss: 'loss ([0-9.]+)'}}}\n"
+                                      "success: {all: [{metric: loss, below: 1}]}\nretry:")
+    run2 = engine2.submit(write_spec(spec), {}, source="apply")
+    engine2.drive(run2)
+    assert [p["name"] for p in engine2.store.phases(run2)] == ["p1", "two"]
+
+
+def test_a_lost_container_is_retried(make, write_spec, tmp_path):
+    (tmp_path / "two.yaml").write_text(MINIMAL.replace("name: p1", "name: two"))
+    backend = Flaky(Script(polls=10**9), Script())
+    engine = make(backend)
+    run_id = engine.submit(write_spec(RETRYING), {}, source="apply")
+    engine.drive(run_id, detach=True)
+    backend.vanish(next(iter(backend.containers)))
+    make(backend).drive(run_id)
+    assert [(p["name"], p["status"]) for p in engine.store.phases(run_id)] == [("p1", "lost"), ("p1", "succeeded")]

@@ -17,23 +17,38 @@ def store(tmp_path):
 def test_transitions_are_recorded_with_events(store):
     store.create_run("r1", "/specs/a.yaml")
     pid = store.add_phase("r1", "p1", "/specs/a.yaml", "abc", {"lr": "1e-6"})
+    assert store.transition(pid, "launching", "creating")
     assert store.transition(pid, "running", "container c1 started", container_id="c1")
     assert store.transition(pid, "succeeded", "exit code 0", exit_code=0, oom_killed=0)
     row = store.phase(pid)
     assert (row["status"], row["exit_code"], row["oom_killed"], row["container_id"]) == ("succeeded", 0, False, "c1")
     kinds = [e["kind"] for e in store.events("r1")]
-    assert kinds == ["run.created", "phase.pending", "phase.running", "phase.succeeded"]
+    assert kinds == ["run.created", "phase.pending", "phase.launching", "phase.running", "phase.succeeded"]
     assert store.events("r1")[-1]["message"] == "phase p1: running → succeeded: exit code 0"
 
 
 def test_compare_and_set_records_one_outcome(store):
     store.create_run("r1", "a")
     pid = store.add_phase("r1", "p1", "a", "x", {})
+    store.transition(pid, "launching")
     store.transition(pid, "running")
     assert store.transition(pid, "cancelled", "stopped", expect=frozenset({"running"}))
     assert not store.transition(pid, "failed", "exit 143", expect=frozenset({"running"}))
     assert store.phase(pid)["status"] == "cancelled"
     assert [e["kind"] for e in store.events("r1")].count("phase.failed") == 0
+
+
+def test_the_transition_table_is_enforced(store):
+    from runner.errors import InvalidTransition
+    from runner.lifecycle import ENDED, TRANSITIONS, PhaseStatus
+
+    store.create_run("r1", "a")
+    pid = store.add_phase("r1", "p1", "a", "x", {})
+    with pytest.raises(InvalidTransition, match="cannot go from pending to succeeded"):
+        store.transition(pid, "succeeded", "judged without ever running")
+    assert store.phase(pid)["status"] == "pending"  # nothing written
+    assert all(TRANSITIONS[s] == frozenset() for s in ENDED)  # an ended phase never moves
+    assert set(TRANSITIONS) == set(PhaseStatus)
 
 
 def test_resolve_run_by_prefix_and_latest(store):
@@ -105,3 +120,36 @@ def test_restored_supervision_continues_from_offsets(tmp_path):
     assert sup.sources.tensorboard.offsets == {str(tmp_path / "tb" / "events.out.tfevents.1"): 4242}
     assert sup.metrics.series["loss"].steps.tolist() == list(range(1, 9))
     assert sup.trip is not None and sup.trip.step == 7  # guard state is rebuilt too
+
+
+def test_opening_a_current_store_writes_nothing(tmp_path):
+    """`runner status` must read a store whose disk is full: opening it must not write."""
+    import hashlib
+
+    path = tmp_path / "runner.db"
+    s = Store(path)
+    s.create_run("r1", "a")
+    s.close()
+    before = (path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+    again = Store(path)
+    assert [r["id"] for r in again.runs()] == ["r1"]
+    again.close()
+    assert (path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest()) == before
+
+
+def test_a_full_disk_is_a_clear_temporary_error_and_loses_nothing(tmp_path):
+    from runner.errors import StoreFull, Temporary
+
+    s = Store(tmp_path / "runner.db")
+    s.create_run("r1", "a")
+    pages = s.db.execute("PRAGMA page_count").fetchone()[0]
+    s.db.execute(f"PRAGMA max_page_count={pages + 2}")  # as good as a full disk for SQLite
+    with pytest.raises(StoreFull, match="is full") as exc:
+        for i in range(10_000):
+            s.event("r1", None, "note", "x" * 2000)
+    assert isinstance(exc.value, Temporary)
+    assert not s.db.in_transaction
+    assert [r["id"] for r in s.runs()] == ["r1"]  # what was recorded is still there, and readable
+    s.db.execute("PRAGMA max_page_count=1073741823")  # space again: recording goes on
+    s.event("r1", None, "note", "after")
+    assert s.events("r1")[-1]["message"] == "after"

@@ -1,0 +1,106 @@
+"""Command line: parse arguments, call the core, render, map errors to exit codes. Nothing else lives here.
+
+One module per command (``add_parser`` + ``run``); rendering in ``_render``. What a command does to runs
+(export, reconcile, stop, logs, submission) lives below: runner.operations, runner.queries,
+runner.checkpoints.export, runner.submit, runner.metrics.sources.read_scalars, runner.report.write_report.
+
+Exit codes (README, "Exit codes") — the error's type decides:
+  0 ok (or detached); 1 what was asked failed or cannot be done: invalid spec (SpecError), failed / blocked /
+  lost phase, something named that does not exist (NotFound), a request that conflicts with what exists
+  (Refused); 2 usage (argparse, UsageError); 3 infrastructure (any other RunnerError: engine unreachable, image
+  missing, no GPU runtime, the engine refusing a container, nvidia-smi; an OSError such as a full disk);
+  4 internal error (a bug in runner); 130 cancelled (Ctrl-C, or a phase recorded cancelled).
+"""
+from __future__ import annotations
+
+import argparse
+import traceback
+from types import ModuleType
+from typing import Sequence
+
+from rich.console import Console
+
+from runner import __version__
+from runner.cli import (apply, attach, checkpoints, export, logs, metrics, plan, queue, replay, report, schema, serve,
+                        status, stop, validate)
+from runner.cli._render import say
+from runner.errors import RunnerError, SpecError
+from runner.paths import DEFAULT_STATE
+
+OK, FAILED, USAGE, INFRASTRUCTURE, INTERNAL, CANCELLED = 0, 1, 2, 3, 4, 130
+
+# the order of `runner --help`
+COMMANDS: dict[str, ModuleType] = {
+    "validate": validate, "schema": schema, "apply": apply, "serve": serve, "queue": queue, "status": status,
+    "logs": logs, "stop": stop, "attach": attach, "checkpoints": checkpoints, "export": export, "metrics": metrics,
+    "plan": plan, "report": report, "replay": replay,
+}
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code of an error that reached the command line: decided by its type alone."""
+    if isinstance(exc, RunnerError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return CANCELLED
+    if isinstance(exc, OSError):
+        return INFRASTRUCTURE  # a disk, a permission, a socket: the machinery, not the request
+    return INTERNAL
+
+
+def _global_options(defaults: bool) -> argparse.ArgumentParser:
+    """--state and --debug, accepted before the command (the main parser) and after it (each subcommand's parent,
+    whose defaults are suppressed so they never overwrite a value given before the command)."""
+    p = argparse.ArgumentParser(add_help=False)
+    sup = {} if defaults else {"default": argparse.SUPPRESS}
+    p.add_argument("--state", metavar="PATH", help=f"run store (default $RUNNER_STATE or {DEFAULT_STATE}); runs/ is its folder",
+                   **({"default": None} if defaults else sup))
+    p.add_argument("--debug", action="store_true", help="show tracebacks", **({"default": False} if defaults else sup))
+    return p
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="runner", description="Declarative job-spec runner for long GPU training runs.",
+                                parents=[_global_options(True)],
+                                epilog="exit codes: 0 ok; 1 invalid spec, failed phase, not found or refused; 2 usage; "
+                                       "3 infrastructure (engine, image, GPUs, disk); 4 internal error; 130 cancelled")
+    p.add_argument("--version", action="version", version=f"runner {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    common = [_global_options(False)]
+    for module in COMMANDS.values():
+        module.add_parser(sub, common)
+    return p
+
+
+def _console() -> Console:
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=200)  # piped: do not squeeze tables to 80 columns
+    return console
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)  # usage errors: argparse prints them and exits 2
+    err = Console(stderr=True, highlight=False)
+    try:
+        return int(COMMANDS[args.cmd].run(args, _console()))
+    except SpecError as exc:
+        for problem in exc.problems:
+            say(err, str(problem))
+        return exit_code(exc)
+    except RunnerError as exc:
+        if args.debug:
+            traceback.print_exc()
+        say(err, f"runner: {exc}")
+        return exit_code(exc)
+    except KeyboardInterrupt as exc:
+        say(err, "runner: interrupted")
+        return exit_code(exc)
+    except BrokenPipeError:
+        return OK
+    except Exception as exc:  # a bug, or the machinery (OSError): one line unless --debug, never a bare traceback
+        if args.debug:
+            traceback.print_exc()
+        what = "error" if isinstance(exc, OSError) else "internal error"
+        say(err, f"runner: {what}: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
+        return exit_code(exc)

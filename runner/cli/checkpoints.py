@@ -1,0 +1,54 @@
+"""runner checkpoints RUN [PHASE]: every checkpoint of a phase, or of every phase that has any."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from runner.cli import _common
+from runner.cli._render import add_row, say
+
+FIELDS = ("step", "name", "state", "ever_best", "score", "sha256", "size", "vault_path", "source", "how", "metrics", "files")
+
+
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    ck = sub.add_parser("checkpoints", parents=parents,
+                        help="list checkpoints: step, score, sha256, state (best, kept, pruned)",
+                        description="List a run's vaulted checkpoints: step, state (best, kept, pruned), score, size, "
+                                    "sha256, vault path. Without PHASE: every phase that has checkpoints, in run order.")
+    ck.add_argument("run", metavar="RUN", help="run id or unique prefix")
+    ck.add_argument("phase", nargs="?", metavar="PHASE", help="only this phase (default: every phase with checkpoints)")
+    ck.add_argument("--output", "-o", choices=["table", "json"], default="table",
+                    help="json: {run, phases: [{phase, checkpoints}]}, plus phase and checkpoints of the last listed "
+                         "phase at the top level")
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    from runner.queries import checkpoint_phases
+    from runner.store import Store
+
+    store = Store(_common.existing_state(args))
+    run_id = store.resolve_run(args.run)
+    found = checkpoint_phases(store, run_id, args.phase)
+    if args.output == "json":
+        phases = [{"phase": row["name"], "checkpoints": [{k: c[k] for k in FIELDS} for c in cks]} for row, cks in found]
+        # "phase"/"checkpoints" at the top: the last listed phase, as before PHASE became optional
+        sys.stdout.write(json.dumps({"run": run_id, **phases[-1], "phases": phases}, indent=2) + "\n")
+        return 0
+    for i, (row, cks) in enumerate(found):
+        if i:
+            console.print()
+        table = Table(box=None, pad_edge=False)
+        for col in ("STEP", "STATE", "SCORE", "SIZE", "SHA256", "VAULT"):
+            table.add_column(col, no_wrap=True)
+        for c in cks:
+            add_row(table, str(c["step"]), c["state"] + (" (was best)" if c["ever_best"] and c["state"] != "best" else ""),
+                    "" if c["score"] is None else f"{c['score']:.5g}", str(c["size"] or ""), (c["sha256"] or "")[:16],
+                    c["vault_path"])
+        say(console, f"run {run_id}, phase {row['name']}")
+        console.print(table)
+    return 0

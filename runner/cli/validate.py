@@ -1,0 +1,31 @@
+"""runner validate FILE...: every problem of every spec, located."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rich.console import Console
+
+from runner.cli._render import say
+from runner.errors import SpecError
+
+
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("validate", parents=parents, help="check spec files; every problem is listed with file:line:col")
+    p.add_argument("files", nargs="+", metavar="FILE")
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    from runner.spec import load_spec
+
+    bad = 0
+    for f in args.files:
+        try:
+            loaded = load_spec(f)
+        except SpecError as exc:
+            bad += 1
+            for problem in exc.problems:
+                say(console, str(problem))
+        else:
+            say(console, f"{f}: ok (phase {loaded.phase.name})")
+    return 1 if bad else 0

@@ -1,0 +1,165 @@
+"""A phase's lifecycle: its states, the one table of allowed transitions (the store enforces it),
+and the pure step that says what to do next with a phase from its record and its container's state.
+
+Every path that carries a phase forward (the foreground `apply`, `attach`, the server after a
+restart, `status`, `stop`) asks ``next_action`` and does what it says, so a phase found in any state
+by any process is treated the same way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class PhaseStatus(str, Enum):
+    """Where a phase is.  The value is what the store and `status -o json` show."""
+
+    PENDING = "pending"            # recorded, waiting for its turn (slots, GPUs), preconditions, launch
+    LAUNCHING = "launching"        # recorded before the container is created: a crash here is recoverable by name
+    RUNNING = "running"            # its container runs, supervised (or being re-adopted)
+    DETACHED = "detached"          # its container runs, nobody supervises it (`apply --detach`, runner left)
+    SUCCEEDED = "succeeded"        # judged: success
+    FAILED = "failed"              # judged: failure (guard trip, criteria, container failed)
+    INCONCLUSIVE = "inconclusive"  # judged: some criteria had no data
+    BLOCKED = "blocked"            # a precondition was not met; nothing launched
+    CANCELLED = "cancelled"        # stopped on request
+    LOST = "lost"                  # its container disappeared from the engine
+    ERROR = "error"                # could not be launched (permanent infrastructure error)
+
+    def __str__(self) -> str:  # so f-strings and the store see the plain value
+        return self.value
+
+
+S = PhaseStatus
+ACTIVE = frozenset({S.PENDING, S.LAUNCHING, S.RUNNING, S.DETACHED})
+ENDED = frozenset(set(S) - ACTIVE)
+JUDGED = frozenset({S.SUCCEEDED, S.FAILED, S.INCONCLUSIVE})
+STATUS_OF_VERDICT = {"success": S.SUCCEEDED, "failure": S.FAILED, "inconclusive": S.INCONCLUSIVE}
+
+# The one table: from each status, the statuses a phase may move to.  An ended phase never moves.
+TRANSITIONS: dict[PhaseStatus, frozenset[PhaseStatus]] = {
+    S.PENDING: frozenset({S.PENDING, S.LAUNCHING, S.BLOCKED, S.CANCELLED, S.ERROR}),
+    # launching → pending: the runner died before the container existed (or it was created and never
+    # started, and was removed): launch again.
+    S.LAUNCHING: frozenset({S.RUNNING, S.PENDING, S.CANCELLED, S.ERROR}),
+    S.RUNNING: frozenset({S.RUNNING, S.DETACHED, S.LOST, S.CANCELLED} | JUDGED),
+    S.DETACHED: frozenset({S.RUNNING, S.DETACHED, S.LOST, S.CANCELLED} | JUDGED),
+    **{s: frozenset() for s in ENDED},
+}
+
+
+def allowed(current: str, new: str) -> bool:
+    return PhaseStatus(new) in TRANSITIONS[PhaseStatus(current)]
+
+
+class SubmissionState(str, Enum):
+    """A submitted run: queued (waiting for the server), started (driven), done, cancelled."""
+
+    QUEUED = "queued"
+    STARTED = "started"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# ---------------------------------------------------------------------------- the next action
+
+
+class Act(str, Enum):
+    PLAN = "plan"                    # the run has no phase yet: plan the first spec, record it pending
+    LAUNCH = "launch"                # pending: wait for slots, check preconditions, launch
+    FIND_CONTAINER = "find"          # launching: look the container up by its deterministic name
+    ADOPT = "adopt"                  # launching, container found running: record it running, then supervise
+    RELAUNCH = "relaunch"            # launching, no container (or created, never started: remove it first)
+    SUPERVISE = "supervise"          # running/detached, container running: follow it
+    JUDGE = "judge"                  # active, container ended: vault, validate, judge, record
+    MARK_LOST = "lost"               # active with a container id that the engine no longer knows
+    DECIDE = "decide"                # judged, no chain decision recorded yet
+    START_NEXT = "next"              # decided, the decision names a next spec not started yet
+    DONE = "done"                    # nothing left to do for this run
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class PhaseView:
+    """What next_action needs of a phase's record (the store's row, typed)."""
+
+    status: PhaseStatus
+    container_id: str | None = None
+    verdict: str | None = None
+    decided: bool = False
+    next_spec: str | None = None  # what the recorded decision names (None: the chain ends)
+
+    @classmethod
+    def of(cls, row: dict, next_spec: str | None = None) -> "PhaseView":
+        return cls(PhaseStatus(row["status"]), row.get("container_id") or None, row.get("verdict") or None,
+                   bool(row.get("decision")), next_spec)
+
+
+@dataclass(frozen=True)
+class Container:
+    """What next_action needs of the container: absent (never created / not found), or its state."""
+
+    exists: bool
+    status: str = ""  # created | running | exited | dead | paused | restarting | removing
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ("exited", "dead")
+
+
+NOT_FOUND = Container(False)
+
+
+def next_action(phase: PhaseView | None, container: Container | None = None) -> Act:
+    """Pure: what to do with a run whose last phase is ``phase`` (None: no phase yet), given its
+    container as the engine reports it (``None``: not asked — only needed for active phases)."""
+    if phase is None:
+        return Act.PLAN
+    s = phase.status
+    if s == S.PENDING:
+        return Act.LAUNCH
+    if s == S.LAUNCHING:
+        if container is None:
+            return Act.FIND_CONTAINER
+        if not container.exists or container.status == "created":
+            return Act.RELAUNCH
+        return Act.JUDGE if container.ended else Act.ADOPT
+    if s in (S.RUNNING, S.DETACHED):
+        if container is None:
+            return Act.SUPERVISE  # ask the engine; supervision notices an ended or vanished container
+        if not container.exists:
+            return Act.MARK_LOST
+        return Act.JUDGE if container.ended else Act.SUPERVISE
+    if ((s in JUDGED and phase.verdict) or s == S.LOST) and not phase.decided:
+        return Act.DECIDE  # a lost phase decides too: its retry policy may relaunch it
+    if phase.next_spec:
+        return Act.START_NEXT
+    return Act.DONE
+
+
+def failure_kinds(row: dict) -> set[str]:
+    """How an ended phase failed, in the words of `retry.on`; empty for anything a retry must not
+    cover (success, a guard trip, criteria not met, a cancel)."""
+    status, reason = row.get("status"), row.get("reason") or ""
+    if status == S.LOST:
+        return {"lost"}
+    if status != S.FAILED:
+        return set()
+    if row.get("oom_killed"):
+        return {"oom"}
+    if "short of its planned end" in reason:
+        return {"stopped"}
+    if reason.startswith("exit code ") or reason.startswith("container failed: exit code "):
+        code = row.get("exit_code")
+        kinds = {f"exit_code {code}"} if code is not None else set()
+        if code == 137:
+            kinds.add("killed")
+        if code == 143:
+            kinds.add("stopped")
+        return kinds
+    return set()
