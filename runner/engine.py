@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-from runner import chain, preconditions
+from runner import chain, faults, preconditions
 from runner.backends.base import Backend, ContainerState
 from runner.criteria import Trip, verdict as judge_verdict
 from runner.metrics.series import MetricSet
@@ -558,7 +558,9 @@ class Engine:
             if not self.store.transition(phase_id, "launching", f"creating container {plan.container_name}",
                                          expect=frozenset({"pending"})):
                 raise LaunchError(f"phase {plan.phase} is no longer pending (stopped?); not launched")
+            faults.point("pre_create")
             container_id = self.backend.launch(plan)
+            faults.point("post_create")
         except Temporary:
             raise
         except Exception as exc:

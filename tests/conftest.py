@@ -26,3 +26,12 @@ container:
   image: trainer:latest
   command: [python3, -c, "print('hi')"]
 """
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/integration/ and tests/faults/ talks to a real Docker engine: marked
+    ``integration`` (``-m "not integration"`` runs the rest without an engine)."""
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "integration" in parts or "faults" in parts:
+            item.add_marker(pytest.mark.integration)

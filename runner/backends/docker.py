@@ -13,6 +13,7 @@ import docker.errors
 import requests.exceptions
 from docker.types import DeviceRequest, Mount
 
+from runner import faults
 from runner.backends.base import ContainerState
 from runner.errors import ContainerNotFound, EngineUnavailable, GpuUnavailable, ImageMissing, LaunchError
 from runner.plan import LaunchPlan
@@ -145,6 +146,7 @@ class DockerBackend:
             if exc.status_code == 409:
                 raise LaunchError(f"a container named {plan.container_name} already exists: this phase was launched before") from None
             raise _translate(exc) from None
+        faults.point("created")
         try:
             self._call(container.start)
         except Exception:

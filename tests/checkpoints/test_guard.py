@@ -154,7 +154,8 @@ def test_completeness_reads_the_zip_directory_not_the_pickle(tmp_path):
 def test_copy_across_filesystems_is_fsynced_and_renamed(tmp_path):
     shm = Path("/dev/shm")
     if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
-        pytest.fail("this test needs /dev/shm on another filesystem than the temp folder")
+        pytest.skip("/dev/shm is missing or shares the temp folder's filesystem: "
+                    "the cross-filesystem copy this test checks cannot happen here")
     src = tmp_path / "model_step1.pth"
     src.write_bytes(os.urandom(100_000))
     vault = shm / f"runner-test-vault-{os.getpid()}"

@@ -4,6 +4,7 @@ They are never skipped: without an engine they fail, saying how to start one
 (bash scripts/ensure-docker.sh, which .ci/run and scripts/test.sh call)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,23 @@ from tests.integration.gpu_engine import gpu_engine  # noqa: F401  (the private 
 BASE_IMAGE = os.environ.get("RUNNER_BASE_IMAGE", "runner-base:bookworm")
 TRAINER_IMAGE = os.environ.get("RUNNER_TRAINER_IMAGE", "runner-trainer:latest")
 TEST_LABEL = "runner-test.id"
+
+
+def nvidia_host(client) -> str:
+    """Why this engine may accept GPU requests ('' when it cannot): tests that expect a refusal are skipped there."""
+    if "nvidia" in (client.info().get("Runtimes") or {}):
+        return "the Docker engine has the NVIDIA runtime"
+    if shutil.which("nvidia-container-runtime-hook"):
+        return "nvidia-container-runtime-hook is on PATH (Docker's NVIDIA device driver registers itself)"
+    return ""
+
+
+@pytest.fixture
+def no_gpu_runtime(docker_client):
+    """Skip on an NVIDIA host: the test checks how runner explains an engine that refuses GPUs."""
+    why = nvidia_host(docker_client)
+    if why:
+        pytest.skip(f"{why}: this test needs an engine that refuses GPU requests (CI has one)")
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +99,32 @@ def cli(tmp_path):
                               capture_output=True, text=True, env={**os.environ, **(env or {})}, **kwargs)
 
     run.state = state
-    return run
+    yield run
+    _remove_containers_of_runs(state)
+
+
+def _remove_containers_of_runs(state) -> None:
+    """Remove the containers of every run in a test's store (specs from specs/ carry no test label)."""
+    if not state.exists():
+        return
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
+        try:
+            runs = [row[0] for row in con.execute("SELECT id FROM runs")]
+        finally:
+            con.close()
+        client = docker.from_env()
+    except (sqlite3.Error, docker.errors.DockerException):
+        return
+    for run_id in runs:
+        for c in client.containers.list(all=True, filters={"label": f"runner.run-id={run_id}"}):
+            try:
+                c.remove(force=True)
+            except docker.errors.DockerException:
+                pass
+    client.close()
 
 
 def wait_for(what, check, timeout=240.0, every=0.5):

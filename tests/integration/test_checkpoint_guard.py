@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from tests.conftest import REPO
+from tests.integration.conftest import wait_for
 
 SPEC = REPO / "specs/demo/checkpoint-guard.yaml"
 
@@ -74,7 +75,12 @@ def test_sigkill_mid_phase_then_attach_loses_nothing(cli, tmp_path):
     proc.send_signal(signal.SIGKILL)  # no handler, no cleanup: the worst case
     proc.wait(timeout=10)
     before = {c["step"]: c["sha256"] for c in checkpoints(cli, run_id) if c["sha256"]}
-    time.sleep(4)  # the trainer goes on writing and deleting while no runner watches
+    # The trainer goes on writing (and its keep-last-2 deleting) while no runner watches: wait for two
+    # checkpoints newer than any vaulted, so one of them was written and rotated away unwatched.
+    ckpt_dir = cli.state.parent / run_id / "demo-keep-best" / "ckpt"
+    wait_for("two checkpoints written while no runner watches", lambda: sum(
+        1 for p in ckpt_dir.glob("model_step*.pth") if int(p.stem.split("step")[1]) > max(before, default=0)) >= 2,
+        timeout=120, every=0.1)
     out = cli("attach", run_id, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     after = {c["step"]: c for c in checkpoints(cli, run_id)}

@@ -65,7 +65,7 @@ def test_missing_image_names_build_command(cli, spec_for):
     assert "image 'runner-absent:1' not found" in out.stderr and "bash images/build-offline.sh" in out.stderr
 
 
-def test_gpu_phase_without_runtime_fails_clearly(cli, spec_for, docker_client, test_id):
+def test_gpu_phase_without_runtime_fails_clearly(cli, spec_for, docker_client, test_id, no_gpu_runtime):
     out = cli("apply", spec_for(["python3", "-c", "print('ran')"], container_extra="gpus: 1\n"))
     assert out.returncode == 3
     assert "GPUs requested but the Docker engine has no GPU runtime" in out.stderr

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 
@@ -72,7 +71,12 @@ def test_server_inbox_sigkill_readopt_and_apply_submit(cli, tmp_path, docker_cli
         assert container.status == "running"  # training never depends on the server
         queue = cli("queue")
         assert "server: none running" in queue.stdout
-        time.sleep(3)  # the trainer goes on while nobody watches
+        # The trainer goes on while nobody watches: wait until it wrote a checkpoint newer than any vaulted.
+        ckpt_dir = runs / run_id / "demo-phase1" / "ckpt"
+        wait_for("a checkpoint written while no server watches", lambda: any(
+            int(p.stem.split("step")[1]) > max(before, default=0) for p in ckpt_dir.glob("model_step*.pth"))
+            or container.reload() or container.status != "running",
+            timeout=120, every=0.1)
 
         server = serve(cli.state, inbox, notify, log)
         wait_for("the chain to finish", lambda: len((status(run_id) or {}).get("phases", [])) == 2

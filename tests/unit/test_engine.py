@@ -1,5 +1,4 @@
 """The engine's decisions, against the shipped FakeBackend (the real engine is tested in integration/)."""
-import threading
 
 import pytest
 
@@ -125,9 +124,15 @@ def test_detach_returns_running_and_refresh_finishes(make, write_spec):
 
 
 def test_detach_request_leaves_container_running(make, write_spec):
-    backend = FakeBackend(script={"p1": Script(polls=10**9)})
+    class DetachOnFirstInspect(FakeBackend):
+        """The detach request arrives once supervision follows the running container (no timer race)."""
+
+        def inspect(self, container_id):
+            engine.detach_requested.set()
+            return super().inspect(container_id)
+
+    backend = DetachOnFirstInspect(script={"p1": Script(polls=10**9)})
     engine = make(backend)
-    threading.Timer(0.05, engine.detach_requested.set).start()
     result = engine.apply(write_spec(MINIMAL)).last
     assert result.status == "detached"
     (container,) = backend.containers.values()
