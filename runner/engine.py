@@ -143,6 +143,24 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
+def _ended_with_the_engine(sup: PhaseSession, state: ContainerState) -> bool:
+    """Whether the container ended during an outage of the engine seen while supervising (runner did
+    not stop it: no guard, no criteria met early, no planned end)."""
+    if not sup.engine_outages or sup.trip or sup.met_early or sup.end_reached is not None:
+        return False
+    from datetime import datetime
+
+    try:  # Docker: 2026-11-27T07:25:40.123456789Z (nanoseconds; Python parses microseconds)
+        text = (state.finished_at or "").rstrip("Z")
+        head, _, frac = text.partition(".")
+        ended = datetime.fromisoformat(head + ("." + frac[:6] if frac else "") + "+00:00").timestamp()
+    except ValueError:
+        return False
+    # Ended while the engine was away (or as it came back up): a live-restored container that ends
+    # later, on its own, is not an interruption.
+    return any(down - 1.0 <= ended <= (back or time.time()) + 2.0 for down, back in sup.engine_outages)
+
+
 def _planned_end(phase: Phase | None, sup: PhaseSession | None) -> int | None:
     """The step the phase is meant to reach: its stop_at, else metrics.total_steps."""
     if sup is not None and sup.guards.planned_end is not None:
@@ -271,11 +289,20 @@ class Engine:
     def attach(self, run_id: str) -> RunResult:
         """Re-adopt a run's detached (or unsupervised running) phase: metrics continue from the
         stored points and offsets, guards and criteria apply, then the verdict and the chain."""
-        rows = [r for r in self.store.phases(run_id)
+        phases = self.store.phases(run_id)
+        rows = [r for r in phases
                 if (r["status"] in ("running", "detached") and r["container_id"]) or r["status"] == "launching"]
         if not rows:
-            raise Refused(f"run {run_id} has no running or detached phase to attach to",
-                          f"`runner status {run_id}` shows how it ended")
+            # A phase judged meanwhile (by `runner status`) whose chain has not moved on yet: attach
+            # carries the chain on (decide, start the next phase); a run whose chain ended refuses.
+            last = phases[-1] if phases else None
+            decided = self._decided_next(last) if last is not None and last["status"] not in ACTIVE else None
+            view = PhaseView.of(last, decided and decided["next"]) if last is not None else None
+            unstarted_next = decided is not None and not any(p["id"] > last["id"] for p in phases)
+            if last is None or last["status"] == "lost" or next_action(view) not in (Act.DECIDE, Act.START_NEXT) \
+                    or (next_action(view) == Act.START_NEXT and not unstarted_next):
+                raise Refused(f"run {run_id} has no running or detached phase to attach to",
+                              f"`runner status {run_id}` shows how it ended")
         return self.drive(run_id)
 
     def _start(self, run_id: str, spec_path: str, inputs: dict, detach: bool, after: dict | None = None) -> PhaseResult:
@@ -620,8 +647,12 @@ class Engine:
                 return self._result(phase_id)
             try:
                 state = self.backend.inspect(container_id)
+                if unreachable_since is not None and sup.engine_outages:
+                    sup.engine_outages[-1][1] = time.time()  # the engine answers again
                 unreachable_since = None
             except EngineUnavailable as exc:
+                if unreachable_since is None:
+                    sup.engine_outages.append([time.time(), None])  # a container ending now: the engine took it
                 unreachable_since = unreachable_since or time.monotonic()
                 if time.monotonic() - unreachable_since > ENGINE_RETRY_S:
                     self.store.transition(phase_id, "detached", f"lost contact with the engine: {exc}", expect=ACTIVE)
@@ -695,6 +726,13 @@ class Engine:
                 exit_ok = False
             elif state.oom_killed:
                 exit_reason = "killed: out of memory (the container hit its memory limit)"
+            elif sup is not None and _ended_with_the_engine(sup, state):
+                # The engine went away (a restart or stop without live-restore) and took the container
+                # with it: whatever the exit code, the phase did not end on its own.
+                exit_reason = (f"exit code {state.exit_code}: an infrastructure interruption — the Docker engine "
+                               "became unreachable while the container ran (restarted or stopped without live-restore) "
+                               "and the container ended with it")
+                exit_ok = False
             else:
                 exit_reason = f"exit code {state.exit_code}" + (f": {state.error}" if state.error else "")
                 if state.exit_code in (137, 143) and not (sup and (sup.trip or sup.met_early or sup.end_reached)):

@@ -154,6 +154,8 @@ def failure_kinds(row: dict) -> set[str]:
         return {"oom"}
     if "short of its planned end" in reason:
         return {"stopped"}
+    if "infrastructure interruption" in reason:
+        return {"interrupted"}
     if reason.startswith("exit code ") or reason.startswith("container failed: exit code "):
         code = row.get("exit_code")
         kinds = {f"exit_code {code}"} if code is not None else set()

@@ -135,6 +135,7 @@ class Store:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.read_only = ""  # why the store could only be opened read-only (a full disk), or ""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
@@ -154,8 +155,25 @@ class Store:
                     self.db.execute("ALTER TABLE checkpoints ADD COLUMN files_json TEXT")
                 self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
-            raise Permanent(f"cannot open run store {self.path}: {exc}") from None
+            self.db = self._read_only(exc)
         self._lock = threading.RLock()
+
+    def _read_only(self, exc: sqlite3.DatabaseError) -> sqlite3.Connection:
+        """The store, read-only, when a normal open fails on an existing store: on a full disk SQLite
+        cannot set up the WAL's shared memory.  Read as immutable: the main file, which holds everything
+        once the last writer closed (a writer still running on that full disk cannot write either; what
+        it had not checkpointed yet shows up after space is freed)."""
+        if not self.path.exists():
+            raise Permanent(f"cannot open run store {self.path}: {exc}") from None
+        try:
+            db = sqlite3.connect(self.path.resolve().as_uri() + "?immutable=1", uri=True, check_same_thread=False,
+                                 isolation_level=None)
+            db.row_factory = sqlite3.Row
+            db.execute("SELECT count(*) FROM runs").fetchone()
+        except sqlite3.DatabaseError:
+            raise Permanent(f"cannot open run store {self.path}: {exc}") from None
+        self.read_only = str(exc)
+        return db
 
     def close(self) -> None:
         self.db.close()
@@ -163,6 +181,10 @@ class Store:
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         """One transaction; a full disk is a clear, temporary StoreFull (nothing of it was written)."""
+        if self.read_only:
+            raise StoreFull(f"the run store {self.path} could only be opened read-only ({self.read_only}): its disk is "
+                            "probably full; nothing was recorded, nothing earlier is lost",
+                            "free space on that disk; `runner status` still reads the store meanwhile")
         with self._lock:
             try:
                 self.db.execute("BEGIN IMMEDIATE")

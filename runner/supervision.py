@@ -52,6 +52,7 @@ class Supervision:
         self.started = time.time()
         self.unsaved: dict = {}  # metric points not in the store yet (its disk was full)
         self.store_full = False
+        self.engine_outages: list[list] = []  # [wall time unreachable, wall time back (None: still away)]
         self.last_new_step_at = time.time()
         self._rate_marks: list[tuple[float, int]] = []
 

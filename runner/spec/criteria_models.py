@@ -346,7 +346,7 @@ class NextRule(Model):
     max_iterations: int | None = Field(None, ge=1, description="How often this rule may fire in one run; required when the chain loops back.")
 
 
-RETRY_ON = ("oom", "lost", "killed", "stopped")
+RETRY_ON = ("oom", "lost", "killed", "stopped", "interrupted")
 
 
 class Retry(Model):
@@ -354,7 +354,8 @@ class Retry(Model):
 
     on: list[str] = Field(
         description="Which failures: oom (out of memory), lost (the container disappeared), killed (exit 137, not OOM), "
-        "stopped (stopped from outside, or exit 0 short of the planned end), 'exit_code N'.")
+        "stopped (stopped from outside, or exit 0 short of the planned end), interrupted (the Docker engine restarted "
+        "without live-restore and took the container with it), 'exit_code N'.")
     max: int = Field(1, ge=1, le=20, description="At most this many retries (attempts after the first).")
     with_: dict[str, Union[str, int, float, bool]] = Field(
         default_factory=dict, alias="with",

@@ -92,6 +92,27 @@ class Document:
 MAX_DEPTH = 64  # a spec is a few levels deep; deeper nesting is a mistake or an attack (RecursionError)
 
 
+def _too_deep_at(text: str) -> tuple[int, int]:
+    """Line and column where flow brackets first nest deeper than MAX_DEPTH (quotes and comments
+    skipped; 1:1 when the depth comes from indentation instead)."""
+    depth, quote = 0, ""
+    for n, line in enumerate(text.splitlines(), 1):
+        for c, ch in enumerate(line, 1):
+            if quote:
+                quote = "" if ch == quote else quote
+            elif ch in "'\"":
+                quote = ch
+            elif ch == "#":
+                break
+            elif ch in "[{":
+                depth += 1
+                if depth > MAX_DEPTH:
+                    return n, c
+            elif ch in "]}":
+                depth -= 1
+    return 1, 1
+
+
 class _TooDeep(Exception):
     def __init__(self, node: yaml.Node):
         super().__init__("too deep")
@@ -171,7 +192,8 @@ def parse_yaml(text: str, file: str) -> tuple[Document, list[Problem]]:
     try:
         node = _Composer(text).get_single_node()
     except RecursionError:
-        return builder.doc, [Problem(file, 1, 1, "", f"the document is nested too deeply (a spec needs at most {MAX_DEPTH} levels)")]
+        line, col = _too_deep_at(text)
+        return builder.doc, [Problem(file, line, col, "", f"the document is nested too deeply (a spec needs at most {MAX_DEPTH} levels)")]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)

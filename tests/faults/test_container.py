@@ -62,8 +62,6 @@ def test_row7_exit_0_while_runner_is_down_is_done_and_chained_once(cli, spec_for
     assert [e["kind"] for e in doc["events"]].count("chain.decision") == 2
 
 
-@pytest.mark.xfail(strict=True, reason="gap: after `runner status` judged a detached phase, `attach` refuses the run "
-                   "('no running or detached phase to attach to') and the chain's next phase never starts")
 def test_row7_exit_0_seen_first_by_status_then_attach_chains_once(cli, spec_for, docker_client):
     """The same, but `runner status` sees the end first (and judges the phase): attach still carries the chain on."""
     spec_for(["sh", "-c", "echo second"], name="p2")

@@ -78,9 +78,6 @@ def test_row14_checkpoint_volume_full_fails_loudly_and_keeps_the_best(cli, spec_
     assert not list((cli.state.parent / run).rglob("*.vaulting"))
 
 
-@pytest.mark.xfail(strict=True, reason="gap: with the store's disk 100% full, a new process cannot open the store at "
-                   "all (SQLite cannot create the WAL's -shm: 'disk I/O error'): `runner status` cannot read it and "
-                   "`runner apply` does not say the disk is full (issue 10 item 4: a clear error, status still reads)")
 def test_row15_state_db_volume_full_is_a_clear_error_and_status_still_reads(cli, spec_for, docker_client, tmp_path,
                                                                            small_fs):
     small_fs(cli.state.parent, "2m")
