@@ -13,6 +13,7 @@ the phase is recorded *detached* and can be picked up again.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -787,28 +788,70 @@ class Engine:
 
     def _pump_logs(self, container_id: str, log_path: Path, sup: PhaseSession | None = None, mode: str = "ab") -> None:
         """Copy the container's output to container.log, the reporter and the stdout metric parser.
-        ``mode`` "wb" rewrites the log from the container's start (re-attach: nothing missed while away)."""
-        partial = b""
+        ``mode`` "wb" rewrites the log from the container's start (re-attach: nothing missed while away).
+
+        A stream that breaks while the container still runs (the engine restarted with live-restore)
+        is opened again from a little before the last line read; the lines sent again are recognised
+        against the recent ones and skipped, so nothing is lost and nothing is doubled."""
+        recent: collections.deque[bytes] = collections.deque(maxlen=500)
+        overlap: list[bytes] | None = None  # after a reconnect: recent lines the new stream may repeat
+        since: int | None = None
+        last_line_at = time.time()
         writable = True
+
+        def emit(line: bytes, out) -> None:
+            nonlocal writable
+            if writable:
+                try:
+                    out.write(line + b"\n")
+                    out.flush()
+                except OSError as exc:  # a full disk: the log file stops, the metrics and the view go on
+                    writable = False
+                    self.reporter.info(f"cannot write {log_path} ({exc}); the container's output is still "
+                                       "read (`docker logs` has all of it)")
+            self._line(line.decode("utf-8", "replace"), sup)
+
         try:
             with open(log_path, mode) as out:
-                for chunk in self.backend.logs(container_id, follow=True):
-                    if writable:
-                        try:
-                            out.write(chunk)
-                            out.flush()
-                        except OSError as exc:  # a full disk: the log file stops, the metrics and the view go on
-                            writable = False
-                            self.reporter.info(f"cannot write {log_path} ({exc}); the container's output is still "
-                                               "read (`docker logs` has all of it)")
-                    lines = (partial + chunk).split(b"\n")
-                    partial = lines.pop()
-                    for line in lines:
-                        self._line(line.decode("utf-8", "replace"), sup)
-                if partial:
-                    self._line(partial.decode("utf-8", "replace"), sup)
+                while True:
+                    partial = b""
+                    for chunk in self.backend.logs(container_id, follow=True, since=since):
+                        lines = (partial + chunk).split(b"\n")
+                        partial = lines.pop()
+                        for line in lines:
+                            if overlap is not None:
+                                if line in overlap:  # sent again after the reconnect
+                                    overlap = overlap[overlap.index(line) + 1:] or None
+                                    continue
+                                overlap = None
+                            recent.append(line)
+                            last_line_at = time.time()
+                            emit(line, out)
+                    if not self._still_running(container_id):
+                        if partial:
+                            emit(partial, out)
+                        return
+                    # The stream ended but the container runs on (an engine restart, or its end not
+                    # visible yet): read again from just before the last line.
+                    time.sleep(self.poll_s * 2)
+                    if self._still_running(container_id):
+                        self.reporter.info("the container's log stream broke (engine restart?); reading it again")
+                    since, overlap = int(last_line_at) - 2, list(recent)
         except RunnerError as exc:
             self.reporter.info(f"log stream ended: {exc}")
+
+    def _still_running(self, container_id: str) -> bool:
+        """After a log stream ends: does the container still run (waiting out an engine that restarts)?"""
+        deadline = time.monotonic() + ENGINE_RETRY_S
+        while True:
+            try:
+                return not self.backend.inspect(container_id).ended
+            except ContainerNotFound:
+                return False
+            except EngineUnavailable:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.5)
 
     def _line(self, text: str, sup: PhaseSession | None) -> None:
         self.reporter.log_line(text)

@@ -49,8 +49,9 @@ class Backend(Protocol):
     def stop(self, container_id: str, grace: float) -> None:
         """SIGTERM, wait up to ``grace`` seconds, then SIGKILL.  Returns when stopped."""
 
-    def logs(self, container_id: str, follow: bool = False) -> Iterator[bytes]:
-        """The container's output (stdout and stderr) as chunks, from its start."""
+    def logs(self, container_id: str, follow: bool = False, since: int | None = None) -> Iterator[bytes]:
+        """The container's output (stdout and stderr) as chunks, from its start (or from the unix
+        time ``since``: lines logged in that second and after)."""
 
     def find(self, labels: dict[str, str]) -> list[ContainerState]:
         """Containers (running or not) carrying all ``labels`` (a value of None: the key, any value)."""

@@ -183,8 +183,9 @@ class DockerBackend:
             if self.inspect(container_id).running:
                 self._call(self.api.kill, container_id)
 
-    def logs(self, container_id: str, follow: bool = False) -> Iterator[bytes]:
-        stream = self._call(self.api.logs, container_id, stream=True, follow=follow, stdout=True, stderr=True)
+    def logs(self, container_id: str, follow: bool = False, since: int | None = None) -> Iterator[bytes]:
+        extra = {} if since is None else {"since": since}
+        stream = self._call(self.api.logs, container_id, stream=True, follow=follow, stdout=True, stderr=True, **extra)
         try:
             for chunk in stream:
                 yield chunk

@@ -99,7 +99,7 @@ class FakeBackend:
             if c.status == "running":
                 c.status, c.exit_code = "exited", 143
 
-    def logs(self, cid: str, follow: bool = False) -> Iterator[bytes]:
+    def logs(self, cid: str, follow: bool = False, since: int | None = None) -> Iterator[bytes]:
         c = self._get(cid)
         for line in c.script.lines:
             yield (line + "\n").encode()

@@ -65,8 +65,6 @@ def test_row9_engine_restart_with_live_restore_keeps_the_same_container(cli, spe
     assert [e["kind"] for e in doc["events"]].count("phase.running") == 1
 
 
-@pytest.mark.xfail(strict=True, reason="gap: the log stream is not resumed after an engine restart (no since=): "
-                   "container.log stops at the restart (row 13)")
 def test_row13_log_stream_broken_by_an_engine_restart_is_resumed_without_duplicates(cli, spec_for, private_engine):
     engine = private_engine(live_restore=True)
     ecli = on(engine, cli)
