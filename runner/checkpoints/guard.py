@@ -131,6 +131,11 @@ class CheckpointGuard:
             self.watcher.changed.wait(self.rescan_s)
             self.watcher.changed.clear()
             try:
+                if self.watcher.started and not self.watcher.alive and not self._stop.is_set():
+                    # An exception in a watchdog handler ends the observer's thread: start a new one (the
+                    # rescans below never stopped, so nothing was missed meanwhile, only delayed).
+                    self.watcher.restart()
+                    self._event("checkpoint.watcher-restarted", "the folder watcher had died; started a new one")
                 self.scan()
             except Exception as exc:  # the guard thread must survive anything a folder can do
                 self._event("checkpoint.error", f"checkpoint scan failed: {type(exc).__name__}: {exc}")

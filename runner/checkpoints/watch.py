@@ -102,6 +102,21 @@ class Watcher:
         return out
 
     @property
+    def started(self) -> bool:
+        """Whether an observer was started (start can fail, e.g. at the inotify watch limit)."""
+        return self._observer is not None
+
+    def restart(self) -> None:
+        """A new observer after the old one died (an exception in a handler ends its thread)."""
+        old, self._observer = self._observer, None
+        try:
+            if old is not None:
+                old.stop()
+        except Exception:  # it is dead already; nothing to clean up that matters
+            pass
+        self.start()
+
+    @property
     def alive(self) -> bool:
         return self._observer is not None and self._observer.is_alive()
 

@@ -236,3 +236,31 @@ def test_when_vaulting_stopped_the_outputs_name_the_true_best_and_say_it_is_unpr
     override, warning = guard.unprotected_best(m)
     assert override == {"best_checkpoint": str(tmp_path / "ckpt" / "model_step200.pth")}  # ...is not the best
     assert "NOT in the vault" in warning and "step 200" in warning and "best vaulted: 3" in warning
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the injected handler bug
+def test_a_watcher_that_dies_is_restarted_and_nothing_is_missed(store, tmp_path):
+    """FAULTS row 20: an exception inside a watchdog handler ends the observer's thread; the guard's
+    rescans go on, it starts a new watcher, and every checkpoint is vaulted."""
+    guard = make_guard(store, tmp_path)
+    guard.start()
+    try:
+        real = guard.watcher.finished
+        calls = []
+
+        def boom(path):
+            calls.append(path)
+            if len(calls) == 1:
+                raise RuntimeError("a bug in a handler")
+            real(path)
+
+        guard.watcher.finished = boom
+        save(tmp_path / "ckpt", 100)
+        assert wait_for(lambda: not guard.watcher.alive or
+                        any(e["kind"] == "checkpoint.watcher-restarted" for e in store.events("r")), timeout=10)
+        assert wait_for(lambda: any(e["kind"] == "checkpoint.watcher-restarted" for e in store.events("r")), timeout=10)
+        assert wait_for(lambda: guard.watcher.alive, timeout=5)
+        save(tmp_path / "ckpt", 200)
+        assert wait_for(lambda: {c["step"] for c in store.checkpoints(1) if c["vaulted_at"]} >= {100, 200}, timeout=10)
+    finally:
+        guard.stop()
