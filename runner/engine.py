@@ -740,7 +740,8 @@ class Engine:
                     # runner did not stop it (no guard, criteria or planned end; no `runner stop`)
                     exit_reason += (" — killed from outside runner (SIGKILL: `docker kill`, the OOM killer of the host?)"
                                     if state.exit_code == 137 else
-                                    " — stopped from outside runner (SIGTERM: `docker stop`, a host shutdown?)")
+                                    " — stopped from outside runner (SIGTERM: `docker stop`, a host shutdown, or the "
+                                    "engine restarting without live-restore)")
             trip: Trip | None = sup.trip if sup else None
             success = phase.success if phase else None
             end_reached = sup.end_reached if sup else None
