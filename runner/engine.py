@@ -412,7 +412,8 @@ class Engine:
         """Supervise a phase whose container runs (or ran) while nobody watched it."""
         phase, plan = _phase_of(row), _stored_plan(row)
         sup = self._restored(row["id"], phase, _folder(row))
-        sup.started = row["started_at"] or time.time()  # guards' timeouts count from the container's start too
+        if row["started_at"]:
+            sup.set_started(row["started_at"])  # guards' timeouts count from the container's start too
         self.slots.claim(row["id"], plan)
         try:
             sup.start()  # the guard repairs the vault; its first rescan finds what was written meanwhile

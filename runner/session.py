@@ -65,7 +65,7 @@ class PhaseSession(Supervision):
             session.sources.jsonl.offset = offsets.get(str(session.sources.jsonl.path), 0)
         row = store.phase(phase_id)
         if row["started_at"]:
-            session.started = row["started_at"]  # timeouts count from the container's start
+            session.set_started(row["started_at"])  # timeouts count from the container's start
         return session
 
     # ------------------------------------------------------------------ running

@@ -49,11 +49,12 @@ class Supervision:
         self.trip: Trip | None = None
         self.met_early = False
         self.standing: Judgement | None = None
-        self.started = time.time()
+        self.started = time.time()  # wall time, for people; durations below use the monotonic clock
+        self._mono_start = time.monotonic()
         self.unsaved: dict = {}  # metric points not in the store yet (its disk was full)
         self.store_full = False
         self.engine_outages: list[list] = []  # [wall time unreachable, wall time back (None: still away)]
-        self.last_new_step_at = time.time()
+        self.last_new_step_at = time.monotonic()
         self._rate_marks: list[tuple[float, int]] = []
 
     @property
@@ -80,15 +81,22 @@ class Supervision:
         before = self.guards.last_step
         trip = self.guards.feed(new)
         if self.guards.last_step is not None and self.guards.last_step != before:
-            self.last_new_step_at = time.time()
-            self._rate_marks.append((time.time(), self.guards.last_step))
-            self._rate_marks = [m for m in self._rate_marks if m[0] > time.time() - 60]
+            self.last_new_step_at = time.monotonic()
+            self._rate_marks.append((time.monotonic(), self.guards.last_step))
+            self._rate_marks = [m for m in self._rate_marks if m[0] > time.monotonic() - 60]
         self.trip = self.trip or trip
         return new
 
+    def set_started(self, wall: float) -> None:
+        """The container started at ``wall`` (a re-adopted phase): time guards count from there; the
+        time before this process is taken from the wall clock once, the rest from the monotonic one."""
+        self.started = wall
+        self._mono_start = time.monotonic() - max(0.0, time.time() - wall)
+
     def clock(self) -> Trip | None:
-        now = time.time()
-        trip = self.guards.check_clock(now - self.started, now - self.last_new_step_at)
+        # Monotonic: a wall-clock jump (NTP, a VM resumed, a changed date) never fires or delays a time guard.
+        now = time.monotonic()
+        trip = self.guards.check_clock(now - self._mono_start, now - self.last_new_step_at)
         self.trip = self.trip or trip
         return self.trip
 
