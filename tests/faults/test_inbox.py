@@ -3,12 +3,11 @@ against the server's parts, without an engine: tests/unit/test_server_parts.py, 
 import json
 import os
 import shutil
-import signal
-import subprocess
 import time
 
 
 from tests.faults.conftest import TEST_LABEL, check_invariants, labelled_containers, serve, status, wait_for
+from tests.integration.conftest import stop_server
 
 BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
@@ -93,11 +92,7 @@ def test_rows23_to_31_hostile_drops_each_end_in_one_state_and_the_server_runs_on
             assert c.attrs["Config"]["Cmd"] == ARGV
             assert c.logs().decode().strip() == INJECTION
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
 
 
 def test_a_spec_run_locally_then_dropped_in_the_inbox_is_accepted(cli, tmp_path, docker_client, test_id):
@@ -117,8 +112,4 @@ def test_a_spec_run_locally_then_dropped_in_the_inbox_is_accepted(cli, tmp_path,
         assert [p.name for p in (inbox / "duplicates").iterdir()] == []
         assert len(list((inbox / "accepted").iterdir())) == 1
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)

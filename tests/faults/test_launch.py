@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tests.integration.conftest import stop_server
 from tests.faults.conftest import check_invariants, labelled_containers, only_run, run_containers, serve, status, wait_for
 
 SHORT = ["sh", "-c", "sleep 3; echo done"]
@@ -88,11 +89,7 @@ def test_row40_server_killed_between_create_and_start(cli, tmp_path, spec_for, d
         assert now.id != created.id
         assert any("created but never started" in e["message"] for e in doc["events"])
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
 
 
 @pytest.mark.parametrize("delay", [0.4, 0.8, 1.2, 1.6])

@@ -136,3 +136,15 @@ def wait_for(what, check, timeout=240.0, every=0.5):
             return value
         time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def stop_server(proc) -> None:
+    """SIGTERM a `runner serve` started by a test (it leaves its containers running), SIGKILL after 30 s."""
+    import signal
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

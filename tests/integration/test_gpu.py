@@ -24,7 +24,7 @@ import docker
 import pytest
 
 from runner.store import Store
-from tests.integration.conftest import TEST_LABEL, nvidia_host, wait_for
+from tests.integration.conftest import stop_server, TEST_LABEL, nvidia_host, wait_for
 from tests.integration.gpu_engine import IMAGE, import_busybox
 
 pytestmark = pytest.mark.integration
@@ -166,21 +166,12 @@ def test_server_without_nvidia_smi_says_why_it_has_no_gpus(gpu_engine, cli, tmp_
         phase = wait_for("the phase to end", lambda: [p for p in status(cli, run_id)["phases"] if p["status"] == "error"])[0]
         assert "phase one-gpu needs 1 GPU(s); this server has 0" in phase["reason"]
     finally:
-        _stop_server(server)
+        stop_server(server)
     assert "Traceback" not in log.read_text()
 
 
 def _env(extra: dict) -> dict:
     return {**os.environ, **extra}
-
-
-def _stop_server(server: subprocess.Popen) -> None:
-    server.send_signal(signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
 
 
 # ---------------------------------------------------------------------- runner serve --gpus 0,1,2,3
@@ -279,7 +270,7 @@ def test_server_hands_out_disjoint_gpus_waits_and_keeps_them_across_a_restart(gp
         assert granted(e) == ("0", "1", "2", "3") and sees(e) == "0,1,2,3"
         finish(e, "e")
     finally:
-        _stop_server(server)
+        stop_server(server)
         for cont in gpu_engine.client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={tmp_path.name}"}):
             cont.remove(force=True)
     assert server.returncode == 0, log.read_text()[-3000:]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 from tests.conftest import REPO
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import stop_server, wait_for
 
 
 class Hook(http.server.BaseHTTPRequestHandler):
@@ -115,11 +115,7 @@ def test_server_inbox_sigkill_readopt_and_apply_submit(cli, tmp_path, docker_cli
         line = cli("status").stdout.splitlines()[0]
         assert line.startswith("server: pid") and "CPU slots" in line
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
         hook.shutdown()
     assert server.returncode == 0, log.read_text()[-3000:]
     assert "server stopped; training containers keep running" in log.read_text()

@@ -119,3 +119,28 @@ def test_shipped_chains_pass_plan(spec):
     g = graph.build(REPO / spec)
     assert len(g.specs) >= 2
     assert graph.render_mermaid(g).startswith("flowchart TD")
+
+
+def test_replay_of_the_shipped_incident_chain_on_the_simulated_trainer(tmp_path):
+    """`runner replay` of the SHIPPED specs/indextts/finetune.yaml on event files written by the simulated
+    IndexTTS trainer (8% noise, spikes; run on the host at full speed): the divergence guard trips within
+    5,000 steps of the noiseless curve passing +5%, and the chain goes to phase 1 — the same path the live
+    scenario test (tests/integration/test_indextts.py) asserts in real containers."""
+    sim_dir = REPO / "images" / "indextts-sim"
+    T = 40_000
+    base = tmp_path / "gpt.pth"
+    run = lambda *a: subprocess.run([sys.executable, *map(str, a)], capture_output=True, text=True, cwd=sim_dir)  # noqa: E731
+    out = run(sim_dir / "make_checkpoint.py", "--out", base, "--step", 0, "--diverge-after", T)
+    assert out.returncode == 0, out.stderr
+    out = run(sim_dir / "train_gpt_v2.py", "--resume", base, "--learning-rate", "2e-5", "--max-steps", int(T * 1.4),
+              "--save-every", 100000, "--logdir", tmp_path / "tb", "--output-dir", tmp_path / "ckpt", "--speed", 0)
+    assert out.returncode == 0, out.stderr
+    report = replay(REPO / "specs" / "indextts" / "finetune.yaml", tmp_path / "tb")
+    by = {g["guard"]: g for g in report["guards"]}
+    sys.path.insert(0, str(sim_dir))
+    import sim
+
+    best = sim.trajectory(T, T).level
+    passes = next(s for s in range(T, 2 * T, 20) if sim.trajectory(s, T).level >= 1.05 * best)
+    assert T < by["text_loss diverges"]["step"] <= passes + 5000, (by, passes)
+    assert report["verdict"] == "failure" and report["next_spec"].endswith("phase1.yaml")
