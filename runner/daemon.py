@@ -170,7 +170,8 @@ class Server:
         """An engine for one thread (its own Docker client), sharing the store, slots and policy."""
         engine = Engine(self.store, self.backend_factory, self.runs_dir, LogReporter(self.say, prefix))
         engine.detach_requested = self.stopping
-        engine.slots = self.scheduler
+        if not getattr(self.backend_factory, "remote", False):  # under Slurm, Slurm queues and allocates
+            engine.slots = self.scheduler
         engine.policy = self.policy
         engine.persistent = True
         return engine

@@ -121,6 +121,20 @@ class Slots(Protocol):
         """The phase no longer runs (idempotent)."""
 
 
+class PassThrough:
+    """A remote backend's slots: the plan goes as written (a GPU count stays a count: Slurm picks the
+    devices on the node it allocates), and waiting for resources is the cluster's queue."""
+
+    def acquire(self, phase_id: int, plan: LaunchPlan) -> LaunchPlan:
+        return plan
+
+    def claim(self, phase_id: int, plan: LaunchPlan) -> None:
+        pass
+
+    def release(self, phase_id: int) -> None:
+        pass
+
+
 class Unlimited:
     """The foreground: every phase may launch at once, with the devices its spec asks for.
 
@@ -206,7 +220,8 @@ class Engine:
         self.reporter = reporter or QuietReporter()
         self.poll_s = poll_s
         self.detach_requested = threading.Event()
-        self.slots: Slots = Unlimited()  # the server puts its GPU/CPU scheduler here
+        # The server puts its GPU/CPU scheduler here.  A remote backend (Slurm) queues and allocates itself.
+        self.slots: Slots = PassThrough() if getattr(backend, "remote", False) else Unlimited()
         self.policy = None  # the server's mount policy (runner.policy.MountPolicy); None in the foreground
         self.persistent = False  # the server keeps supervising through engine outages instead of detaching
         # Temporary launch errors (engine unreachable): first wait, doubling up to a minute.
@@ -474,9 +489,14 @@ class Engine:
 
         earlier = {p["name"]: p for p in self.store.phases(run_id) if p["id"] != phase_id}
         unmet = []
+        remote = getattr(self._backend, "remote", False) or getattr(self.backend, "remote", False)
         for pre in phase.preconditions:
-            ok, text = preconditions.check(pre, preconditions.resolver(folder), gpus=plan.gpus,
-                                           image_present=image_present, previous=earlier.get)
+            if remote and pre.gpu_memory_free is not None:
+                # The node (and so its GPUs) is known only once Slurm starts the job.
+                ok, text = True, "gpu_memory_free: not checked under Slurm (the node is chosen when the job starts)"
+            else:
+                ok, text = preconditions.check(pre, preconditions.resolver(folder), gpus=plan.gpus,
+                                               image_present=image_present, previous=earlier.get)
             self.store.event(run_id, phase_id, "precondition." + ("met" if ok else "unmet"), text)
             if not ok:
                 unmet.append(text)
@@ -643,6 +663,7 @@ class Engine:
         stopping = False
         interval = sup.phase.metrics.poll_interval if sup.phase.metrics else 1.0
         next_poll = 0.0
+        queued = ""  # the cluster's reason while a Slurm job waits in its queue
         while True:
             if self.detach_requested.is_set():
                 self.store.transition(phase_id, "detached", "runner left; the container keeps running", expect=ACTIVE)
@@ -668,6 +689,22 @@ class Engine:
                 return self._result(phase_id)
             if state.ended:
                 break
+            if state.status == "queued":
+                # Waiting in the cluster's queue (Slurm PENDING): nothing runs yet, so the timeout does not
+                # count; status and queue show Slurm's reason.
+                started = time.monotonic()
+                if state.error != queued:
+                    queued = state.error
+                    self.store.update(phase_id, reason=queued)
+                    self.reporter.info(queued)
+                self.reporter.progress(f"queued  {plan.phase}  {queued}")
+                time.sleep(self.poll_s)
+                continue
+            if queued:
+                queued = ""
+                self.store.update(phase_id, started_at=time.time(), reason=state.error or "started")
+                self.store.event(plan.run_id, phase_id, "phase.started", state.error or "the container started")
+                self.reporter.info(state.error or "started")
             elapsed = time.monotonic() - started
             if time.monotonic() >= next_poll:
                 next_poll = time.monotonic() + interval
@@ -728,6 +765,10 @@ class Engine:
                 exit_ok = False
             elif state.oom_killed:
                 exit_reason = "killed: out of memory (the container hit its memory limit)"
+            elif state.infrastructure:
+                # A node that failed, a preemption: the phase did not end on its own.
+                exit_reason = f"{state.error}: an infrastructure interruption ({state.infrastructure})"
+                exit_ok = False
             elif sup is not None and _ended_with_the_engine(sup, state):
                 # The engine went away (a restart or stop without live-restore) and took the container
                 # with it: whatever the exit code, the phase did not end on its own.
@@ -736,8 +777,10 @@ class Engine:
                                "and the container ended with it")
                 exit_ok = False
             else:
-                exit_reason = f"exit code {state.exit_code}" + (f": {state.error}" if state.error else "")
-                if state.exit_code in (137, 143) and not (sup and (sup.trip or sup.met_early or sup.end_reached)):
+                exit_reason = (f"exit code {state.exit_code}" + (f": {state.error}" if state.error else "")
+                               if state.exit_code is not None else state.error or "ended without an exit code")
+                if state.exit_code in (137, 143) and not state.error and \
+                        not (sup and (sup.trip or sup.met_early or sup.end_reached)):
                     # runner did not stop it (no guard, criteria or planned end; no `runner stop`)
                     exit_reason += (" — killed from outside runner (SIGKILL: `docker kill`, the OOM killer of the host?)"
                                     if state.exit_code == 137 else

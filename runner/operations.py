@@ -15,11 +15,12 @@ if TYPE_CHECKING:
 
 
 def open_engine(state: Path, reporter: Reporter | None = None) -> Engine:
-    """An engine on the Docker backend for the run store at ``state`` (runs live in its folder)."""
-    from runner.backends.docker import DockerBackend
+    """An engine for the run store at ``state`` (runs live in its folder), on the backend its folder's
+    backend.yaml names (default: the local Docker engine)."""
+    from runner.backends.select import backend_factory
     from runner.engine import Engine
 
-    return Engine(Store(state), DockerBackend, state.parent, reporter)
+    return Engine(Store(state), backend_factory(state.parent), state.parent, reporter)
 
 
 def reconcile(engine: Engine, run_ids: list[str], server_running: bool) -> str | None:

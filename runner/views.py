@@ -7,6 +7,8 @@ from typing import Any
 
 from runner.store import Store, run_status
 
+SLURM_PENDING = " PENDING ("  # in a phase's reason while its Slurm job waits: "Slurm job 12 PENDING (Resources)"
+
 
 def iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds") if ts else None
@@ -58,10 +60,11 @@ def queue_rows(store: Store) -> list[dict[str, Any]]:
     """Waiting work in start order: runs not started yet, and phases waiting for GPUs or CPU slots."""
     rows = []
     for sub in store.submissions(("queued", "started")):
-        if sub["source"] == "apply":
-            continue
         phases = store.phases(sub["run_id"])
-        pending = [p for p in phases if p["status"] == "pending"]
+        # pending here, or submitted and waiting in the cluster's queue (a Slurm job PENDING, with Slurm's reason)
+        pending = [p for p in phases if p["status"] == "pending" or (p["status"] == "running" and SLURM_PENDING in p["reason"])]
+        if sub["source"] == "apply" and not pending:
+            continue
         if phases and not pending:
             continue
         rows.append({"run": sub["run_id"], "priority": sub["priority"], "source": sub["source"],

@@ -49,10 +49,10 @@ class Pages:
         self.server_info = server_info  # () -> the server's heartbeat dict, or None
 
     def _engine(self):
-        from runner.backends.docker import DockerBackend
+        from runner.backends.select import docker_factory
         from runner.engine import Engine
 
-        return Engine(self.store, DockerBackend, self.runs_dir)  # views only: the backend is never created
+        return Engine(self.store, docker_factory, self.runs_dir)  # views only: the backend is never created
 
     def _live(self, row: dict) -> dict | None:
         from runner.operations import live_view

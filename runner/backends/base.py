@@ -1,7 +1,7 @@
 """The backend interface: what the engine needs from a container engine.
 
-Kept narrow (launch, inspect, stop, logs, find by label) so a Slurm backend
-(sbatch a job that runs the container on a node) can implement it too.
+Kept narrow (launch, inspect, stop, logs, find by label): backends/docker.py (the local engine) and
+backends/slurm.py (a batch job that runs the container on an allocated node) implement it.
 Implementations translate their own exceptions into runner.errors.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ class ContainerState:
 
     id: str
     name: str
-    status: str  # created | running | exited | dead | paused | restarting | removing
+    status: str  # created | queued (a Slurm job waiting for resources) | running | exited | dead | paused | ...
     running: bool
     exit_code: int | None = None
     oom_killed: bool = False
@@ -26,6 +26,9 @@ class ContainerState:
     finished_at: str | None = None
     error: str = ""
     labels: dict[str, str] = field(default_factory=dict)
+    # Non-empty when the container ended because of the infrastructure, not of itself (a Slurm node that
+    # failed, a preemption): the phase is an infrastructure interruption whatever the exit code.
+    infrastructure: str = ""
 
     @property
     def ended(self) -> bool:

@@ -49,7 +49,7 @@ def _cpu_slots(given: int | None) -> int:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from runner.backends.docker import DockerBackend
+    from runner.backends.select import backend_factory, is_remote
     from runner.daemon import Server, ServerLock, find_server
     from runner.policy import MountPolicy
     from runner.scheduler import detect_gpus, parse_gpus
@@ -72,15 +72,20 @@ def run(args: argparse.Namespace, console: Console) -> int:
         inbox = Path(args.inbox).resolve() if args.inbox else None
         extra = [p for p in os.environ.get("RUNNER_ALLOW_MOUNTS", "").split(":") if p]
         roots = [runs_dir, *specs, *([inbox] if inbox else []), *args.allow_mount, *extra]
-        configured = parse_gpus(args.gpus)
-        gpus, gpu_source = configured if configured is not None else detect_gpus()
-        DockerBackend().ping()  # fail now, with the one-line reason, not in the first run
+        factory = backend_factory(runs_dir)
+        gpus: list[str]
+        if is_remote(factory):  # Slurm places phases and allocates GPUs on its nodes
+            gpus, gpu_source = [], "Slurm allocates them"
+        else:
+            configured = parse_gpus(args.gpus)
+            gpus, gpu_source = configured if configured is not None else detect_gpus()
+        factory().ping()  # fail now, with the one-line reason, not in the first run
         web = None
         if args.http:
             from runner.web import WebServer, make_app
 
             web = WebServer(make_app(Store(state), runs_dir, lambda: find_server(runs_dir)), args.http)
-        server = Server(Store(state), DockerBackend, runs_dir, inbox, specs, gpus, gpu_source, cpu_slots,
+        server = Server(Store(state), factory, runs_dir, inbox, specs, gpus, gpu_source, cpu_slots,
                         policy=MountPolicy.of(roots), notify=args.notify, quiet=args.quiet)
 
         def leave(signum: int, frame: FrameType | None) -> None:

@@ -1,0 +1,379 @@
+"""Slurm backend: a phase is a batch job that runs its container on the allocated node.  The only
+module that runs Slurm's commands (sbatch, squeue, sacct, scancel, scontrol); their failures are
+translated here into runner.errors (a controller that does not answer is temporary).
+
+The "container id" the engine records is ``slurm:JOBID``.  A job is found again by its name (the
+container's deterministic name, ``runner-RUN-PHASE``), so a runner restarted anywhere re-adopts it
+and never submits a phase twice.  State comes from ``squeue --json`` while Slurm holds the job, and
+from ``sacct --json`` after; the container's own exit code and OOM kill from the ``.exit.json`` file
+the job writes (see slurm_job).  Logs are the job's output file, followed like ``tail -f``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from runner import faults
+from runner.backends.base import ContainerState
+from runner.backends.slurm_job import STAGES, job_files, job_script, sbatch_argv, slurm_dir
+from runner.errors import ContainerNotFound, EngineUnavailable, LaunchError, RunnerError
+from runner.plan import LaunchPlan
+from runner.settings import SlurmSettings
+
+PREFIX = "slurm:"
+RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STOPPED", "RESIZING", "SIGNALING", "STAGE_OUT"}
+QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
+# Job states in which the job ended because of the infrastructure, not the container: a phase that ends
+# so is an infrastructure interruption (retry `on: [interrupted]`).
+INFRASTRUCTURE = {"NODE_FAIL": "its node stopped answering", "PREEMPTED": "it was preempted",
+                  "BOOT_FAIL": "its node failed to boot", "DEADLINE": "it passed its deadline"}
+EXPLAIN = {"TIMEOUT": "the job reached its Slurm time limit", "CANCELLED": "the job was cancelled (scancel)",
+           "OUT_OF_MEMORY": "Slurm killed the job for exceeding its memory", "FAILED": "the job failed",
+           "COMPLETED": "", **INFRASTRUCTURE}
+HISTORY = "now-30days"  # how far back sacct looks for a phase's job
+CONTROLLER_DOWN = ("Unable to contact slurm controller", "Socket timed out", "Connection refused",
+                   "Zero Bytes were transmitted", "Slurm backup controller in standby mode", "slurm_load_jobs error")
+
+
+@dataclass(frozen=True)
+class Job:
+    """What squeue or sacct says about one job, in one shape."""
+
+    id: str
+    name: str
+    state: str  # PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, ...
+    reason: str = ""  # why a job is pending (Resources, Priority, ...)
+    exit_code: int | None = None  # the batch script's exit code (128+N when a signal N ended it)
+    nodes: str = ""
+    workdir: str = ""
+    comment: str = ""
+    started: float | None = None
+    ended: float | None = None
+
+
+def job_id(container_id: str) -> str:
+    return container_id.removeprefix(PREFIX)
+
+
+def _number(value: Any) -> Any:
+    """Slurm >= 23.02 wraps numbers as {"set": true, "number": N}; 22.05 gives them bare."""
+    if isinstance(value, dict):
+        return value.get("number") if value.get("set", True) and not value.get("infinite") else None
+    return value
+
+
+def _state(value: Any) -> str:
+    if isinstance(value, dict):  # sacct: {"current": "COMPLETED", "reason": "None"}
+        value = value.get("current")
+    if isinstance(value, list):  # >= 23.02: ["RUNNING"] or ["CANCELLED", "..."]
+        value = value[0] if value else ""
+    return str(value or "").split()[0] if value else ""
+
+
+def _exit_code(value: Any) -> int | None:
+    """sacct/squeue exit code → an int (128+signal when a signal ended it)."""
+    if isinstance(value, dict):
+        signal = _number((value.get("signal") or {}).get("signal_id") or (value.get("signal") or {}).get("id"))
+        code = _number(value.get("return_code"))
+        if signal:
+            return 128 + int(signal)
+        return int(code) if code is not None else None
+    value = _number(value)
+    return int(value) if value is not None else None
+
+
+def parse_squeue(text: str) -> list[Job]:
+    jobs = []
+    for j in json.loads(text).get("jobs", []):
+        start = _number(j.get("start_time"))
+        end = _number(j.get("end_time"))
+        state = _state(j.get("job_state"))
+        jobs.append(Job(id=str(_number(j.get("job_id"))), name=j.get("name", ""), state=state,
+                        reason=str(j.get("state_reason") or ""), exit_code=_exit_code(j.get("exit_code")),
+                        nodes=str(j.get("nodes") or ""), workdir=str(j.get("current_working_directory") or ""),
+                        comment=str(j.get("comment") or ""),
+                        started=float(start) if start and state not in QUEUED else None,
+                        ended=float(end) if end and state not in QUEUED | RUNNING else None))
+    return jobs
+
+
+def parse_sacct(text: str) -> list[Job]:
+    jobs = []
+    for j in json.loads(text).get("jobs", []):
+        t = j.get("time") or {}
+        start, end = _number(t.get("start")), _number(t.get("end"))
+        state = _state(j.get("state"))
+        comment = j.get("comment")
+        if isinstance(comment, dict):
+            comment = comment.get("job") or comment.get("administrator") or ""
+        jobs.append(Job(id=str(_number(j.get("job_id"))), name=j.get("name", ""), state=state,
+                        reason=str((j.get("state") or {}).get("reason") or "") if isinstance(j.get("state"), dict) else "",
+                        exit_code=_exit_code(j.get("exit_code")), nodes=str(j.get("nodes") or ""),
+                        workdir=str(j.get("working_directory") or ""), comment=str(comment or ""),
+                        started=float(start) if start else None, ended=float(end) if end else None))
+    return jobs
+
+
+def labels_of(job: Job) -> dict[str, str]:
+    """runner's labels of a job: from its comment, else from its folder (RUNS/RUN/PHASE[.N]/slurm)."""
+    try:
+        found = json.loads(job.comment) if job.comment.startswith("{") else {}
+    except ValueError:
+        found = {}
+    if not found and job.workdir.endswith("/slurm"):
+        phase_dir = Path(job.workdir).parent
+        found = {"runner.run-id": phase_dir.parent.name, "runner.phase": phase_dir.name.split(".")[0]}
+    return {str(k): str(v) for k, v in found.items()}
+
+
+def container_state(job: Job, exit_record: dict | None, out_tail: str = "") -> ContainerState:
+    """Pure: the engine's view of a job (and of what its script recorded when the container ended)."""
+    cid, name, labels = PREFIX + job.id, job.name, labels_of(job)
+    started = _iso(job.started)
+    if job.state in QUEUED:
+        why = job.reason if job.reason and job.reason != "None" else "waiting"
+        return ContainerState(status="queued", running=False, error=f"Slurm job {job.id} PENDING ({why})", id=cid, name=name, labels=labels)
+    if job.state in RUNNING or not job.state:
+        where = f" on {job.nodes}" if job.nodes else ""
+        return ContainerState(status="running", running=True, started_at=started,
+                              error=f"Slurm job {job.id} {job.state or 'RUNNING'}{where}", id=cid, name=name, labels=labels)
+    record = exit_record or {}
+    code = record.get("exit_code", job.exit_code) if record.get("stage") == "ran" else job.exit_code
+    oom = bool(record.get("oom_killed")) or job.state == "OUT_OF_MEMORY"
+    parts = [f"Slurm job {job.id} {job.state}" + (f" on {job.nodes}" if job.nodes and job.nodes != "None assigned" else "")]
+    if EXPLAIN.get(job.state):
+        parts.append(EXPLAIN[job.state])
+    stage_code = job.exit_code if record.get("stage") != "ran" else None
+    if stage_code in STAGES:
+        parts = [f"the job script stopped before the container ran: {STAGES[stage_code]}"] + parts
+    elif record.get("stage") == "run-failed":
+        parts = ["docker run failed on the node" + (f": {out_tail}" if out_tail else "")] + parts
+    return ContainerState(status="exited", running=False, exit_code=code, oom_killed=oom, started_at=started,
+                          finished_at=_iso(job.ended), error="; ".join(parts),
+                          infrastructure=INFRASTRUCTURE.get(job.state, ""), id=cid, name=name, labels=labels)
+
+
+def _iso(t: float | None) -> str | None:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else None
+
+
+class SlurmBackend:
+    """Backend implementation on a Slurm cluster (see module docstring)."""
+
+    remote = True  # the container runs elsewhere: checkpoint folders are watched by polling
+
+    def __init__(self, settings: SlurmSettings | None = None):
+        self.settings = settings or SlurmSettings.model_validate({})
+        self._files: dict[str, dict[str, str]] = {}  # job id → its files (found again from Slurm when unknown)
+        self._recent: dict[str, tuple[float, ContainerState]] = {}
+
+    # ------------------------------------------------------------------ commands
+
+    def _run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=self.settings.command_timeout)
+        except FileNotFoundError:
+            raise EngineUnavailable(f"{argv[0]} not found on PATH: runner's host needs Slurm's client commands",
+                                    "install slurm-client (or slurm-wlm) and point SLURM_CONF at the cluster's slurm.conf") from None
+        except subprocess.TimeoutExpired:
+            raise EngineUnavailable(f"{argv[0]} did not answer within {self.settings.command_timeout:g}s "
+                                    "(Slurm controller busy or down)") from None
+        if check and done.returncode != 0:
+            text = (done.stderr or done.stdout).strip().splitlines()
+            first = text[-1] if text else f"exit code {done.returncode}"
+            if any(s in (done.stderr or "") for s in CONTROLLER_DOWN):
+                raise EngineUnavailable(f"Slurm controller not reachable ({argv[0]}: {first})",
+                                        "check `scontrol ping` and SLURM_CONF")
+            raise LaunchError(f"{argv[0]} failed: {first}")
+        return done
+
+    def ping(self) -> None:
+        done = self._run(["scontrol", "ping"], check=False)
+        if done.returncode != 0 or "UP" not in done.stdout:
+            raise EngineUnavailable(f"Slurm controller not reachable: {(done.stdout or done.stderr).strip() or 'no answer'}",
+                                    "check `scontrol ping` and SLURM_CONF")
+
+    def check_image(self, image: str) -> None:
+        """Images live on the nodes: the job checks (``docker run --pull never``), and a missing image
+        ends the phase with docker's own sentence."""
+
+    # ------------------------------------------------------------------ jobs
+
+    def _squeue(self, job: str | None = None) -> list[Job]:
+        argv = ["squeue", "--json"] + (["--jobs", job] if job else [])
+        done = self._run(argv, check=False)
+        if done.returncode != 0:
+            if job and "Invalid job id" in (done.stderr or ""):
+                return []
+            self._run(argv)  # raises the translated error
+        return parse_squeue(done.stdout)
+
+    def _sacct(self, job: str | None = None, name: str | None = None) -> list[Job]:
+        argv = ["sacct", "--json", "-X", "--starttime", HISTORY]
+        if job:
+            argv += ["--jobs", job]
+        if name:
+            argv += ["--name", name]
+        return parse_sacct(self._run(argv).stdout)
+
+    def _job(self, jid: str) -> Job:
+        for job in self._squeue(jid):
+            if job.id == jid:
+                return job
+        for job in self._sacct(jid):
+            if job.id == jid:
+                return job
+        raise ContainerNotFound(f"Slurm job {jid} is known neither to squeue nor to sacct")
+
+    def _files_of(self, job: Job) -> dict[str, str]:
+        if job.id not in self._files and job.workdir and job.name:
+            base = f"{job.workdir}/{job.name}"
+            self._files[job.id] = {"out": f"{base}.out", "exit": f"{base}.exit.json", "script": f"{base}.sh"}
+        return self._files.get(job.id, {})
+
+    def launch(self, plan: LaunchPlan) -> str:
+        """Write the job script and submit it; return ``slurm:JOBID``.  A phase whose job already exists
+        (pending, running or ended) is never submitted again."""
+        existing = [j for j in self._squeue() + self._sacct(name=plan.container_name) if j.name == plan.container_name]
+        if existing:
+            raise LaunchError(f"a Slurm job named {plan.container_name} already exists (job {existing[0].id}, "
+                              f"{existing[0].state}): this phase was launched before")
+        files = job_files(plan)
+        folder = Path(slurm_dir(plan))
+        token = secrets.token_hex(16)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            Path(files["token"]).write_text(token)
+            Path(files["script"]).write_text(job_script(plan, self.settings, token))
+            os.chmod(files["script"], 0o755)
+            for stale in (files["exit"], files["out"]):
+                Path(stale).unlink(missing_ok=True)
+        except OSError as exc:
+            raise LaunchError(f"cannot write the job script in {folder}: {exc}") from None
+        done = self._run(sbatch_argv(plan, self.settings))
+        jid = done.stdout.strip().split(";")[0]
+        if not jid.isdigit():
+            raise LaunchError(f"sbatch gave no job id: {done.stdout.strip()!r}")
+        faults.point("created")
+        self._files[jid] = files
+        return PREFIX + jid
+
+    def inspect(self, container_id: str) -> ContainerState:
+        # squeue is asked at most every poll_interval per job: supervision polls twice a second, and a
+        # controller serving a cluster should not answer that for every phase.
+        cached = self._recent.get(container_id)
+        if cached is not None and time.monotonic() - cached[0] < self.settings.poll_interval:
+            return cached[1]
+        state = self._inspect(container_id)
+        self._recent[container_id] = (time.monotonic(), state)
+        return state
+
+    def _inspect(self, container_id: str) -> ContainerState:
+        job = self._job(job_id(container_id))
+        files = self._files_of(job)
+        record = None
+        tail = ""
+        if job.state not in QUEUED | RUNNING and files:
+            try:
+                record = json.loads(Path(files["exit"]).read_text())
+            except (OSError, ValueError):
+                record = None
+            if record and record.get("stage") == "run-failed":
+                tail = _last_lines(files.get("out", ""), 2)
+        return container_state(job, record, tail)
+
+    def stop(self, container_id: str, grace: float) -> None:
+        """TERM to the batch shell (its trap runs ``docker stop -t GRACE``); a job still queued is
+        cancelled.  Returns once Slurm reports the job ended (a plain scancel after the grace period
+        and a margin, should the script not have ended it)."""
+        jid = job_id(container_id)
+        job = self._job(jid)
+        if job.state in QUEUED:
+            self._run(["scancel", jid], check=False)
+        elif job.state in RUNNING:
+            self._run(["scancel", "--batch", "--signal=TERM", jid], check=False)
+        else:
+            return
+        self._recent.pop(container_id, None)
+        deadline = time.monotonic() + grace + 30
+        escalated = False
+        while True:
+            time.sleep(min(1.0, self.settings.poll_interval))
+            job = self._job(jid)
+            if job.state not in QUEUED | RUNNING:
+                return
+            if time.monotonic() > deadline:
+                if escalated:
+                    raise RunnerError(f"Slurm job {jid} did not end after scancel ({job.state})")
+                self._run(["scancel", jid], check=False)
+                escalated, deadline = True, time.monotonic() + 60
+
+    def logs(self, container_id: str, follow: bool = False, since: int | None = None) -> Iterator[bytes]:
+        """The job's output file from its start; with ``follow``, until the job has ended (``since`` has
+        no use here: a file is never cut short like an engine's stream)."""
+        jid = job_id(container_id)
+        files = self._files.get(jid) or self._files_of(self._job(jid))
+        path = files.get("out")
+        if not path:
+            return
+        handle = None
+        try:
+            while handle is None:
+                try:
+                    handle = open(path, "rb")
+                except FileNotFoundError:
+                    if not follow or self._ended(jid):
+                        return
+                    time.sleep(0.5)
+            while True:
+                chunk = handle.read(65536)
+                if chunk:
+                    yield chunk
+                    continue
+                if not follow:
+                    return
+                if self._ended(jid):
+                    rest = handle.read()
+                    if rest:
+                        yield rest
+                    return
+                time.sleep(0.3)
+        finally:
+            if handle is not None:
+                handle.close()
+
+    def _ended(self, jid: str) -> bool:
+        try:
+            return self._job(jid).state not in QUEUED | RUNNING
+        except ContainerNotFound:
+            return True
+
+    def find(self, labels: dict[str, str]) -> list[ContainerState]:
+        """runner's jobs (named runner-…) carrying all ``labels``, queued, running or ended."""
+        seen: dict[str, Job] = {}
+        for job in self._sacct() + self._squeue():  # squeue last: the freshest state wins
+            if job.name.startswith("runner-"):
+                seen[job.id] = job
+        out = []
+        for job in seen.values():
+            have = labels_of(job)
+            if all(k in have and (v is None or have[k] == v) for k, v in labels.items()):
+                out.append(container_state(job, None))
+        return out
+
+    def remove(self, container_id: str) -> None:
+        """Nothing to remove: the job script removes its container when it ends (the job's files stay)."""
+
+
+def _last_lines(path: str, n: int) -> str:
+    try:
+        lines = [x for x in Path(path).read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return ""
+    return " | ".join(lines[-n:])

@@ -1,0 +1,164 @@
+"""The Slurm job for a plan (sbatch argv, docker run argv, the script's quoting) and the reading of Slurm's
+answers, tested by equality without a cluster.  The cluster itself: tests/slurm."""
+import dataclasses
+import json
+import shlex
+import subprocess
+
+import pytest
+
+from runner.backends.slurm import Job, container_state, labels_of, parse_sacct, parse_squeue
+from runner.backends.slurm_job import NOT_SHARED, docker_run_argv, job_script, sbatch_argv, time_limit_minutes
+from runner.errors import LaunchError, SpecError
+from runner.plan import BindMount, LaunchPlan
+from runner.settings import SlurmSettings, load_settings
+
+
+def plan(**changes) -> LaunchPlan:
+    base = LaunchPlan(
+        run_id="r1", phase="phase1", container_name="runner-r1-phase1", image="trainer:latest",
+        command=("python3", "train.py", "--lr", "1e-6", "--note", "$(rm -rf /); `id`"),
+        env={"RUN": "r1", "TRICKY": "a b'c\"d"},
+        mounts=(BindMount("/shared/data", "/data", True, False), BindMount("/shared/runs/r1/phase1", "/runs", False, True),
+                BindMount("/shared/odd,name", "/odd")),
+        workdir="/app", gpus=2, shm_size=1 << 30, memory=8 << 30, cpus=3.5, user="1000:1000",
+        labels={"runner.run-id": "r1", "runner.phase": "phase1"}, stop_grace=30.0, timeout=3600.0,
+        phase_dir="/shared/runs/r1/phase1")
+    return dataclasses.replace(base, **changes)
+
+
+def test_docker_run_argv_is_exact():
+    assert docker_run_argv(plan()) == [
+        "run", "--name", "runner-r1-phase1", "--init", "--pull", "never", "--stop-signal", "SIGTERM",
+        "--label", "runner.run-id=r1", "--label", "runner.phase=phase1",
+        "--env", "RUN=r1", "--env", "TRICKY=a b'c\"d",
+        "--mount", "type=bind,source=/shared/data,target=/data,readonly",
+        "--mount", "type=bind,source=/shared/runs/r1/phase1,target=/runs",
+        "--mount", 'type=bind,"source=/shared/odd,name",target=/odd',
+        "--workdir", "/app", "--shm-size", str(1 << 30), "--memory", str(8 << 30), "--memory-swap", str(8 << 30),
+        "--cpus", "3.5", "--user", "1000:1000",
+        "trainer:latest", "python3", "train.py", "--lr", "1e-6", "--note", "$(rm -rf /); `id`",
+    ]
+
+
+def test_a_cpu_phase_sees_no_gpu():
+    argv = docker_run_argv(plan(gpus=0))
+    assert argv[argv.index("--env", argv.index("TRICKY=a b'c\"d")) + 1] == "NVIDIA_VISIBLE_DEVICES=void"
+
+
+def test_sbatch_argv_is_exact():
+    settings = SlurmSettings(partition="gpu", account="speech", sbatch_args=["--constraint=a100"], time_margin=300)
+    assert sbatch_argv(plan(), settings) == [
+        "sbatch", "--parsable", "--job-name", "runner-r1-phase1",
+        "--comment", '{"runner.run-id":"r1","runner.phase":"phase1"}',
+        "--chdir", "/shared/runs/r1/phase1/slurm", "--output", "/shared/runs/r1/phase1/slurm/runner-r1-phase1.out",
+        "--no-requeue", "--signal=B:TERM@60", "--time", "66", "--gres=gpu:2", "--cpus-per-task", "4", "--mem=8192M",
+        "--partition", "gpu", "--account", "speech", "--constraint=a100",
+        "/shared/runs/r1/phase1/slurm/runner-r1-phase1.sh",
+    ]
+
+
+def test_time_limit_leaves_runner_the_first_word():
+    # the phase's timeout + its grace + the TERM margin + the settings' margin, in whole minutes
+    assert time_limit_minutes(plan(timeout=30, stop_grace=10), SlurmSettings(time_margin=0)) == 2
+    assert time_limit_minutes(plan(timeout=None), SlurmSettings()) is None
+
+
+@pytest.mark.parametrize("gpus", ["all", ("0", "1")])
+def test_gpu_ids_or_all_are_refused_with_a_reason(gpus):
+    with pytest.raises(LaunchError, match="give a count"):
+        sbatch_argv(plan(gpus=gpus), SlurmSettings())
+
+
+def test_the_job_script_quotes_every_spec_value_and_parses():
+    script = job_script(plan(), SlurmSettings(docker=["sudo", "-n", "docker"], node_env={"DOCKER_HOST": "unix:///x y"}), "t0k")
+    assert "docker=(sudo -n docker)" in script
+    assert "export DOCKER_HOST='unix:///x y'" in script
+    run_line = next(line for line in script.splitlines() if line.startswith('"${docker[@]}" run'))
+    # the spec's values reach docker as the argv written, whatever they hold
+    assert run_line.endswith(shlex.join(docker_run_argv(plan())[1:]) + " &")
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+
+
+def test_the_job_script_refuses_a_folder_it_cannot_see(tmp_path):
+    p = plan(phase_dir=str(tmp_path / "phase"))
+    script = tmp_path / "job.sh"
+    script.write_text(job_script(p, SlurmSettings(docker=["true"]), "expected-token"))
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True)  # no token file: not shared
+    assert done.returncode == NOT_SHARED
+    assert "not visible on node" in done.stdout
+
+
+def test_settings_errors_are_located(tmp_path):
+    (tmp_path / "backend.yaml").write_text("backend: slurm\nslurm:\n  partiton: gpu\n")
+    with pytest.raises(SpecError) as err:
+        load_settings(tmp_path)
+    assert "backend.yaml:3:3: slurm.partiton: unknown field 'partiton'; did you mean 'partition'?" in str(err.value)
+    (tmp_path / "backend.yaml").write_text("backend: kubernetes\n")
+    with pytest.raises(SpecError, match=r"backend.yaml:1:\d+: backend: .*'docker' or 'slurm'"):
+        load_settings(tmp_path)
+    (tmp_path / "backend.yaml").unlink()
+    assert load_settings(tmp_path).backend == "docker"
+
+
+# ---------------------------------------------------------------- Slurm's answers
+
+def job(**changes) -> Job:
+    return dataclasses.replace(Job(id="12", name="runner-r1-phase1", state="RUNNING", nodes="n1",
+                                   workdir="/shared/runs/r1/phase1/slurm"), **changes)
+
+
+def test_a_pending_job_is_queued_with_slurms_reason_never_created():
+    state = container_state(job(state="PENDING", reason="Resources", nodes=""), None)
+    assert (state.status, state.running, state.ended) == ("queued", False, False)
+    assert state.error == "Slurm job 12 PENDING (Resources)"
+    assert state.id == "slurm:12" and state.labels == {"runner.run-id": "r1", "runner.phase": "phase1"}
+
+
+def test_the_containers_exit_code_and_oom_come_from_the_jobs_record():
+    record = {"exit_code": 137, "oom_killed": True, "node": "n1", "stage": "ran"}
+    state = container_state(job(state="FAILED", exit_code=137), record)
+    assert (state.status, state.exit_code, state.oom_killed) == ("exited", 137, True)
+
+
+@pytest.mark.parametrize("slurm_state,infra,words", [
+    ("TIMEOUT", "", "time limit"),
+    ("CANCELLED", "", "cancelled"),
+    ("NODE_FAIL", "its node stopped answering", "NODE_FAIL"),
+    ("PREEMPTED", "it was preempted", "PREEMPTED"),
+])
+def test_ended_states_name_slurms_state(slurm_state, infra, words):
+    state = container_state(job(state=slurm_state, exit_code=143 if slurm_state != "NODE_FAIL" else None), None)
+    assert state.ended and state.infrastructure == infra
+    assert f"Slurm job 12 {slurm_state}" in state.error and words in state.error
+
+
+def test_the_scripts_own_failures_are_explained():
+    state = container_state(job(state="FAILED", exit_code=NOT_SHARED), None)
+    assert "not visible on the node" in state.error and "shared" in state.error
+
+
+def test_labels_come_from_the_comment_or_else_the_folder():
+    assert labels_of(job(comment=json.dumps({"runner.run-id": "rX", "runner.phase": "p"}))) == \
+        {"runner.run-id": "rX", "runner.phase": "p"}
+    assert labels_of(job(workdir="/s/runs/r9/phase2.3/slurm")) == {"runner.run-id": "r9", "runner.phase": "phase2"}
+
+
+def test_squeue_and_sacct_json_of_both_shapes():
+    # Slurm 22.05 (bare numbers) and >= 23.02 ({"set", "number"}, state lists) read the same
+    old = {"jobs": [{"job_id": 7, "name": "runner-r1-p", "job_state": "PENDING", "state_reason": "Resources",
+                     "nodes": "", "current_working_directory": "/w/slurm", "comment": "", "start_time": 0, "end_time": 0,
+                     "exit_code": 0}]}
+    new = {"jobs": [{"job_id": 7, "name": "runner-r1-p", "job_state": ["RUNNING"], "state_reason": "None",
+                     "nodes": "n2", "current_working_directory": "/w/slurm", "comment": "",
+                     "start_time": {"set": True, "number": 1700000000}, "end_time": {"set": True, "number": 0},
+                     "exit_code": {"return_code": {"set": True, "number": 0}, "signal": {"id": {"set": False, "number": 0}}}}]}
+    assert parse_squeue(json.dumps(old))[0].state == "PENDING"
+    assert parse_squeue(json.dumps(old))[0].started is None
+    running = parse_squeue(json.dumps(new))[0]
+    assert (running.state, running.nodes, running.started) == ("RUNNING", "n2", 1700000000.0)
+    acct = {"jobs": [{"job_id": 8, "name": "runner-r1-p", "state": {"current": "FAILED", "reason": "None"},
+                      "exit_code": {"status": "FAILED", "return_code": 3}, "nodes": "n1", "working_directory": "/w/slurm",
+                      "time": {"start": 1700000000, "end": 1700000060}}]}
+    done = parse_sacct(json.dumps(acct))[0]
+    assert (done.state, done.exit_code, done.ended) == ("FAILED", 3, 1700000060.0)
