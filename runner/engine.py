@@ -954,6 +954,10 @@ class Engine:
                 self.store.transition(row["id"], "lost", "the container disappeared from the engine",
                                       expect=ACTIVE, finished_at=time.time())
                 continue
+            if (state.status == "queued" or (state.running and " PENDING (" in row["reason"])) \
+                    and state.error and state.error != row["reason"]:
+                # A Slurm job waiting in the queue (Slurm's reason), or one that has just started (its node)
+                self.store.update(row["id"], reason=state.error, **({} if state.status == "queued" else {"started_at": time.time()}))
             if state.ended:
                 self.finish(row["id"], state)
 

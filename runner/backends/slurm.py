@@ -301,13 +301,19 @@ class SlurmBackend:
         else:
             return
         self._recent.pop(container_id, None)
+        files = self._files_of(job)
         deadline = time.monotonic() + grace + 30
-        escalated = False
+        escalated = cancelled = False
         while True:
             time.sleep(min(1.0, self.settings.poll_interval))
             job = self._job(jid)
             if job.state not in QUEUED | RUNNING:
+                self._recent.pop(container_id, None)
                 return
+            if not cancelled and files and Path(files["exit"]).exists():
+                # The container has ended and is removed: cancel the job, so Slurm records CANCELLED.
+                self._run(["scancel", jid], check=False)
+                cancelled = True
             if time.monotonic() > deadline:
                 if escalated:
                     raise RunnerError(f"Slurm job {jid} did not end after scancel ({job.state})")

@@ -18,6 +18,8 @@ Files, all in ``PHASE_DIR/slurm/`` (on the filesystem runner's host and the node
 Stopping: runner sends TERM to the batch shell only (``scancel --batch --signal=TERM``); the script
 traps it and runs ``docker stop -t GRACE``, so the trainer gets SIGTERM and its grace period, and the
 container never outlives its job.  Slurm's time limit does the same through ``--signal=B:TERM@N``.
+Once the container is gone the script waits for Slurm to end the job (runner cancels it; the time limit
+ends it), so Slurm's own record says CANCELLED or TIMEOUT.
 """
 from __future__ import annotations
 
@@ -42,6 +44,8 @@ STAGES = {
 }
 # How long before Slurm's time limit the batch shell gets TERM, beyond the grace period.
 SIGNAL_MARGIN_S = 30
+# After a TERM stop, how long the script waits for Slurm to end the job (runner's scancel, the time limit).
+POST_STOP_WAIT_S = 120
 
 
 def slurm_dir(plan: LaunchPlan) -> str:
@@ -169,6 +173,11 @@ def job_script(plan: LaunchPlan, settings: SlurmSettings, token: str) -> str:
         'if [ "$status" = running ]; then "${docker[@]}" kill "$name" >/dev/null 2>&1; fi',
         'if [ "$status" = created ]; then record "$rc" false run-failed; else record "$code" "$oom" ran; rc=$code; fi',
         '"${docker[@]}" rm -f "$name" >/dev/null 2>&1',
+        'if [ "$stopping" = 1 ]; then',
+        "  # Stopped on TERM (runner's stop, or Slurm's time limit coming): the container is gone; wait for Slurm",
+        "  # to end the job, so its record says CANCELLED or TIMEOUT rather than a failed exit (bounded).",
+        f'  sleep {POST_STOP_WAIT_S} & wait $!',
+        "fi",
         'exit "$rc"',
     ]
     return "\n".join(lines) + "\n"
