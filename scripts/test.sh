@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-docker.sh
+bash scripts/ensure-slurm.sh
 bash images/build-offline.sh
 bash scripts/install.sh
 bash scripts/check.sh
