@@ -5,7 +5,7 @@ translated here into runner.errors (a controller that does not answer is tempora
 The "container id" the engine records is ``slurm:JOBID``.  A job is found again by its name (the
 container's deterministic name, ``runner-RUN-PHASE``), so a runner restarted anywhere re-adopts it
 and never submits a phase twice.  State comes from ``squeue --json`` while Slurm holds the job, and
-from ``sacct --json`` after; the container's own exit code and OOM kill from the ``.exit.json`` file
+from ``sacct`` after (its parsable text: 22.05's ``--json`` loses exit codes); the container's own exit code and OOM kill from the ``.exit.json`` file
 the job writes (see slurm_job).  Logs are the job's output file, followed like ``tail -f``.
 """
 from __future__ import annotations
@@ -77,7 +77,11 @@ def _state(value: Any) -> str:
 
 
 def _exit_code(value: Any) -> int | None:
-    """sacct/squeue exit code → an int (128+signal when a signal ended it)."""
+    """squeue's exit code → an int (128+signal when a signal ended it).  Slurm 22.05 gives the raw wait
+    status (``exit 3`` is 768); later versions {"return_code", "signal"}."""
+    if isinstance(value, int):
+        signal, code = value & 0x7F, value >> 8
+        return 128 + signal if signal else code
     if isinstance(value, dict):
         signal = _number((value.get("signal") or {}).get("signal_id") or (value.get("signal") or {}).get("id"))
         code = _number(value.get("return_code"))
@@ -103,21 +107,35 @@ def parse_squeue(text: str) -> list[Job]:
     return jobs
 
 
+SACCT_FIELDS = "JobIDRaw,JobName,State,ExitCode,NodeList,WorkDir,Start,End,Partition,Comment"  # Comment last: it may hold "|"
+
+
 def parse_sacct(text: str) -> list[Job]:
+    """``sacct -X -n -P -o SACCT_FIELDS``.  Not ``sacct --json``: Slurm 22.05's JSON gives every normal exit
+    as return code 0 (``exit 3`` included); the parsable text has ``3:0`` (code:signal)."""
     jobs = []
-    for j in json.loads(text).get("jobs", []):
-        t = j.get("time") or {}
-        start, end = _number(t.get("start")), _number(t.get("end"))
-        state = _state(j.get("state"))
-        comment = j.get("comment")
-        if isinstance(comment, dict):
-            comment = comment.get("job") or comment.get("administrator") or ""
-        jobs.append(Job(id=str(_number(j.get("job_id"))), name=j.get("name", ""), state=state,
-                        reason=str((j.get("state") or {}).get("reason") or "") if isinstance(j.get("state"), dict) else "",
-                        exit_code=_exit_code(j.get("exit_code")), nodes=str(j.get("nodes") or ""),
-                        workdir=str(j.get("working_directory") or ""), comment=str(comment or ""),
-                        started=float(start) if start else None, ended=float(end) if end else None))
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) < 10:
+            continue
+        jid, name, state, code, nodes, workdir, start, end, partition = parts[:9]
+        comment = "|".join(parts[9:])
+        if name == "allocation" and not partition:
+            continue  # accounting's placeholder until slurmctld sends the job's record (a few seconds)
+        exit_code = None
+        if ":" in code:
+            c, _, sig = code.partition(":")
+            exit_code = 128 + int(sig) if sig.isdigit() and int(sig) else (int(c) if c.isdigit() else None)
+        jobs.append(Job(id=jid, name=name, state=_state(state), exit_code=exit_code, nodes=nodes if nodes != "None assigned" else "",
+                        workdir=workdir, comment=comment, started=_epoch(start), ended=_epoch(end)))
     return jobs
+
+
+def _epoch(text: str) -> float | None:
+    try:
+        return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None  # Unknown, None
 
 
 def labels_of(job: Job) -> dict[str, str]:
@@ -215,7 +233,7 @@ class SlurmBackend:
         return parse_squeue(done.stdout)
 
     def _sacct(self, job: str | None = None, name: str | None = None) -> list[Job]:
-        argv = ["sacct", "--json", "-X", "--starttime", HISTORY]
+        argv = ["sacct", "-X", "-n", "-P", "-o", SACCT_FIELDS, "--starttime", HISTORY]
         if job:
             argv += ["--jobs", job]
         if name:

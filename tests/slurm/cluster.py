@@ -421,7 +421,7 @@ class SlurmCluster:
         base, logs, host = self.base, self.logs, socket.gethostname().split(".")[0]
         auth = f"AuthType=auth/munge\nAuthInfo=socket={self.munge_socket}\n"
         nodes = "\n".join(
-            f"NodeName={n} NodeAddr={self.addrs[n]} NodeHostname={n} CPUs={self.cpus_per_node} RealMemory=1000 "
+            f"NodeName={n} NodeAddr={self.addrs[n]} NodeHostname={n} CPUs={self.cpus_per_node} RealMemory=8000 "
             f"Gres=gpu:{self.gpus_per_node} State=UNKNOWN" for n in self.nodes)
         self.conf.write_text(f"""\
 # Written by tests/slurm/cluster.py

@@ -24,7 +24,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def slurm_cluster():
     if os.geteuid() != 0:
-        pytest.skip("the Slurm test cluster needs root (network namespaces, a bridge, iptables)")
+        pytest.fail("the Slurm test cluster needs root (network namespaces, a bridge, iptables); CI runs as root", pytrace=False)
     cluster = SlurmCluster()
     lock_path = cluster.base.parent / f"{cluster.base.name}.lock"
     with open(lock_path, "w") as lock:

@@ -129,7 +129,7 @@ def test_a_failing_job_is_failed_with_its_exit_code(slurm_cluster, jobdir):
 def test_a_job_runs_a_container_through_the_docker_socket(slurm_cluster, jobdir):
     image = os.environ.get("RUNNER_BASE_IMAGE", "runner-base:bookworm")
     if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0:
-        pytest.skip(f"{image} is not built (bash images/build-offline.sh)")
+        pytest.fail(f"{image} is not built (bash images/build-offline.sh)", pytrace=False)
     job = submit(slurm_cluster, jobdir, f"docker run --rm {image} true && echo ok > docker.$SLURM_JOB_ID",
                  "-w", slurm_cluster.nodes[1])
     assert wait_final(slurm_cluster, job, timeout=60) == "COMPLETED", (jobdir / f"slurm-{job}.out").read_text()
@@ -210,19 +210,6 @@ def test_scancel_batch_signal_reaches_the_scripts_trap(slurm_cluster, jobdir):
     assert (jobdir / f"trapped.{signalled}").read_text().strip() == "TERM"
     assert wait_final(slurm_cluster, cancelled) == "CANCELLED by 0"
     assert (jobdir / f"trapped.{cancelled}").read_text().strip() == "TERM"
-
-
-@pytest.mark.skipif(not os.environ.get("RUNNER_SLURM_SLOW"), reason="takes ~30 s: RUNNER_SLURM_SLOW=1 to run")
-def test_signal_before_the_time_limit(slurm_cluster, jobdir):
-    script = ('start=$(date +%s)\n'
-              'trap \'echo $(( $(date +%s) - start )) > "trapped.$SLURM_JOB_ID"; exit 0\' TERM\n'
-              'while true; do sleep 0.1; done')
-    job = submit(slurm_cluster, jobdir, script, "--time=1", "--signal=B:TERM@50")
-    # slurmctld checks time limits about every 30 s: the signal comes up to that much off the asked 10 s.
-    assert wait_final(slurm_cluster, job, timeout=70) == "COMPLETED"
-    after = int((jobdir / f"trapped.{job}").read_text())
-    print(f"--time=1 --signal=B:TERM@50: TERM after {after} s")
-    assert after <= 60
 
 
 def test_a_node_failure_ends_its_job_node_fail_and_the_node_comes_back(slurm_cluster, jobdir):

@@ -157,8 +157,14 @@ def test_squeue_and_sacct_json_of_both_shapes():
     assert parse_squeue(json.dumps(old))[0].started is None
     running = parse_squeue(json.dumps(new))[0]
     assert (running.state, running.nodes, running.started) == ("RUNNING", "n2", 1700000000.0)
-    acct = {"jobs": [{"job_id": 8, "name": "runner-r1-p", "state": {"current": "FAILED", "reason": "None"},
-                      "exit_code": {"status": "FAILED", "return_code": 3}, "nodes": "n1", "working_directory": "/w/slurm",
-                      "time": {"start": 1700000000, "end": 1700000060}}]}
-    done = parse_sacct(json.dumps(acct))[0]
-    assert (done.state, done.exit_code, done.ended) == ("FAILED", 3, 1700000060.0)
+    # 22.05's squeue gives the raw wait status: exit 3 is 768, a kill -9 is 9
+    raw = {"jobs": [{**old["jobs"][0], "job_state": "FAILED", "exit_code": 768}, {**old["jobs"][0], "exit_code": 9}]}
+    assert [j.exit_code for j in parse_squeue(json.dumps(raw))] == [3, 137]
+    # sacct's parsable text (its 22.05 JSON says 0 for every normal exit); the accounting placeholder is skipped
+    text = ("8|runner-r1-p|FAILED|3:0|n1|/w/slurm|2026-11-27T09:00:00|2026-11-27T09:01:00|gpu|{\"runner.run-id\":\"r1\"}\n"
+            "9|runner-r1-q|CANCELLED by 0|0:15|n2|/w/slurm|2026-11-27T09:00:00|Unknown|gpu|\n"
+            "10|allocation|COMPLETED|0:0|n1|/w|2026-11-27T09:00:00|2026-11-27T09:00:01||\n")
+    failed, cancelled = parse_sacct(text)
+    assert (failed.state, failed.exit_code, failed.ended - failed.started) == ("FAILED", 3, 60.0)
+    assert labels_of(failed)["runner.run-id"] == "r1"
+    assert (cancelled.state, cancelled.exit_code, cancelled.ended) == ("CANCELLED", 143, None)
