@@ -190,7 +190,7 @@ def test_three_two_gpu_phases_on_two_two_gpu_nodes(store, gpu_engine):  # noqa: 
     assert starts[2][0] >= min(starts[0][1], starts[1][1]) - 1  # the third started when one of the first ended
     assert {j["nodes"] for j in jobs} == {"n1", "n2"}
     for r in runs:
-        log = Path(store.phases(r)[0]["log"]).read_text()
+        log = store("logs", r).stdout  # detached: the job's output file, through the backend
         assert "visible=0,1" in log, log  # the allocation's GPUs (each node's gpu0 and gpu1)
     calls = [c["NVIDIA_VISIBLE_DEVICES"] for c in gpu_engine.hook_calls()]
     assert calls.count("0,1") >= 3
