@@ -287,7 +287,12 @@ def test_slurms_time_limit_stops_the_container_and_the_phase_fails_with_timeout(
 def test_a_node_that_dies_is_an_infrastructure_interruption_and_retry_moves_on(store, slurm_cluster):
     """The node's slurmd dies mid-phase: Slurm ends the job NODE_FAIL; runner records an infrastructure
     interruption, and the spec's `retry: {on: [interrupted]}` relaunches it — on the other node."""
-    path = spec(store.runs.parent, "fragile", ["sh", "-c", "echo start; sleep 20; echo done"],
+    marks = store.runs.parent / "marks"
+    marks.mkdir()
+    # The first attempt runs long (its node dies under it); the retry finds the mark and ends soon.
+    path = spec(store.runs.parent, "fragile",
+                ["sh", "-c", "if [ -e /marks/first ]; then echo retry; sleep 2; else touch /marks/first; sleep 120; fi"],
+                container=f"mounts: [{{source: {marks}, target: /marks}}]\n",
                 extra="retry: {on: [interrupted], max: 1}\n")
     proc = store.popen("apply", path)
     try:
