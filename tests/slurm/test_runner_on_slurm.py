@@ -8,90 +8,18 @@ engine with the stand-in NVIDIA hook for the GPU test (tests/integration/gpu_eng
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
-import uuid
 from pathlib import Path
 
 import docker
-import pytest
 
 from tests.conftest import REPO
 from tests.integration.conftest import BASE_IMAGE, wait_for
 from tests.integration.gpu_engine import gpu_engine  # noqa: F401  (the private engine with a stand-in NVIDIA hook)
 from tests.integration.test_checkpoint_guard import check_best_survived
-
-
-class Store:
-    """A run store on the cluster's shared folder, with the runner CLI and Slurm's view of its jobs."""
-
-    def __init__(self, cluster, folder: Path):
-        self.cluster = cluster
-        self.runs = folder / "runs"
-        self.runs.mkdir(parents=True)
-        self.state = self.runs / "runner.db"
-        self.settings(poll_interval=0.5)
-
-    def settings(self, **slurm) -> None:
-        body = "\n".join(f"  {k}: {json.dumps(v)}" for k, v in slurm.items())
-        (self.runs / "backend.yaml").write_text(f"backend: slurm\nslurm:\n{body}\n")
-
-    def env(self, extra: dict | None = None) -> dict:
-        return {**os.environ, **self.cluster.env, **(extra or {})}
-
-    def __call__(self, *args, env=None, **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "runner.cli", "--state", str(self.state), *args],
-                              capture_output=True, text=True, env=self.env(env), **kwargs)
-
-    def popen(self, *args, env=None) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "runner.cli", "--state", str(self.state), *args],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env(env))
-
-    def status(self, run: str | None = None) -> dict:
-        out = self("status", *([run] if run else []), "--output", "json")
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout)
-
-    def phases(self, run: str) -> list[dict]:
-        return self.status(run)["phases"]
-
-    def jobs(self, name: str, wait: bool = True) -> list[dict]:
-        """sacct's records of the jobs with that name (each: id, state, nodes, times).  Accounting lags a few
-        seconds behind slurmctld (tests/slurm/README.md): with ``wait``, until there is at least one."""
-        def records():
-            out = self.cluster.run("sacct", "--json", "-X", "--starttime", "now-1days", "--name", name, check=True)
-            return [j for j in json.loads(out.stdout)["jobs"] if j.get("partition")]  # "" : not recorded yet
-        return wait_for(f"accounting records of {name}", records, timeout=30) if wait else records()
-
-    def job_state(self, name: str) -> str:
-        (job,) = self.jobs(name)
-        state = job["state"]
-        return state["current"] if isinstance(state, dict) else state
-
-    def cleanup(self) -> None:
-        """Cancel this store's jobs and remove the containers of its runs (a failed test leaves neither)."""
-        runs = [p.name for p in self.runs.iterdir() if p.is_dir()]
-        for run in runs:
-            out = self.cluster.run("squeue", "-h", "-o", "%i %j")
-            for line in out.stdout.splitlines():
-                jid, _, name = line.partition(" ")
-                if name.startswith(f"runner-{run}"):
-                    self.cluster.run("scancel", jid)
-        client = docker.from_env()
-        for run in runs:
-            for c in client.containers.list(all=True, filters={"label": f"runner.run-id={run}"}):
-                c.remove(force=True)
-
-
-@pytest.fixture
-def store(slurm_cluster):
-    s = Store(slurm_cluster, slurm_cluster.base / "jobs" / uuid.uuid4().hex[:8])
-    yield s
-    s.cleanup()
+from tests.slurm.conftest import Store
 
 
 def spec(folder: Path, name: str, command: list[str], extra: str = "", image: str = BASE_IMAGE, container: str = "") -> str:
