@@ -324,9 +324,14 @@ class Server:
 
     def library_twin(self, sha: str) -> Path | None:
         """A spec in the library (--specs) with exactly these bytes: a dropped copy of it runs as
-        that file, so its relative paths (next: specs, mounts) mean what they mean there."""
+        that file, so its relative paths (next: specs, mounts) mean what they mean there.  Files in the
+        inbox and the run store's folder are never library files (an inbox inside --specs would find the
+        dropped file itself, which is about to be moved)."""
+        own = [d for d in (self.inbox.folder if self.inbox else None, self.runs_dir) if d is not None]
         for root in self.specs:
             for path in sorted(root.rglob("*.y*ml")):
+                if any(path.is_relative_to(d) for d in own):
+                    continue
                 try:
                     if path.is_file() and not path.is_symlink() and sha256_bytes(path.read_bytes()) == sha:
                         return path

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 import docker
 
 from tests.conftest import REPO
-from tests.integration.conftest import BASE_IMAGE, wait_for
+from tests.integration.conftest import BASE_IMAGE, stop_server, wait_for
 from tests.integration.gpu_engine import gpu_engine  # noqa: F401  (the private engine with a stand-in NVIDIA hook)
 from tests.integration.test_checkpoint_guard import check_best_survived
 from tests.slurm.conftest import Store
@@ -247,3 +249,35 @@ def test_a_node_that_dies_is_an_infrastructure_interruption_and_retry_moves_on(s
     assert second["status"] == "succeeded", second
     (retried,) = store.jobs(second["container_name"])
     assert retried["nodes"] != node
+
+
+def test_runner_serve_hands_dropped_specs_to_slurm_and_readopts_the_job_after_a_sigkill(store, tmp_path):
+    """`runner serve` on a run store with backend: slurm: a spec dropped in the inbox becomes a job at once
+    (no local GPU inventory or CPU slots); a server SIGKILLed mid-phase and started again re-adopts that job."""
+    inbox = store.runs / "inbox"
+    log = tmp_path / "serve.log"
+
+    def serve() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "runner.cli", "--state", str(store.state), "serve",
+                                 "--inbox", str(inbox), "--specs", str(store.runs.parent)],
+                                stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=store.env(), cwd=REPO)
+
+    path = spec(store.runs.parent, "served", ["sh", "-c", "for i in $(seq 1 15); do echo tick $i; sleep 1; done"])
+    server = serve()
+    try:
+        wait_for("the inbox", lambda: inbox.is_dir(), timeout=30)
+        (inbox / "served.yaml").write_text(Path(path).read_text())
+        run = wait_for("the job", lambda: launched(store), timeout=60)
+        job = store.phases(run)[0]["container_id"]
+        wait_for("the job to run", lambda: running_node(store, store.phases(run)[0]["container_name"]), timeout=60)
+        server.send_signal(signal.SIGKILL)
+        server.wait(timeout=10)
+        server = serve()
+        wait_for("the phase to succeed", lambda: store.phases(run)[0]["status"] == "succeeded", timeout=120)
+    finally:
+        stop_server(server)
+    (phase,) = store.phases(run)
+    assert phase["container_id"] == job  # the same job, re-adopted by the restarted server
+    assert len(store.jobs(phase["container_name"])) == 1
+    assert "GPUs [] (Slurm allocates them)" in log.read_text()
+    assert "tick 15" in Path(phase["log"]).read_text()
