@@ -29,9 +29,9 @@ container:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Every test under tests/integration/ and tests/faults/ talks to a real Docker engine: marked
-    ``integration`` (``-m "not integration"`` runs the rest without an engine)."""
+    """Every test under tests/integration/, tests/faults/ and tests/slurm/ talks to a real Docker engine (and
+    the Slurm ones to a real cluster): marked ``integration`` (``-m "not integration"`` runs the rest without)."""
     for item in items:
         parts = Path(str(item.fspath)).parts
-        if "integration" in parts or "faults" in parts:
+        if "integration" in parts or "faults" in parts or "slurm" in parts:
             item.add_marker(pytest.mark.integration)
