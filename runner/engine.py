@@ -494,6 +494,8 @@ class Engine:
             if remote and pre.gpu_memory_free is not None:
                 # The node (and so its GPUs) is known only once Slurm starts the job.
                 ok, text = True, "gpu_memory_free: not checked under Slurm (the node is chosen when the job starts)"
+            elif remote and pre.image_present:
+                ok, text = True, "image_present: not checked under Slurm (images live on the nodes; the job says if one is missing)"
             else:
                 ok, text = preconditions.check(pre, preconditions.resolver(folder), gpus=plan.gpus,
                                                image_present=image_present, previous=earlier.get)
@@ -664,6 +666,8 @@ class Engine:
         interval = sup.phase.metrics.poll_interval if sup.phase.metrics else 1.0
         next_poll = 0.0
         queued = ""  # the cluster's reason while a Slurm job waits in its queue
+        remote = getattr(self.backend, "remote", False)
+        dated = not remote  # a remote job's clocks are set from its scheduler's start time, once
         while True:
             if self.detach_requested.is_set():
                 self.store.transition(phase_id, "detached", "runner left; the container keeps running", expect=ACTIVE)
@@ -705,6 +709,16 @@ class Engine:
                 self.store.update(phase_id, started_at=time.time(), reason=state.error or "started")
                 self.store.event(plan.run_id, phase_id, "phase.started", state.error or "the container started")
                 self.reporter.info(state.error or "started")
+                started, dated = time.monotonic(), True
+                sup.set_started(time.time())  # time guards (timeout, stall) count from here, not from the queue
+                sup.last_new_step_at = time.monotonic()
+            elif not dated:
+                dated = True
+                began_at = _epoch_of(state.started_at)
+                if began_at is not None:  # re-adopted: the job started when the scheduler says, not at sbatch
+                    started = time.monotonic() - max(0.0, time.time() - began_at)
+                    sup.set_started(began_at)
+                    self.store.update(phase_id, started_at=began_at)
             elapsed = time.monotonic() - started
             if time.monotonic() >= next_poll:
                 next_poll = time.monotonic() + interval
@@ -769,7 +783,7 @@ class Engine:
                 # A node that failed, a preemption: the phase did not end on its own.
                 exit_reason = f"{state.error}: an infrastructure interruption ({state.infrastructure})"
                 exit_ok = False
-            elif sup is not None and _ended_with_the_engine(sup, state):
+            elif sup is not None and not getattr(self.backend, "remote", False) and _ended_with_the_engine(sup, state):
                 # The engine went away (a restart or stop without live-restore) and took the container
                 # with it: whatever the exit code, the phase did not end on its own.
                 exit_reason = (f"exit code {state.exit_code}: an infrastructure interruption — the Docker engine "
@@ -980,6 +994,19 @@ class Engine:
         row = self.store.phase(phase_id)
         return PhaseResult(row["run_id"], phase_id, row["name"], row["status"], row["reason"], row["exit_code"],
                            row["container_id"], row["verdict"])
+
+
+def _epoch_of(iso: str | None) -> float | None:
+    """A backend's UTC time stamp (2026-11-27T09:00:00Z, optionally with a fraction) as a unix time."""
+    if not iso:
+        return None
+    from datetime import datetime
+
+    head = iso.rstrip("Z").partition(".")[0]
+    try:
+        return datetime.fromisoformat(head + "+00:00").timestamp()
+    except ValueError:
+        return None
 
 
 def _stored_plan(row: dict) -> LaunchPlan | None:

@@ -14,10 +14,11 @@ Errors in the file are located (file:line, field) like spec errors.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from runner.errors import Problem, SpecError
 from runner.spec.loader import parse_yaml, problems_from_validation
@@ -41,6 +42,14 @@ class SlurmSettings(Model):
                               description="The docker command on the nodes, as argv (e.g. [\"sudo\", \"-n\", \"docker\"]).")
     node_env: dict[str, str] = Field(default_factory=dict, description="Environment for the docker command on the node "
                                      "(e.g. DOCKER_HOST); not passed into the container.")
+    @field_validator("node_env")
+    @classmethod
+    def _identifiers(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in value if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
+        if bad:
+            raise ValueError(f"not environment variable names: {', '.join(map(repr, bad))}")
+        return value
+
     time_margin: Duration = Field(300, description="Added to a phase's timeout for the job's --time, so runner's own "
                                   "timeout (with its grace period) acts first; Slurm's limit is the backstop when runner "
                                   "is not running.")

@@ -62,9 +62,13 @@ def queue_rows(store: Store) -> list[dict[str, Any]]:
     for sub in store.submissions(("queued", "started")):
         phases = store.phases(sub["run_id"])
         # pending here, or submitted and waiting in the cluster's queue (a Slurm job PENDING, with Slurm's reason)
-        pending = [p for p in phases if p["status"] == "pending" or (p["status"] == "running" and SLURM_PENDING in p["reason"])]
-        if sub["source"] == "apply" and not pending:
-            continue
+        slurm = [p for p in phases if p["status"] == "running" and SLURM_PENDING in p["reason"]]
+        if sub["source"] == "apply":  # a local run: only a job it left waiting in Slurm's queue
+            if not slurm:
+                continue
+            pending = slurm
+        else:
+            pending = [p for p in phases if p["status"] == "pending"] + slurm
         if phases and not pending:
             continue
         rows.append({"run": sub["run_id"], "priority": sub["priority"], "source": sub["source"],

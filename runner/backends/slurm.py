@@ -37,6 +37,15 @@ EXPLAIN = {"TIMEOUT": "the job reached its Slurm time limit", "CANCELLED": "the 
            "OUT_OF_MEMORY": "Slurm killed the job for exceeding its memory", "FAILED": "the job failed",
            "COMPLETED": "", **INFRASTRUCTURE}
 HISTORY = "now-30days"  # how far back sacct looks for a phase's job
+# Pending reasons under which the job will not start as submitted: said in the phase's reason.
+STUCK = {"PartitionTimeLimit": "its --time exceeds the partition's limit: lower the phase's timeout or time_margin",
+         "PartitionNodeLimit": "it asks for more nodes than the partition has",
+         "BadConstraints": "no node has what it asks for (GPUs, CPUs, memory, constraints)",
+         "InvalidAccount": "the account is not valid", "InvalidQOS": "the QOS is not valid",
+         "AssocMaxWallDurationPerJobLimit": "its --time exceeds the association's limit",
+         "QOSMaxWallDurationPerJobLimit": "its --time exceeds the QOS's limit"}
+# Ended states in which the container did not end of itself: exit code 0 there is no success.
+NOT_OF_ITSELF = {"CANCELLED", "TIMEOUT", "DEADLINE"}
 CONTROLLER_DOWN = ("Unable to contact slurm controller", "Socket timed out", "Connection refused",
                    "Zero Bytes were transmitted", "Slurm backup controller in standby mode", "slurm_load_jobs error")
 
@@ -150,19 +159,24 @@ def labels_of(job: Job) -> dict[str, str]:
     return {str(k): str(v) for k, v in found.items()}
 
 
-def container_state(job: Job, exit_record: dict | None, out_tail: str = "") -> ContainerState:
-    """Pure: the engine's view of a job (and of what its script recorded when the container ended)."""
+def container_state(job: Job, exit_record: dict | None, out_tail: str = "", wrote: bool = True) -> ContainerState:
+    """Pure: the engine's view of a job (and of what its script recorded when the container ended;
+    ``wrote``: the job left its output file in the phase folder)."""
     cid, name, labels = PREFIX + job.id, job.name, labels_of(job)
     started = _iso(job.started)
     if job.state in QUEUED:
         why = job.reason if job.reason and job.reason != "None" else "waiting"
-        return ContainerState(status="queued", running=False, error=f"Slurm job {job.id} PENDING ({why})", id=cid, name=name, labels=labels)
+        stuck = f" — it will not start as submitted: {STUCK[why]}" if why in STUCK else ""
+        return ContainerState(status="queued", running=False, error=f"Slurm job {job.id} PENDING ({why}){stuck}",
+                              id=cid, name=name, labels=labels)
     if job.state in RUNNING or not job.state:
         where = f" on {job.nodes}" if job.nodes else ""
         return ContainerState(status="running", running=True, started_at=started,
                               error=f"Slurm job {job.id} {job.state or 'RUNNING'}{where}", id=cid, name=name, labels=labels)
     record = exit_record or {}
     code = record.get("exit_code", job.exit_code) if record.get("stage") == "ran" else job.exit_code
+    if job.state in NOT_OF_ITSELF and code == 0:
+        code = None  # cancelled or out of time, the trainer exited 0 on its TERM: not an exit of its own
     oom = bool(record.get("oom_killed")) or job.state == "OUT_OF_MEMORY"
     parts = [f"Slurm job {job.id} {job.state}" + (f" on {job.nodes}" if job.nodes and job.nodes != "None assigned" else "")]
     if EXPLAIN.get(job.state):
@@ -172,6 +186,9 @@ def container_state(job: Job, exit_record: dict | None, out_tail: str = "") -> C
         parts = [f"the job script stopped before the container ran: {STAGES[stage_code]}"] + parts
     elif record.get("stage") == "run-failed":
         parts = ["docker run failed on the node" + (f": {out_tail}" if out_tail else "")] + parts
+    elif not record and not wrote and job.state not in ("CANCELLED",):
+        parts = ["the job left nothing in the phase folder (no output, no exit record): is the folder on a "
+                 "filesystem the node shares? (Slurm could not open the job's --output there)"] + parts
     return ContainerState(status="exited", running=False, exit_code=code, oom_killed=oom, started_at=started,
                           finished_at=_iso(job.ended), error="; ".join(parts),
                           infrastructure=INFRASTRUCTURE.get(job.state, ""), id=cid, name=name, labels=labels)
@@ -190,6 +207,8 @@ class SlurmBackend:
         self.settings = settings or SlurmSettings.model_validate({})
         self._files: dict[str, dict[str, str]] = {}  # job id → its files (found again from Slurm when unknown)
         self._recent: dict[str, tuple[float, ContainerState]] = {}
+        self._known: set[str] = set()  # jobs squeue has shown: one it forgets before sacct has it is not lost
+        self._log_offsets: dict[str, int] = {}  # job id → bytes of its output already given to logs()
 
     # ------------------------------------------------------------------ commands
 
@@ -243,10 +262,14 @@ class SlurmBackend:
     def _job(self, jid: str) -> Job:
         for job in self._squeue(jid):
             if job.id == jid:
+                self._known.add(jid)
                 return job
         for job in self._sacct(jid):
             if job.id == jid:
                 return job
+        if jid in self._known:
+            # squeue forgot it (MinJobAge) and accounting has no record yet (slurmdbd behind or down)
+            raise EngineUnavailable(f"Slurm job {jid} has left squeue and sacct has no record of it yet")
         raise ContainerNotFound(f"Slurm job {jid} is known neither to squeue nor to sacct")
 
     def _files_of(self, job: Job) -> dict[str, str]:
@@ -258,10 +281,12 @@ class SlurmBackend:
     def launch(self, plan: LaunchPlan) -> str:
         """Write the job script and submit it; return ``slurm:JOBID``.  A phase whose job already exists
         (pending, running or ended) is never submitted again."""
-        existing = [j for j in self._squeue() + self._sacct(name=plan.container_name) if j.name == plan.container_name]
-        if existing:
-            raise LaunchError(f"a Slurm job named {plan.container_name} already exists (job {existing[0].id}, "
-                              f"{existing[0].state}): this phase was launched before")
+        queued = self._run(["squeue", "--noheader", "--name", plan.container_name, "--format", "%i %T"]).stdout.split()
+        existing = [(j.id, j.state) for j in self._sacct(name=plan.container_name) if j.name == plan.container_name]
+        if queued or existing:
+            jid, state = (queued[0], queued[1]) if len(queued) > 1 else existing[0]
+            raise LaunchError(f"a Slurm job named {plan.container_name} already exists (job {jid}, {state}): "
+                              "this phase was launched before")
         files = job_files(plan)
         folder = Path(slurm_dir(plan))
         token = secrets.token_hex(16)
@@ -297,6 +322,7 @@ class SlurmBackend:
         files = self._files_of(job)
         record = None
         tail = ""
+        wrote = True
         if job.state not in QUEUED | RUNNING and files:
             try:
                 record = json.loads(Path(files["exit"]).read_text())
@@ -304,7 +330,8 @@ class SlurmBackend:
                 record = None
             if record and record.get("stage") == "run-failed":
                 tail = _last_lines(files.get("out", ""), 2)
-        return container_state(job, record, tail)
+            wrote = Path(files["out"]).exists()
+        return container_state(job, record, tail, wrote)
 
     def stop(self, container_id: str, grace: float) -> None:
         """TERM to the batch shell (its trap runs ``docker stop -t GRACE``); a job still queued is
@@ -346,11 +373,15 @@ class SlurmBackend:
         path = files.get("out")
         if not path:
             return
+        # A stream opened again (``since``: the engine reconnecting) goes on from where this process's last
+        # one stopped: nothing is sent twice.
+        offset = self._log_offsets.get(jid, 0) if since is not None else 0
         handle = None
         try:
             while handle is None:
                 try:
                     handle = open(path, "rb")
+                    handle.seek(offset)
                 except FileNotFoundError:
                     if not follow or self._ended(jid):
                         return
@@ -358,6 +389,8 @@ class SlurmBackend:
             while True:
                 chunk = handle.read(65536)
                 if chunk:
+                    offset += len(chunk)
+                    self._log_offsets[jid] = max(offset, self._log_offsets.get(jid, 0))
                     yield chunk
                     continue
                 if not follow:
@@ -373,10 +406,15 @@ class SlurmBackend:
                 handle.close()
 
     def _ended(self, jid: str) -> bool:
+        """For logs(): has the job ended?  Asked through inspect's cache (the controller is not polled
+        faster than poll_interval); a controller that does not answer is not an end."""
         try:
-            return self._job(jid).state not in QUEUED | RUNNING
+            ended = self.inspect(PREFIX + jid).ended
         except ContainerNotFound:
             return True
+        except EngineUnavailable:
+            return False
+        return ended
 
     def find(self, labels: dict[str, str]) -> list[ContainerState]:
         """runner's jobs (named runner-…) carrying all ``labels``, queued, running or ended."""

@@ -35,7 +35,9 @@ from runner.settings import SlurmSettings
 NO_ENGINE = 96  # no Docker engine answers on the node
 NOT_SHARED = 97  # the phase folder is not visible on the node
 NO_GPUS = 98  # the allocation holds no GPUs although the phase asked for some
+NAME_TAKEN = 95  # a container with the phase's name exists on the node (left by something else)
 STAGES = {
+    NAME_TAKEN: "a container with the phase's name already exists on the node (`docker rm` it if it is stale)",
     NO_ENGINE: "no Docker engine answers on the node (`docker version` failed there)",
     NOT_SHARED: "the phase folder is not visible on the node: it must be on a filesystem shared by runner's host "
                 "and the nodes",
@@ -44,7 +46,8 @@ STAGES = {
 }
 # How long before Slurm's time limit the batch shell gets TERM, beyond the grace period.
 SIGNAL_MARGIN_S = 30
-# After a TERM stop, how long the script waits for Slurm to end the job (runner's scancel, the time limit).
+# After a TERM stop, how long the script waits for Slurm to end the job (runner's scancel; the time limit,
+# which comes grace + SIGNAL_MARGIN_S after the TERM) beyond grace + SIGNAL_MARGIN_S.
 POST_STOP_WAIT_S = 120
 
 
@@ -120,7 +123,7 @@ def job_script(plan: LaunchPlan, settings: SlurmSettings, token: str) -> str:
         f"exit_file={q(files['exit'])}",
         f"token={q(token)}",
         f"docker=({shlex.join(settings.docker)})",
-        *[f"export {k}={q(v)}" for k, v in settings.node_env.items()],
+        *[f"export {k}={q(v)}" for k, v in settings.node_env.items()],  # keys: identifiers (settings.py)
         "say() { printf 'runner-slurm: %s\\n' \"$*\"; }",
         "record() {  # exit code (or null), OOM-killed, stage",
         "  printf '{\"exit_code\": %s, \"oom_killed\": %s, \"node\": \"%s\", \"stage\": \"%s\"}\\n' \\",
@@ -150,33 +153,40 @@ def job_script(plan: LaunchPlan, settings: SlurmSettings, token: str) -> str:
         lines += ["gpu_args=()", 'say "node ${SLURMD_NODENAME:-?}"']
     lines += [
         "stopping=0",
-        "stop_container() {",
-        "  stopping=1",
-        f'  say "SIGTERM: stopping container $name (up to {grace}s, then SIGKILL)"',
-        f'  "${{docker[@]}}" stop -t {grace} "$name" >/dev/null 2>&1',
-        "}",
-        "trap stop_container TERM INT",
-        f'"${{docker[@]}}" {shlex.join(docker_run_argv(plan)[:1])} "${{gpu_args[@]}}" {shlex.join(docker_run_argv(plan)[1:])} &',
+        "trap 'stopping=1' TERM INT  # acted on in the loop below, which also covers a container still being created",
+        'if "${docker[@]}" inspect "$name" >/dev/null 2>&1; then',
+        '  say "a container named $name exists already on node ${SLURMD_NODENAME:-?}; not starting another"',
+        f"  exit {NAME_TAKEN}",
+        "fi",
+        f'"${{docker[@]}}" {shlex.join(docker_run_argv(plan)[:1])} ${{gpu_args[@]+"${{gpu_args[@]}}"}} '
+        f'{shlex.join(docker_run_argv(plan)[1:])} &',
         "client=$!",
-        'wait "$client"; rc=$?',
-        '# wait returns early when a trap ran: wait on until the client has exited (and stop a container',
-        '# that was still being created when TERM came).',
+        "stopped=0",
         'while kill -0 "$client" 2>/dev/null; do',
-        f'  if [ "$stopping" = 1 ]; then sleep 1; "${{docker[@]}}" stop -t {grace} "$name" >/dev/null 2>&1; fi',
-        '  wait "$client"; rc=$?',
+        '  if [ "$stopping" = 1 ] && [ "$stopped" = 0 ] && "${docker[@]}" inspect "$name" >/dev/null 2>&1; then',
+        f'    say "SIGTERM: stopping container $name (up to {grace}s, then SIGKILL)"',
+        f'    "${{docker[@]}}" stop -t {grace} "$name" >/dev/null 2>&1 && stopped=1',
+        "  fi",
+        "  sleep 1 & wait $!  # a TERM interrupts this wait at once",
         "done",
-        'state=$("${docker[@]}" inspect -f \'{{.State.ExitCode}} {{.State.OOMKilled}} {{.State.Status}}\' "$name" 2>/dev/null)',
+        'wait "$client"; rc=$?',
+        "inspect() { \"${docker[@]}\" inspect -f '{{.State.ExitCode}} {{.State.OOMKilled}} {{.State.Status}}' \"$name\" 2>/dev/null; }",
+        "state=$(inspect)",
         'if [ -z "$state" ]; then  # docker run failed before a container existed (an image missing, a bad option)',
         '  record "$rc" false run-failed; exit "$rc"',
         "fi",
         'read -r code oom status <<<"$state"',
-        'if [ "$status" = running ]; then "${docker[@]}" kill "$name" >/dev/null 2>&1; fi',
+        'if [ "$status" = running ]; then  # the client died, the container runs on: stop it, then read its end',
+        '  say "the docker client ended while the container runs; stopping it"',
+        f'  "${{docker[@]}}" stop -t {grace} "$name" >/dev/null 2>&1',
+        '  read -r code oom status <<<"$(inspect)"',
+        "fi",
         'if [ "$status" = created ]; then record "$rc" false run-failed; else record "$code" "$oom" ran; rc=$code; fi',
         '"${docker[@]}" rm -f "$name" >/dev/null 2>&1',
         'if [ "$stopping" = 1 ]; then',
         "  # Stopped on TERM (runner's stop, or Slurm's time limit coming): the container is gone; wait for Slurm",
         "  # to end the job, so its record says CANCELLED or TIMEOUT rather than a failed exit (bounded).",
-        f'  sleep {POST_STOP_WAIT_S} & wait $!',
+        f'  sleep {grace + SIGNAL_MARGIN_S + POST_STOP_WAIT_S} & wait $!',
         "fi",
         'exit "$rc"',
     ]

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from runner.backends.slurm import Job, container_state, labels_of, parse_sacct, parse_squeue
-from runner.backends.slurm_job import NOT_SHARED, docker_run_argv, job_script, sbatch_argv, time_limit_minutes
+from runner.backends.slurm_job import NOT_SHARED, POST_STOP_WAIT_S, SIGNAL_MARGIN_S, docker_run_argv, job_script, sbatch_argv, time_limit_minutes
 from runner.errors import LaunchError, SpecError
 from runner.plan import BindMount, LaunchPlan
 from runner.settings import SlurmSettings, load_settings
@@ -168,3 +168,80 @@ def test_squeue_and_sacct_json_of_both_shapes():
     assert (failed.state, failed.exit_code, failed.ended - failed.started) == ("FAILED", 3, 60.0)
     assert labels_of(failed)["runner.run-id"] == "r1"
     assert (cancelled.state, cancelled.exit_code, cancelled.ended) == ("CANCELLED", 143, None)
+
+
+def test_ended_states_that_are_not_the_containers_own_are_never_a_zero_exit():
+    record = {"exit_code": 0, "oom_killed": False, "node": "n1", "stage": "ran"}
+    assert container_state(job(state="CANCELLED", exit_code=0), record).exit_code is None
+    assert container_state(job(state="TIMEOUT", exit_code=0), record).exit_code is None
+    assert container_state(job(state="COMPLETED", exit_code=0), record).exit_code == 0
+
+
+def test_a_pending_reason_that_never_clears_says_so():
+    state = container_state(job(state="PENDING", reason="PartitionTimeLimit", nodes=""), None)
+    assert "will not start as submitted" in state.error and "partition's limit" in state.error
+
+
+def test_a_job_that_left_nothing_in_the_phase_folder_points_at_the_shared_filesystem():
+    state = container_state(job(state="FAILED", exit_code=1), None, wrote=False)
+    assert "filesystem the node shares" in state.error
+
+
+# A stand-in for the docker CLI (state in files), to drive the job script's stop logic through its races.
+FAKE_DOCKER = r"""#!/bin/bash
+d=$(dirname "$0")/state
+mkdir -p "$d"
+case "$1" in
+  version) exit 0 ;;
+  inspect)
+    name=${@: -1}
+    [ -e "$d/$name" ] || exit 1
+    if [ "$2" = -f ]; then cat "$d/$name"; fi ;;
+  run)
+    shift; while [ "$1" != --name ]; do shift; done; name=$2
+    sleep "${CREATE_S:-0}"                 # creating: the name does not exist yet
+    echo "0 false running" > "$d/$name"
+    echo "container running"
+    while [ ! -e "$d/$name.stop" ]; do sleep 0.1; done
+    echo "143 false exited" > "$d/$name"; exit 143 ;;
+  stop) name=${@: -1}; [ -e "$d/$name" ] || exit 1; echo "stop" >> "$d/stops"; touch "$d/$name.stop"
+        while grep -q running "$d/$name"; do sleep 0.1; done ;;
+  kill) touch "$d/$(echo ${@: -1}).stop" ;;
+  rm) rm -f "$d/${@: -1}" ;;
+esac
+"""
+
+
+def run_script(tmp_path, create_s: float, term_after: float, post_stop_wait: int = 0):
+    import os
+    import signal
+    import time
+
+    (tmp_path / "docker").write_text(FAKE_DOCKER)
+    (tmp_path / "docker").chmod(0o755)
+    p = plan(phase_dir=str(tmp_path / "phase"), gpus=0, stop_grace=0)
+    text = job_script(p, SlurmSettings(docker=[str(tmp_path / "docker")]), "tok")
+    # the wait for Slurm to end the job after a stop (grace 0 + margin + wait): no Slurm here
+    text = text.replace(f"sleep {SIGNAL_MARGIN_S + POST_STOP_WAIT_S} &", f"sleep {post_stop_wait} &")
+    (tmp_path / "phase" / "slurm").mkdir(parents=True)
+    (tmp_path / "phase" / "slurm" / "runner-r1-phase1.token").write_text("tok")
+    (tmp_path / "job.sh").write_text(text)
+    proc = subprocess.Popen(["bash", str(tmp_path / "job.sh")], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "CREATE_S": str(create_s), "SLURMD_NODENAME": "n1"})
+    time.sleep(term_after)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    return proc.returncode, out, json.loads((tmp_path / "phase" / "slurm" / "runner-r1-phase1.exit.json").read_text())
+
+
+def test_a_term_while_the_container_is_being_created_still_stops_it(tmp_path):
+    rc, out, record = run_script(tmp_path, create_s=2, term_after=0.5)
+    assert (rc, record["exit_code"], record["stage"]) == (143, 143, "ran"), out
+    assert "SIGTERM: stopping container" in out
+
+
+def test_a_term_while_it_runs_stops_it_once(tmp_path):
+    rc, out, record = run_script(tmp_path, create_s=0, term_after=1.5)
+    assert (rc, record["exit_code"]) == (143, 143), out
+    assert (tmp_path / "state" / "stops").read_text().count("stop") == 1
+    assert not (tmp_path / "state" / "runner-r1-phase1").exists()  # removed: nothing of it outlives the job
