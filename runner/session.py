@@ -129,7 +129,7 @@ def _checkpoint_guard(store: Store, backend: Backend, row: dict, phase: Phase, f
 
     phase_dir = plan.phase_dir if plan is not None else str(Path(row["log_path"] or ".").parent)
     guard = CheckpointGuard(store, row["run_id"], row["id"], phase.checkpoints, abs_path(folder, phase.checkpoints.dir),
-                            Path(phase_dir) / "vault", say=say, polling=bool(getattr(backend, "remote", False)))
+                            Path(phase_dir) / "vault", say=say)
     if phase.checkpoints.validate_ is not None and plan is not None:
         from runner.checkpoints.validation import Validator
 

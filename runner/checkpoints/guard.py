@@ -47,7 +47,7 @@ def loadable(path: Path, fmt: str | None = None, mark: str | None = None) -> boo
 
 class CheckpointGuard:
     def __init__(self, store: Store, run_id: str, phase_id: int, spec: Checkpoints, folder: Path, vault: Path,
-                 say: Callable[[str], None] = lambda m: None, rescan_s: float = RESCAN_S, polling: bool = False):
+                 say: Callable[[str], None] = lambda m: None, rescan_s: float = RESCAN_S):
         self.store = store
         self.run_id = run_id
         self.phase_id = phase_id
@@ -57,9 +57,11 @@ class CheckpointGuard:
         self.trash = vault / ".trash"
         self.say = say
         self.rescan_s = rescan_s
-        # Polling also when the trainer runs on another machine (a Slurm node): inotify does not see
-        # writes another host makes on a network filesystem.
-        self.watcher = Watcher(folder, polling=spec.polling or polling, interval=rescan_s)
+        # inotify where it works; the rescans every rescan_s are the polling that finds what no event announced
+        # (a trainer on another host writing to a network filesystem: inotify sees only this host's writes).
+        # A polling observer would add nothing to them, and lose the close events that mark a file complete
+        # at once where they do arrive.
+        self.watcher = Watcher(folder, polling=spec.polling, interval=rescan_s)
         self.pending: dict[str, tuple[tuple, float]] = {}  # name → (files' sizes and mtimes, stable since)
         self.disk_full = False
         self.validator: Validator | None = None  # when the spec has validate:
