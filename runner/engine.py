@@ -469,6 +469,12 @@ class Engine:
         merged = merge_inputs(loaded, inputs)
         phase = resolve(loaded, merged, run_id, self.runs_dir, attempt)
         plan = launch_plan(phase, loaded, merged, run_id, self.runs_dir, attempt)
+        if getattr(self._backend, "remote", False) and not isinstance(plan.gpus, int):
+            # Slurm allocates GPUs by count on the node it picks: `all` or device ids mean nothing there.
+            line, col = loaded.doc.position(("container", "gpus"))
+            given = "all" if plan.gpus == "all" else "device ids " + ", ".join(plan.gpus)
+            raise SpecError([Problem(str(loaded.path), line, col, "container.gpus",
+                                     f"{given}: under Slurm give a count (gpus: 2); Slurm picks the node and its GPUs")])
         if self.policy is not None:
             problems = self.policy.problems(loaded, plan)
             if problems:

@@ -184,6 +184,9 @@ def container_state(job: Job, exit_record: dict | None, out_tail: str = "", wrot
     stage_code = job.exit_code if record.get("stage") != "ran" else None
     if stage_code in STAGES:
         parts = [f"the job script stopped before the container ran: {STAGES[stage_code]}"] + parts
+    elif record.get("stage") == "run-failed" and "could not select device driver" in out_tail:
+        parts = [f"node {record.get('node') or job.nodes} has no GPU runtime: Docker refused the GPU request (install "
+                 "the NVIDIA Container Toolkit on the node, or keep GPU phases off it with sbatch_args)"] + parts
     elif record.get("stage") == "run-failed":
         parts = ["docker run failed on the node" + (f": {out_tail}" if out_tail else "")] + parts
     elif not record and not wrote and job.state not in ("CANCELLED",):
@@ -213,6 +216,9 @@ class SlurmBackend:
     # ------------------------------------------------------------------ commands
 
     def _run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
+        conf = os.environ.get("SLURM_CONF")
+        if conf and not os.path.isfile(conf):
+            raise EngineUnavailable(f"SLURM_CONF={conf}: no such file", "point SLURM_CONF at the cluster's slurm.conf")
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=self.settings.command_timeout)
         except FileNotFoundError:
@@ -224,6 +230,9 @@ class SlurmBackend:
         if check and done.returncode != 0:
             text = (done.stderr or done.stdout).strip().splitlines()
             first = text[-1] if text else f"exit code {done.returncode}"
+            if "Could not establish a configuration source" in (done.stderr or "") or "resolve_ctls_from_dns_srv" in (done.stderr or ""):
+                raise EngineUnavailable(f"{argv[0]} finds no Slurm configuration ({first})",
+                                        "set SLURM_CONF to the cluster's slurm.conf")
             if any(s in (done.stderr or "") for s in CONTROLLER_DOWN):
                 raise EngineUnavailable(f"Slurm controller not reachable ({argv[0]}: {first})",
                                         "check `scontrol ping` and SLURM_CONF")
@@ -233,7 +242,10 @@ class SlurmBackend:
     def ping(self) -> None:
         done = self._run(["scontrol", "ping"], check=False)
         if done.returncode != 0 or "UP" not in done.stdout:
-            raise EngineUnavailable(f"Slurm controller not reachable: {(done.stdout or done.stderr).strip() or 'no answer'}",
+            text = [line for line in (done.stdout or done.stderr).strip().splitlines() if line.strip()]
+            if any("resolve_ctls_from_dns_srv" in line or "configuration source" in line for line in text):
+                raise EngineUnavailable("scontrol finds no Slurm configuration", "set SLURM_CONF to the cluster's slurm.conf")
+            raise EngineUnavailable(f"Slurm controller not reachable: {text[-1] if text else 'no answer'}",
                                     "check `scontrol ping` and SLURM_CONF")
 
     def check_image(self, image: str) -> None:

@@ -195,6 +195,10 @@ def test_a_failing_job_is_failed_with_its_exit_code_and_slurms_state(store):
     assert phase["status"] == "failed" and phase["exit_code"] == 3
     assert "exit code 3" in phase["reason"] and "FAILED" in phase["reason"], phase["reason"]
     assert store.job_state(phase["container_name"]) == "FAILED"
+    # gpus: all means nothing under Slurm: a located spec error (exit 1) before anything is submitted
+    path = spec(store.runs.parent, "allgpus", ["true"], container="gpus: all\n")
+    out = store("apply", path, timeout=60)
+    assert out.returncode == 1 and f"{path}:" in out.stderr and "container.gpus: all: under Slurm give a count" in out.stderr
 
 
 def test_slurms_time_limit_stops_the_container_and_the_phase_fails_with_timeout(store):

@@ -245,3 +245,44 @@ def test_a_term_while_it_runs_stops_it_once(tmp_path):
     assert (rc, record["exit_code"]) == (143, 143), out
     assert (tmp_path / "state" / "stops").read_text().count("stop") == 1
     assert not (tmp_path / "state" / "runner-r1-phase1").exists()  # removed: nothing of it outlives the job
+
+
+def test_a_node_without_a_gpu_runtime_is_named():
+    record = {"exit_code": 125, "oom_killed": False, "node": "n1", "stage": "run-failed"}
+    tail = 'docker: Error response from daemon: could not select device driver "" with capabilities: [[gpu]]'
+    state = container_state(job(state="FAILED", exit_code=125), record, tail)
+    assert state.error.startswith("node n1 has no GPU runtime") and "NVIDIA Container Toolkit" in state.error
+
+
+def test_a_missing_slurm_conf_is_said_before_any_command_runs(monkeypatch, tmp_path):
+    from runner.backends.slurm import SlurmBackend
+    from runner.errors import EngineUnavailable
+
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "nope.conf"))
+    with pytest.raises(EngineUnavailable, match="nope.conf: no such file"):
+        SlurmBackend().ping()
+
+
+@pytest.mark.parametrize("gpus,words", [("all", "all: under Slurm give a count"),
+                                        ("[0, 1]", "device ids 0, 1: under Slurm give a count")])
+def test_gpu_ids_or_all_are_a_located_spec_error_under_slurm(write_spec, tmp_path, gpus, words):
+    from runner.backends.select import SlurmFactory
+    from runner.engine import Engine
+    from runner.settings import Settings
+    from runner.spec import load_spec
+    from runner.store import Store
+
+    path = write_spec(f"""
+        apiVersion: runner/v1
+        kind: Phase
+        name: g
+        container:
+          image: trainer:latest
+          command: [python3, train.py]
+          gpus: {gpus}
+        """)
+    engine = Engine(Store(tmp_path / "runs" / "runner.db"), SlurmFactory(Settings.model_validate({"backend": "slurm"})),
+                    tmp_path / "runs")
+    with pytest.raises(SpecError) as err:
+        engine.plan(load_spec(path), {}, "r1")
+    assert f"{path}:7:9: container.gpus: {words}" in str(err.value)
