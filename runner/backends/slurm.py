@@ -228,16 +228,21 @@ class SlurmBackend:
             raise EngineUnavailable(f"{argv[0]} did not answer within {self.settings.command_timeout:g}s "
                                     "(Slurm controller busy or down)") from None
         if check and done.returncode != 0:
-            text = (done.stderr or done.stdout).strip().splitlines()
-            first = text[-1] if text else f"exit code {done.returncode}"
-            if "Could not establish a configuration source" in (done.stderr or "") or "resolve_ctls_from_dns_srv" in (done.stderr or ""):
-                raise EngineUnavailable(f"{argv[0]} finds no Slurm configuration ({first})",
-                                        "set SLURM_CONF to the cluster's slurm.conf")
-            if any(s in (done.stderr or "") for s in CONTROLLER_DOWN):
-                raise EngineUnavailable(f"Slurm controller not reachable ({argv[0]}: {first})",
-                                        "check `scontrol ping` and SLURM_CONF")
-            raise LaunchError(f"{argv[0]} failed: {first}")
+            raise self._failure(argv, done)
         return done
+
+    @staticmethod
+    def _failure(argv: list[str], done: subprocess.CompletedProcess) -> RunnerError:
+        """The runner error for a Slurm command that failed (temporary when the controller is the cause)."""
+        text = (done.stderr or done.stdout).strip().splitlines()
+        first = text[-1] if text else f"exit code {done.returncode}"
+        if "Could not establish a configuration source" in (done.stderr or "") or "resolve_ctls_from_dns_srv" in (done.stderr or ""):
+            return EngineUnavailable(f"{argv[0]} finds no Slurm configuration ({first})",
+                                     "set SLURM_CONF to the cluster's slurm.conf")
+        if any(s in (done.stderr or "") for s in CONTROLLER_DOWN):
+            return EngineUnavailable(f"Slurm controller not reachable ({argv[0]}: {first})",
+                                     "check `scontrol ping` and SLURM_CONF")
+        return LaunchError(f"{argv[0]} failed: {first}")
 
     def ping(self) -> None:
         done = self._run(["scontrol", "ping"], check=False)
@@ -260,7 +265,7 @@ class SlurmBackend:
         if done.returncode != 0:
             if job and "Invalid job id" in (done.stderr or ""):
                 return []
-            self._run(argv)  # raises the translated error
+            raise self._failure(argv, done)
         return parse_squeue(done.stdout)
 
     def _sacct(self, job: str | None = None, name: str | None = None) -> list[Job]:

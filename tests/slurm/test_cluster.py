@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import wait_for as poll
+
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "NODE_FAIL", "TIMEOUT", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
@@ -71,13 +73,8 @@ def squeue_json(cluster) -> dict[int, dict]:
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    """The shared poll (tests/integration/conftest.py), in this module's argument order."""
+    return poll(what, predicate, timeout=timeout, every=interval)
 
 
 def slurm_version(cluster) -> tuple[int, int]:
