@@ -281,9 +281,19 @@ def validation(st: State) -> tuple[float, float]:
     return VAL_GAP * level, MEL_SCALE * VAL_GAP * level
 
 
+# ---- the LR schedule (transformers' get_cosine_schedule_with_warmup, as the real trainer uses) --
+def lr_lambda(step: int, warmup: int, total: int) -> float:
+    """The cosine-with-warmup multiplier at scheduler step `step` (the formula of transformers'
+    get_cosine_schedule_with_warmup, num_cycles 0.5; written here so the simulator needs no transformers)."""
+    if step < warmup:
+        return step / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress)))
+
+
 # ---- checkpoints (torch is imported lazily, by the caller's process) ------------------------
-def to_checkpoint(st: State, p: Params, optimizer: dict | None = None, pad_bytes: int = 0) -> dict:
-    """The dict torch.save writes: {step, model, optimizer, sim}.  Only weights-only-safe types."""
+def model_state(st: State, p: Params, pad_bytes: int = 0) -> dict:
+    """The "model" entry of a checkpoint: the simulated weights (only tensors)."""
     import torch
 
     g = torch.Generator().manual_seed(p.seed)
@@ -295,41 +305,62 @@ def to_checkpoint(st: State, p: Params, optimizer: dict | None = None, pad_bytes
     }
     if pad_bytes > 0:  # bulk for size checks; not carried into the checkpoints a run saves
         model["gpt.padding"] = torch.zeros(pad_bytes, dtype=torch.uint8)
-    opt = {"state": {}, "param_groups": [{"lr": 0.0, "batch_size": 4}]}
-    if optimizer:
-        opt["param_groups"][0].update(optimizer)
-    return {"step": int(st.step), "model": model, "optimizer": opt, "sim": p.to_dict()}
+    return model
+
+
+def weights_checkpoint(st: State, p: Params, pad_bytes: int = 0) -> dict:
+    """A weights-only file, like the released gpt.pth: {"model": ..., "sim": ...} (no optimizer, no step)."""
+    return {"model": model_state(st, p, pad_bytes), "sim": p.to_dict()}
+
+
+def trainer_checkpoint(st: State, p: Params, *, base_lr: float, warmup: int, total: int, epoch: int,
+                       recent: list[str], kind: str = "step", pad_bytes: int = 0) -> dict:
+    """A full trainer checkpoint as the real script writes it: model, optimizer, scheduler, scaler,
+    epoch, step, recent_checkpoints (+ the simulator's parameters under "sim")."""
+    lr_now = base_lr * lr_lambda(st.step, warmup, total)
+    optimizer = {"state": {}, "param_groups": [{"lr": lr_now, "initial_lr": base_lr, "betas": (0.9, 0.999),
+                                                "eps": 1e-8, "weight_decay": 0.01, "amsgrad": False,
+                                                "params": [0]}]}
+    scheduler = {"base_lrs": [base_lr], "last_epoch": int(st.step), "_step_count": int(st.step) + 1,
+                 "_last_lr": [lr_now], "lr_lambdas": [None], "verbose": False,
+                 "sim_schedule": {"warmup": int(warmup), "total": int(total)}}
+    return {"model": model_state(st, p, pad_bytes), "optimizer": optimizer, "scheduler": scheduler,
+            "scaler": None, "epoch": int(epoch), "step": int(st.step), "recent_checkpoints": list(recent),
+            "extra": {"type": kind}, "sim": p.to_dict()}
 
 
 def from_checkpoint(ckpt: dict) -> tuple[State, Params]:
-    """Inverse of to_checkpoint."""
-    L, D, h = (float(v) for v in ckpt["model"]["gpt.sim_state"].tolist())
-    countdown = int(ckpt["model"]["gpt.nan_countdown"].item())
-    st = State(step=int(ckpt["step"]), L=L, D=D, h=h, nan_countdown=countdown)
+    """The simulated state and parameters of a checkpoint (either kind); the step is the file's "step" (0 if none)."""
+    model = ckpt.get("model", ckpt)
+    L, D, h = (float(v) for v in model["gpt.sim_state"].tolist())
+    countdown = int(model["gpt.nan_countdown"].item())
+    st = State(step=int(ckpt.get("step", 0) or 0), L=L, D=D, h=h, nan_countdown=countdown)
     return st, Params.from_dict(ckpt.get("sim", {}))
+
+
+def load_raw(path: str) -> dict:
+    """torch.load of a checkpoint file, weights-only where this torch allows it."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (TypeError, pickle.UnpicklingError, RuntimeError):
+        # torch < 1.13 has no weights_only; 1.13's weights-only unpickler rejects plain floats and tuples.
+        return torch.load(path, map_location="cpu")
 
 
 def load(path: str) -> tuple[State, Params, dict]:
     """Read a checkpoint file: (state, params, the raw dict)."""
-    import torch
-
-    import pickle
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (TypeError, pickle.UnpicklingError):
-        # torch < 1.13 has no weights_only; 1.13's weights-only unpickler rejects plain floats.
-        ckpt = torch.load(path, map_location="cpu")
+    ckpt = load_raw(path)
     st, p = from_checkpoint(ckpt)
     return st, p, ckpt
 
 
-def save(path: str, st: State, p: Params, optimizer: dict | None = None, pad_bytes: int = 0) -> None:
-    """Write a checkpoint atomically (.tmp, then os.replace): a reader never sees half a file."""
-    import os
-
+def write(path: str, ckpt: dict) -> None:
+    """torch.save straight to the final name, as the real trainer does (not atomic: a reader can see a
+    half-written file; torch's zip directory, written last, tells a complete one)."""
     import torch
 
-    tmp = path + ".tmp"
-    torch.save(to_checkpoint(st, p, optimizer, pad_bytes), tmp)
-    os.replace(tmp, path)
+    torch.save(ckpt, path)

@@ -3,8 +3,10 @@ of the simulated IndexTTS trainer (images/indextts-sim, a test double of the rea
 
 Only the inputs that say where it runs are overridden (--input reaches every phase of the chain):
 the image, CPU instead of a GPU, a data folder, the base model, size and disk thresholds fit for
-small files, and validation of every 5th checkpoint (the simulator saves a checkpoint every half
-second; the real trainer every few minutes).  Time scale: the base model's divergence point is
+small files, the data's paths (manifests and tokenizer: the simulator needs them to exist, as the real
+script does), the simulator's validate.py in place of the real model's, and validation of every 5th
+checkpoint (the simulator saves a checkpoint every half second; the real trainer every few minutes).
+The trainer's command line is the real script's (tests/unit/test_indextts_interface.py).  Time scale: the base model's divergence point is
 step 40,000 instead of 298,800 (the same curve, compressed)."""
 import hashlib
 import json
@@ -34,6 +36,8 @@ def incident(tmp_path, docker_client, cli):
     except Exception:
         pytest.fail(f"image {SIM_IMAGE} missing; build it with: bash images/build-offline.sh", pytrace=False)
     (tmp_path / "data").mkdir()
+    for name in ("train.jsonl", "val.jsonl", "bpe.model"):
+        (tmp_path / "data" / name).write_text("")
 
     def make_checkpoint(path, *args):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,6 +49,8 @@ def incident(tmp_path, docker_client, cli):
 
     def apply(spec, **inputs):
         given = {"image": SIM_IMAGE, "gpus": 0, "data_dir": tmp_path / "data", "base_model": base,
+                 "train_manifest": "/data/train.jsonl", "val_manifest": "/data/val.jsonl", "tokenizer": "/data/bpe.model",
+                 "validate_script": REPO / "images" / "indextts-sim" / "validate.py",
                  "min_checkpoint_size": "1k", "disk_needed": "1GiB", "validate_every": 5, **inputs}
         args = [a for k, v in given.items() for a in ("--input", f"{k}={v}")]
         out = cli("apply", str(REPO / "specs" / "indextts" / spec), *args, timeout=420)
@@ -90,33 +96,37 @@ def test_divergence_trips_early_rolls_back_to_the_vaults_best_recovers_and_conti
     assert T < trip["data"]["step"] <= passes + 5000, (trip, passes)
     assert "smoothed text_loss has stayed more than" in ft["explanation"]
 
-    # Phase 1 resumed from the vault's best (by validation loss), which the trainer's keep-last-3 deleted.
+    # Phase 1 started from the vault's best (by validation loss), which the trainer's keep-last-3 deleted.
     best = ft["outputs"]["best_checkpoint"]
-    assert "/indextts-finetune/vault/" in best and p1["inputs"]["resume_from"] == best
-    trainer_copy = incident.folder / "runs" / run["id"] / "indextts-finetune" / "ckpt" / best.rsplit("/", 1)[1]
+    assert "vault" in best and "/indextts-finetune/" in best and p1["inputs"]["start_from"] == best
+    trainer_copy = incident.folder / "runs" / run["id"] / "indextts-finetune" / "out" / best.rsplit("/", 1)[1]
     assert not trainer_copy.exists()
     record = vault_record(incident.checkpoints(run["id"], "indextts-finetune"), best)
     assert sha256(best) == record["sha256"]
     assert record["metrics"]["val_text_loss"]["step"] == start_of(best)  # scored by its own validation
 
-    # It started below the target: judged by staying there; its planned end is 5,000 steps on.
+    # It started below the target: judged by staying there; its planned end is 5,000 steps on, from step 0
+    # (--base-checkpoint: the checkpoint's weights, a fresh optimizer and schedule at the phase's own LR).
     assert p1["status"] == "succeeded", p1["explanation"]
     assert "reached its planned end" in p1["reason"]
     assert "already at or past the target 1.5" in p1["explanation"]
-    assert p1["outputs"]["metrics"]["text_loss"]["last_step"] == start_of(best) + 5000
+    assert p1["outputs"]["metrics"]["text_loss"]["last_step"] == 5000
+    assert p1["outputs"]["metrics"]["lr"]["max"] == pytest.approx(1e-6, rel=0.01)
+    assert ft["outputs"]["metrics"]["lr"]["max"] == pytest.approx(2e-5, rel=0.01)
 
     # Phase 2 starts from phase 1's best.
     p1_best = p1["outputs"]["best_checkpoint"]
-    assert "/indextts-phase1-validate-lr/vault/" in p1_best and p2["inputs"]["resume_from"] == p1_best
+    assert "vault" in p1_best and "/indextts-phase1-validate-lr/" in p1_best and p2["inputs"]["start_from"] == p1_best
     assert sha256(p1_best) == vault_record(incident.checkpoints(run["id"], "indextts-phase1-validate-lr"), p1_best)["sha256"]
     assert p2["status"] == "succeeded", p2["explanation"]
     assert "✓ mean(text_loss, last 2,000 steps) < 1.5" in p2["explanation"]
+    assert p2["outputs"]["metrics"]["lr"]["max"] == pytest.approx(2e-6, rel=0.01)
 
 
 def resumed_at_351k(incident, scenario, loss):
     ckpt = incident.make_checkpoint(incident.folder / "ckpt" / "model_step351000.pth", "--step", 351000, "--loss", loss,
                                     "--scenario", scenario, "--diverge-after", T)
-    return incident.apply("phase1.yaml", resume_from=ckpt), ckpt
+    return incident.apply("phase1.yaml", start_from=ckpt), ckpt
 
 
 def assert_restarted_from_base(run, incident):
@@ -137,8 +147,8 @@ def assert_restarted_from_base(run, incident):
 def test_a_plateau_restarts_from_base(incident):
     run, ckpt = resumed_at_351k(incident, "plateau", 2.4)
     p1 = assert_restarted_from_base(run, incident)
-    assert p1["inputs"]["resume_from"] == str(ckpt)
-    assert p1["verdict"] == "failure" and "reached its planned end at step 356,000" in p1["reason"]
+    assert p1["inputs"]["start_from"] == str(ckpt)
+    assert p1["verdict"] == "failure" and "reached its planned end at step 5,000" in p1["reason"]
     assert "✗ mean(text_loss, last 500 steps) < 1.8: measured 2.4" in p1["explanation"]
     assert re.search(r"from mean of the first 500 steps 2\.\d+, -?\d+% of the way \(need 50%\)", p1["explanation"])
 
@@ -157,4 +167,4 @@ def test_nan_trips_non_finite_and_the_failure_branch_runs(incident):
     p1 = assert_restarted_from_base(run, incident)
     assert p1["reason"].startswith("guard tripped (text_loss non-finite)")
     trip = next(e for e in run["events"] if e["kind"] == "guard.tripped")
-    assert 351_000 < trip["data"]["step"] <= 352_100  # NaN from 1,000 steps after the resume
+    assert 0 < trip["data"]["step"] <= 1100  # NaN from 1,000 steps after the start (step 0)

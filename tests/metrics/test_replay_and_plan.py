@@ -122,20 +122,39 @@ def test_shipped_chains_pass_plan(spec):
 
 
 def test_replay_of_the_shipped_incident_chain_on_the_simulated_trainer(tmp_path):
-    """`runner replay` of the SHIPPED specs/indextts/finetune.yaml on event files written by the simulated
-    IndexTTS trainer (8% noise, spikes; run on the host at full speed): the divergence guard trips within
-    5,000 steps of the noiseless curve passing +5%, and the chain goes to phase 1 — the same path the live
-    scenario test (tests/integration/test_indextts.py) asserts in real containers."""
+    """`runner replay` of the SHIPPED specs/indextts/ chain's guards on the event files the simulated IndexTTS
+    trainer writes to OUTPUT_DIR/logs (8% noise, spikes; run on the host at full speed): the divergence guard
+    trips within 5,000 steps of the noiseless curve passing +5%, and the chain goes to phase 1 — the same path
+    the live scenario test (tests/integration/test_indextts.py) asserts in real containers.  The shipped specs
+    read the trainer's [Train] stdout lines live; replay reads TensorBoard, so the copy here maps the same
+    metric names to the trainer's tags (train/text_loss ...) and changes nothing else."""
+    import yaml
+
     sim_dir = REPO / "images" / "indextts-sim"
     T = 40_000
     base = tmp_path / "gpt.pth"
-    run = lambda *a: subprocess.run([sys.executable, *map(str, a)], capture_output=True, text=True, cwd=sim_dir)  # noqa: E731
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train.jsonl", "val.jsonl", "bpe.model"):
+        (data / name).write_text("")
+    env = {**{k: v for k, v in __import__("os").environ.items() if not k.startswith("INDEXTTS_SIM_")},
+           "INDEXTTS_SIM_SPEED": "0"}
+    run = lambda *a: subprocess.run([sys.executable, *map(str, a)], capture_output=True, text=True, cwd=sim_dir, env=env)  # noqa: E731
     out = run(sim_dir / "make_checkpoint.py", "--out", base, "--step", 0, "--diverge-after", T)
     assert out.returncode == 0, out.stderr
-    out = run(sim_dir / "train_gpt_v2.py", "--resume", base, "--learning-rate", "2e-5", "--max-steps", int(T * 1.4),
-              "--save-every", 100000, "--logdir", tmp_path / "tb", "--output-dir", tmp_path / "ckpt", "--speed", 0)
+    out = run(sim_dir / "train_gpt_v2.py", "--train-manifest", data / "train.jsonl", "--val-manifest", data / "val.jsonl",
+              "--tokenizer", data / "bpe.model", "--base-checkpoint", base, "--learning-rate", "2e-5",
+              "--max-steps", int(T * 1.4), "--log-interval", 20, "--output-dir", tmp_path / "out")
     assert out.returncode == 0, out.stderr
-    report = replay(REPO / "specs" / "indextts" / "finetune.yaml", tmp_path / "tb")
+    chain = tmp_path / "chain"
+    chain.mkdir()
+    for spec in (REPO / "specs" / "indextts").glob("*.yaml"):
+        (chain / spec.name).write_text(spec.read_text())
+    doc = yaml.safe_load((chain / "finetune.yaml").read_text())
+    names = doc["metrics"]["stdout"]["patterns"]
+    doc["metrics"] = {"tensorboard": {"logdir": "logs", "tags": {n: f"train/{n}" for n in names}}}
+    (chain / "finetune.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    report = replay(chain / "finetune.yaml", tmp_path / "out" / "logs")
     by = {g["guard"]: g for g in report["guards"]}
     sys.path.insert(0, str(sim_dir))
     import sim

@@ -21,12 +21,16 @@ def sha256(path) -> str:
 def test_the_incident_chain_on_slurm_trips_rolls_back_to_the_vaults_best_and_continues(store, docker_client):
     folder = store.runs.parent
     (folder / "data").mkdir()
+    for name in ("train.jsonl", "val.jsonl", "bpe.model"):  # the trainer requires them to exist (it reads none)
+        (folder / "data" / name).write_text("")
     base = folder / "models" / "gpt.pth"
     base.parent.mkdir()
     docker_client.containers.run(SIM_IMAGE, ["python", "make_checkpoint.py", "--out", str(base), "--step", "0",
                                              "--diverge-after", str(T)],
                                  volumes={str(folder): {"bind": str(folder), "mode": "rw"}}, remove=True)
     given = {"image": SIM_IMAGE, "gpus": 0, "data_dir": folder / "data", "base_model": base,
+             "train_manifest": "/data/train.jsonl", "val_manifest": "/data/val.jsonl", "tokenizer": "/data/bpe.model",
+             "validate_script": REPO / "images" / "indextts-sim" / "validate.py",
              "min_checkpoint_size": "1k", "disk_needed": "1GiB", "validate_every": 5}
     args = [a for k, v in given.items() for a in ("--input", f"{k}={v}")]
     out = store("apply", str(REPO / "specs" / "indextts" / "finetune.yaml"), *args, timeout=900)
@@ -54,12 +58,12 @@ def test_the_incident_chain_on_slurm_trips_rolls_back_to_the_vaults_best_and_con
     (vjob,) = store.jobs(f"{ft['container_name']}-val-{step}")
     assert (vjob["state"]["current"] if isinstance(vjob["state"], dict) else vjob["state"]) == "COMPLETED"
 
-    # Phase 1 resumed from the vault's best (by validation loss), which the trainer's keep-last-3 deleted.
+    # Phase 1 started from the vault's best (by validation loss), which the trainer's keep-last-3 deleted.
     best = ft["outputs"]["best_checkpoint"]
-    assert "/indextts-finetune/vault/" in best and p1["inputs"]["resume_from"] == best
-    assert not (store.runs / run["id"] / "indextts-finetune" / "ckpt" / best.rsplit("/", 1)[1]).exists()
+    assert "vault" in best and "/indextts-finetune/" in best and p1["inputs"]["start_from"] == best
+    assert not (store.runs / run["id"] / "indextts-finetune" / "out" / best.rsplit("/", 1)[1]).exists()
     records = json.loads(store("checkpoints", run["id"], "indextts-finetune", "--output", "json").stdout)["checkpoints"]
     assert sha256(best) == next(r for r in records if r["vault_path"] == best)["sha256"]
     assert p1["status"] == "succeeded", p1["explanation"]
     assert p2["status"] == "succeeded", p2["explanation"]
-    assert p2["inputs"]["resume_from"] == p1["outputs"]["best_checkpoint"]
+    assert p2["inputs"]["start_from"] == p1["outputs"]["best_checkpoint"]
