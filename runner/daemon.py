@@ -35,6 +35,7 @@ from runner import __version__, graph
 from runner.engine import Engine, QuietReporter, new_run_id
 from runner.errors import NotFound, Problem, RunnerError, SpecError
 from runner.inbox import Inbox, Outcome, sha256_bytes
+from runner.policy import StatePaths
 from runner.scheduler import Scheduler
 from runner.spec.loader import load_spec_bytes
 from runner.store import Store
@@ -173,6 +174,7 @@ class Server:
         if not getattr(self.backend_factory, "remote", False):  # under Slurm, Slurm queues and allocates
             engine.slots = self.scheduler
         engine.policy = self.policy
+        engine.state_paths = StatePaths.of(self.runs_dir, self.inbox.folder if self.inbox is not None else None)
         engine.persistent = True
         return engine
 

@@ -30,12 +30,14 @@ from runner import chain, faults, preconditions
 from runner.backends.base import Backend, ContainerState
 from runner.criteria import Trip, verdict as judge_verdict
 from runner.metrics.series import MetricSet
-from runner.errors import (ContainerNotFound, EngineUnavailable, ImageMissing, LaunchError, Problem, Refused, RunnerError,
+from runner.errors import (ContainerNotFound, EngineUnavailable, ImageMissing, LaunchError, LaunchRefused, Problem, Refused, RunnerError,
                            SpecError, Temporary)
 from runner.outputs import phase_outputs
 from runner.plan import BindMount, LaunchPlan, launch_plan, merge_inputs, resolve
+from runner.policy import MountPolicy, StatePaths, host_memory, launch_problems
 from runner.spec import LoadedSpec, load_spec
 from runner.spec.models import Phase
+from runner.logfile import ContainerLog, LineSplitter
 from runner.lifecycle import NOT_FOUND, STATUS_OF_VERDICT, Act, Container, PhaseView, failure_kinds, next_action
 from runner.outputs import context
 from runner.spec import interpolate
@@ -211,6 +213,25 @@ def chain_inputs(loaded: LoadedSpec, given: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in given.items() if k in mine}
 
 
+class LaunchChecked:
+    """A backend whose ``launch`` refuses a plan the policy refuses (LaunchRefused, recorded by the caller);
+    everything else is the backend's own."""
+
+    def __init__(self, inner: Backend, check: Callable[[LaunchPlan], list[str]]):
+        self.inner = inner
+        self._check = check
+
+    def launch(self, plan: LaunchPlan) -> str:
+        problems = self._check(plan)
+        if problems:
+            raise LaunchRefused("refused to create " + plan.container_name + ": " + "; ".join(problems),
+                                "the policy is checked again where every container is created")
+        return self.inner.launch(plan)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
 class Engine:
     def __init__(self, store: Store, backend: Backend | Callable[[], Backend], runs_dir: str | Path,
                  reporter: Reporter | None = None, poll_s: float = POLL_S):
@@ -222,7 +243,10 @@ class Engine:
         self.detach_requested = threading.Event()
         # The server puts its GPU/CPU scheduler here.  A remote backend (Slurm) queues and allocates itself.
         self.slots: Slots = PassThrough() if getattr(backend, "remote", False) else Unlimited()
-        self.policy = None  # the server's mount policy (runner.policy.MountPolicy); None in the foreground
+        self.policy: MountPolicy | None = None  # the server's mount policy; None in the foreground
+        # runner's own state (the run store, the vault; the server adds its inbox): never mountable, in any mode
+        self.state_paths = StatePaths.of(self.runs_dir)
+        self._checked: Backend | None = None
         self.persistent = False  # the server keeps supervising through engine outages instead of detaching
         # Temporary launch errors (engine unreachable): first wait, doubling up to a minute.
         self.retry_base_s = 1.0
@@ -230,10 +254,18 @@ class Engine:
 
     @property
     def backend(self) -> Backend:
-        """The backend, connected on first use (validate/status work without an engine)."""
+        """The backend, connected on first use (validate/status work without an engine), behind the launch
+        check: every container runner creates (phase, retry, chain step, re-adopted pending phase,
+        validation run) passes ``launch_problems`` where it is created, whatever plan the store held."""
         if isinstance(self._backend, type) or not hasattr(self._backend, "launch"):
             self._backend = self._backend()
-        return self._backend  # type: ignore[return-value]
+        if self._checked is None or self._checked.inner is not self._backend:  # type: ignore[attr-defined]
+            self._checked = LaunchChecked(self._backend, self.launch_problems)  # type: ignore[arg-type]
+        return self._checked
+
+    def launch_problems(self, plan: LaunchPlan) -> list[str]:
+        remote = getattr(self._backend, "remote", False)  # a Slurm node's memory is not this host's
+        return launch_problems(plan, self.state_paths, self.policy, None if remote else host_memory())
 
     # ------------------------------------------------------------------ apply, drive, chain
 
@@ -475,10 +507,14 @@ class Engine:
             given = "all" if plan.gpus == "all" else "device ids " + ", ".join(plan.gpus)
             raise SpecError([Problem(str(loaded.path), line, col, "container.gpus",
                                      f"{given}: under Slurm give a count (gpus: 2); Slurm picks the node and its GPUs")])
-        if self.policy is not None:
-            problems = self.policy.problems(loaded, plan)
-            if problems:
-                raise SpecError(problems)
+        problems = self.policy.problems(loaded, plan) if self.policy is not None else []
+        for i, m in enumerate(plan.mounts[:len(phase.container.mounts)]):
+            why = self.state_paths.source_problem(m.source, m.read_only)
+            if why:
+                line, col = loaded.doc.position(("container", "mounts", i, "source"))
+                problems.append(Problem(str(loaded.path), line, col, f"container.mounts[{i}].source", why))
+        if problems:
+            raise SpecError(problems)
         return phase, plan, merged
 
     def _preconditions(self, run_id: str, phase_id: int, phase: Phase, plan: LaunchPlan, folder: Path) -> str:
@@ -608,6 +644,11 @@ class Engine:
         A temporary error (engine unreachable) is re-raised with the phase left where it was
         (``_launch_retrying`` tries again); any other refusal is recorded as status ``error``."""
         try:
+            refused = self.launch_problems(plan)  # before anything is created, even a mount's folder
+            if refused:
+                self.store.event(plan.run_id, phase_id, "policy.refused", "; ".join(refused), {"problems": refused})
+                raise LaunchRefused(f"refused to launch {plan.container_name}: " + "; ".join(refused),
+                                    "runner checks every stored plan again where the container is created")
             self.backend.ping()
             self.backend.check_image(plan.image)
             self._prepare_mounts(plan)
@@ -864,12 +905,11 @@ class Engine:
         last_line_at = time.time()
         writable = True
 
-        def emit(line: bytes, out) -> None:
+        def emit(line: bytes, out: ContainerLog) -> None:
             nonlocal writable
             if writable:
                 try:
                     out.write(line + b"\n")
-                    out.flush()
                 except OSError as exc:  # a full disk: the log file stops, the metrics and the view go on
                     writable = False
                     self.reporter.info(f"cannot write {log_path} ({exc}); the container's output is still "
@@ -877,13 +917,11 @@ class Engine:
             self._line(line.decode("utf-8", "replace"), sup)
 
         try:
-            with open(log_path, mode) as out:
+            with ContainerLog(log_path, fresh=mode == "wb") as out:
                 while True:
-                    partial = b""
+                    splitter = LineSplitter()  # \n, \r\n or \r end a record; a record is cut at 1 MiB
                     for chunk in self.backend.logs(container_id, follow=True, since=since):
-                        lines = (partial + chunk).split(b"\n")
-                        partial = lines.pop()
-                        for line in lines:
+                        for line in splitter.feed(chunk):
                             if overlap is not None:
                                 if line in overlap:  # sent again after the reconnect
                                     overlap = overlap[overlap.index(line) + 1:] or None
@@ -893,8 +931,8 @@ class Engine:
                             last_line_at = time.time()
                             emit(line, out)
                     if not self._still_running(container_id):
-                        if partial:
-                            emit(partial, out)
+                        for line in splitter.flush():
+                            emit(line, out)
                         return
                     # The stream ended but the container runs on (an engine restart, or its end not
                     # visible yet): read again from just before the last line.

@@ -80,6 +80,13 @@ class LaunchError(Permanent):
     """The engine refused to create or start a container."""
 
 
+class LaunchRefused(LaunchError):
+    """runner's policy refused to create the container (a mount of its own state, a source outside the
+    allowed folders, a reserved label): nothing was created."""
+
+    exit_code = 1
+
+
 class ContainerNotFound(Permanent):
     """A container the store knows about is gone from the engine."""
 
@@ -110,6 +117,14 @@ class InvalidTransition(Permanent):
     """A phase asked to move between statuses the lifecycle table does not allow: a bug, never a user error."""
 
     exit_code = 4  # internal error (README, "Exit codes")
+
+
+class StoreCorrupt(Permanent):
+    """The run store fails SQLite's quick_check: nothing is written into it."""
+
+
+class StoreBusy(Temporary):
+    """Another process held the run store's lock for longer than runner waits."""
 
 
 class StoreFull(Temporary):

@@ -99,13 +99,33 @@ class Inbox:
             if name in SUBFOLDERS or name.startswith(".") or name.endswith(SKIP_SUFFIXES):
                 continue
             names.add(name)
-            outcome = self._one(entry, accept)
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:  # not valid UTF-8: no record can name it; moved aside under a name that can
+                out.append(self._undecodable(name))
+                continue
+            try:
+                outcome = self._one(entry, accept)
+            except OSError as exc:  # one file (vanished, unreadable) never stalls the others
+                self._seen.pop(name, None)
+                self.waiting[name] = f"could not read it ({exc}); trying again"
+                continue
             if outcome is not None:
                 out.append(outcome)
         for gone in set(self._seen) - names:
             self._seen.pop(gone, None)
             self.waiting.pop(gone, None)
         return out
+
+    def _undecodable(self, name: str) -> Outcome:
+        """A file whose name is not valid UTF-8: moved to rejected/ under an escaped name, with a note."""
+        shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        shown = shown.replace("/", "_")
+        dest = self.target("rejected", shown)
+        os.replace(self.folder / name, dest)
+        reason = f"the file name {shown!r} is not valid UTF-8; rename it and drop it again"
+        Path(str(dest) + ".error.txt").write_text(reason + "\n")
+        return Outcome(shown, "rejected", reason, None)
 
     def _one(self, entry: os.DirEntry, accept) -> Outcome | None:
         name = entry.name

@@ -69,6 +69,23 @@ def phase_dir(runs_dir: Path | str, run_id: str, phase: str, attempt: int = 1) -
     return Path(runs_dir) / run_id / (phase if attempt <= 1 else f"{phase}.{attempt}")
 
 
+def vault_root(runs_dir: Path | str) -> Path:
+    """Where runner keeps every run's vaulted checkpoints: inside the run store's folder, outside every run's
+    folder, so no phase container mounts it writable (each gets its own run's vault read-only)."""
+    return Path(runs_dir) / "vault"
+
+
+def vault_dir(runs_dir: Path | str, run_id: str, phase: str, attempt: int = 1) -> Path:
+    """One phase's vault (attempt N of a phase has its own, like its folder)."""
+    return vault_root(runs_dir) / run_id / phase_dir(runs_dir, run_id, phase, attempt).name
+
+
+def vault_of(phase_folder: Path | str) -> Path:
+    """The vault of the phase whose folder is ``phase_folder`` (RUNS/RUN/PHASE[.N] → RUNS/vault/RUN/PHASE[.N])."""
+    p = Path(phase_folder)
+    return vault_root(p.parent.parent) / p.parent.name / p.name
+
+
 def merge_inputs(loaded: LoadedSpec, given: dict[str, str]) -> dict[str, object]:
     """Spec defaults overridden by ``given``; every required input must be there."""
     # The raw values, not the model's: they keep their spelling ("1e-6", not "1e-06").
@@ -136,6 +153,11 @@ def launch_plan(phase: Phase, loaded: LoadedSpec, inputs: dict[str, object], run
         BindMount(os.path.normpath(os.path.join(folder, os.path.expanduser(m.source))), m.target, m.read_only, m.create)
         for m in c.mounts
     )
+    # The run's vault, read-only at the same path: a vaulted checkpoint handed to a later phase (or to a
+    # validation run) is readable there, and no container can change or add to it.
+    run_vault = str(vault_root(runs_dir) / run_id)
+    if not any(m.target == run_vault for m in mounts):
+        mounts += (BindMount(run_vault, run_vault, read_only=True, create=True),)
     labels = {**phase.labels, LABEL_RUN: run_id, LABEL_PHASE: phase.name, LABEL_SHA: loaded.sha256}
     return LaunchPlan(
         run_id=run_id,

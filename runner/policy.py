@@ -1,4 +1,4 @@
-"""What the server lets a spec mount.  Pure path arithmetic on the planned request.
+"""What a container may mount.  Pure path arithmetic on the planned request.
 
 The server holds the Docker socket, which is root on the host: a spec that could
 bind-mount ``/`` or the socket could take the machine.  Fields that weaken
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.errors import Problem
-from runner.plan import LaunchPlan
+from runner.plan import LaunchPlan, vault_root
 from runner.spec.loader import LoadedSpec
 
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
@@ -51,21 +51,94 @@ class MountPolicy:
         return self._check(loaded, [(i, os.path.normpath(os.path.join(loaded.folder, os.path.expanduser(m.source))))
                                     for i, m in enumerate(loaded.phase.container.mounts) if "${{" not in m.source])
 
-    def _check(self, loaded: LoadedSpec, sources: list[tuple[int, str]]) -> list[Problem]:
+    def source_problem(self, source: str) -> str:
+        """Why the policy refuses ``source`` as a bind source ('' when it allows it)."""
         sockets = {_real(s) for s in self.sockets} | set(self.sockets)
+        real = _real(source)
+        shown = source if real == source else f"{source} (resolves to {real})"
+        if any(_within(sock, real) for sock in sockets):
+            why = "is the Docker socket" if real in sockets else "contains the Docker socket"
+            return f"{shown} {why}: a container with the socket controls the host, so runner never mounts it"
+        if not any(_within(real, root) for root in self.roots):
+            return (f"{shown} is outside the folders this server mounts from ({', '.join(self.roots)}); "
+                    "add the folder with `runner serve --allow-mount DIR`")
+        return ""
+
+    def _check(self, loaded: LoadedSpec, sources: list[tuple[int, str]]) -> list[Problem]:
         out = []
         for i, source in sources:
-            mount_source = source
-            real = _real(mount_source)
-            shown = mount_source if real == mount_source else f"{mount_source} (resolves to {real})"
-            if any(_within(sock, real) for sock in sockets):
-                why = "is the Docker socket" if real in sockets else "contains the Docker socket"
-                message = f"{shown} {why}: a container with the socket controls the host, so runner never mounts it"
-            elif not any(_within(real, root) for root in self.roots):
-                message = (f"{shown} is outside the folders this server mounts from ({', '.join(self.roots)}); "
-                           "add the folder with `runner serve --allow-mount DIR`")
-            else:
-                continue
-            line, col = loaded.doc.position(("container", "mounts", i, "source"))
-            out.append(Problem(str(loaded.path), line, col, f"container.mounts[{i}].source", message))
+            message = self.source_problem(source)
+            if message:
+                line, col = loaded.doc.position(("container", "mounts", i, "source"))
+                out.append(Problem(str(loaded.path), line, col, f"container.mounts[{i}].source", message))
         return out
+
+
+# Top-level entries of the run store's folder that are runner's own state (everything there but the runs'
+# folders): a container that could write them could rewrite what runner launches next.
+_STATE_NAMES = ("runner.db", "vault", "backend.yaml")
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    """runner's own state, which no container may mount whatever the spec or the stored plan says: the run
+    store's folder (runner.db, the server's lock and files) and every parent of it, the inbox and its parents,
+    the vault except read-only.  Holds in the foreground too: a plan stored in the run store is only as
+    trustworthy as every container that could have reached the store."""
+
+    runs_dir: str
+    inbox: str | None = None
+
+    @classmethod
+    def of(cls, runs_dir: str | Path, inbox: str | Path | None = None) -> "StatePaths":
+        return cls(_real(runs_dir), _real(inbox) if inbox else None)
+
+    def source_problem(self, source: str, read_only: bool) -> str:
+        real = _real(source)
+        shown = source if real == source else f"{source} (resolves to {real})"
+        vault = _real(vault_root(self.runs_dir))
+        if _within(self.runs_dir, real):
+            return (f"{shown} holds runner's run store ({self.runs_dir}: runner.db, the vault): a container that could "
+                    "write it could change what runner launches; mount a run's folder (${{ run.dir }}) instead")
+        if _within(real, vault):
+            if read_only:
+                return ""
+            return f"{shown} is in runner's vault: vaulted checkpoints are mounted read-only only"
+        if _within(real, self.runs_dir):
+            top = Path(os.path.relpath(real, self.runs_dir)).parts[0]
+            if top.startswith(_STATE_NAMES) or top.startswith("."):
+                return f"{shown} is runner's own state in {self.runs_dir}; only the runs' folders may be mounted"
+        if self.inbox and (_within(self.inbox, real) or _within(real, self.inbox)):
+            return f"{shown} is (or holds) the server's inbox {self.inbox}: a container that could write it could submit specs"
+        return ""
+
+
+def launch_problems(plan: LaunchPlan, state: StatePaths, policy: MountPolicy | None,
+                    host_memory: int | None = None) -> list[str]:
+    """Every reason to refuse creating ``plan``'s container, checked where the container is created
+    (first launch, retry, chain step, a pending phase re-adopted from the store, validation runs): a
+    stored plan is never trusted to have been checked when it was written."""
+    out = []
+    for m in plan.mounts:
+        why = state.source_problem(m.source, m.read_only) or (policy.source_problem(m.source) if policy else "")
+        if why:
+            out.append(f"mount {m.source} → {m.target}: {why}")
+    reserved = sorted(k for k in plan.labels if k.startswith("com.docker.compose.")
+                      or (k.startswith("runner.") and k not in RUNNER_LABELS))
+    if reserved:
+        out.append(f"labels {', '.join(reserved)} are reserved (runner's own, or docker compose's)")
+    for what, size in (("shm_size", plan.shm_size), ("memory", plan.memory)):
+        if host_memory and size and size > host_memory:
+            out.append(f"{what} {size / 2**30:.1f} GiB is more than this host's memory ({host_memory / 2**30:.1f} GiB)")
+    return out
+
+
+def host_memory() -> int | None:
+    """This machine's physical memory in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+RUNNER_LABELS = frozenset({"runner.run-id", "runner.phase", "runner.spec-sha256", "runner.validation-step"})

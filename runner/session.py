@@ -21,7 +21,7 @@ import numpy as np
 
 from runner.backends.base import Backend
 from runner.errors import StoreFull
-from runner.plan import LaunchPlan
+from runner.plan import LaunchPlan, vault_of
 from runner.preconditions import abs_path
 from runner.spec.models import Phase
 from runner.store import Store
@@ -129,7 +129,7 @@ def _checkpoint_guard(store: Store, backend: Backend, row: dict, phase: Phase, f
 
     phase_dir = plan.phase_dir if plan is not None else str(Path(row["log_path"] or ".").parent)
     guard = CheckpointGuard(store, row["run_id"], row["id"], phase.checkpoints, abs_path(folder, phase.checkpoints.dir),
-                            Path(phase_dir) / "vault", say=say)
+                            vault_of(phase_dir), say=say)
     if phase.checkpoints.validate_ is not None and plan is not None:
         from runner.checkpoints.validation import Validator
 

@@ -8,14 +8,16 @@ killed at any moment can be reconciled from the store and container labels.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import sys
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from runner.errors import InvalidTransition, NotFound, Permanent, StoreFull
+from runner.errors import InvalidTransition, NotFound, Permanent, StoreBusy, StoreCorrupt, StoreFull
 from runner.lifecycle import ACTIVE, ENDED, allowed  # the statuses and their one transition table
 
 SCHEMA_VERSION = 1
@@ -130,12 +132,20 @@ PHASE_FIELDS = {
 }
 
 
+def _busy_limit() -> float:
+    try:
+        return float(os.environ.get("RUNNER_STORE_BUSY_S") or 3600)
+    except ValueError:
+        return 3600.0
+
+
 class Store:
     """One SQLite database; safe to share between the threads of one process."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.read_only = ""  # why the store could only be opened read-only (a full disk), or ""
+        self.corrupt = ""  # what PRAGMA quick_check found wrong, or ""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
@@ -154,9 +164,27 @@ class Store:
                 if "files_json" not in cols:  # stores written before per-file records: an added column, nothing else
                     self.db.execute("ALTER TABLE checkpoints ADD COLUMN files_json TEXT")
                 self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            damage = self._damage()
         except sqlite3.DatabaseError as exc:
-            self.db = self._read_only(exc)
+            damage = str(exc) if "malformed" in str(exc) or "not a database" in str(exc) else ""
+            if not damage:
+                self.db = self._read_only(exc)
+        if damage:
+            # Never write into a damaged store (a new run would land in a file SQLite cannot vouch for): open it
+            # read-only so that `status` shows what it can; every write is refused with this reason.
+            self.corrupt = damage
+            try:
+                self.db = self._read_only(sqlite3.DatabaseError(damage))
+            except Permanent:
+                self.db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+                self.db.row_factory = sqlite3.Row
+                self.db.executescript(_SCHEMA)
         self._lock = threading.RLock()
+
+    def _damage(self) -> str:
+        """'' when PRAGMA quick_check passes, else what it found (the first lines)."""
+        rows = [r[0] for r in self.db.execute("PRAGMA quick_check(5)").fetchall()]
+        return "" if rows == ["ok"] else "; ".join(rows)
 
     def _read_only(self, exc: sqlite3.DatabaseError) -> sqlite3.Connection:
         """The store, read-only, when a normal open fails on an existing store: on a full disk SQLite
@@ -181,13 +209,17 @@ class Store:
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         """One transaction; a full disk is a clear, temporary StoreFull (nothing of it was written)."""
+        if self.corrupt:
+            raise StoreCorrupt(f"the run store {self.path} is damaged (PRAGMA quick_check: {self.corrupt[:300]}); runner "
+                               "writes nothing into it", "move it aside and start a new store (runner status still reads "
+                               "what it can of this one), or restore it from a backup")
         if self.read_only:
             raise StoreFull(f"the run store {self.path} could only be opened read-only ({self.read_only}): its disk is "
                             "probably full; nothing was recorded, nothing earlier is lost",
                             "free space on that disk; `runner status` still reads the store meanwhile")
         with self._lock:
             try:
-                self.db.execute("BEGIN IMMEDIATE")
+                self._begin()
                 try:
                     yield self.db
                 except BaseException:
@@ -202,6 +234,27 @@ class Store:
                     self.db.execute("ROLLBACK")
                 raise StoreFull(f"the disk of the run store {self.path} is full ({exc}); this change was not "
                                 "recorded, nothing earlier is lost", "free space on that disk; runner goes on recording then") from None
+
+    def _begin(self) -> None:
+        """BEGIN IMMEDIATE, riding out another process that holds the store's lock (a backup, a second tool):
+        SQLite waits 30 s itself, then runner waits on with backoff up to RUNNER_STORE_BUSY_S (1 hour), saying
+        so on stderr; the caller's state stays in memory meanwhile.  StoreBusy (temporary) after that."""
+        deadline = time.monotonic() + _busy_limit()
+        delay = 1.0
+        while True:
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise StoreBusy(f"the run store {self.path} stayed locked by another process ({exc}); this change "
+                                    "was not recorded", "find what holds it (fuser runner.db) and end it") from None
+                print(f"runner: the run store {self.path} is locked by another process; waiting "
+                      f"{delay:.0f} s", file=sys.stderr, flush=True)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     # ------------------------------------------------------------------ writes
 
@@ -404,7 +457,9 @@ class Store:
                 if row is None:
                     raise NotFound("no runs yet; start one with `runner apply SPEC`")
                 return row["id"]
-            rows = self.db.execute("SELECT id FROM runs WHERE id = ? OR id LIKE ? ORDER BY id", (ref, ref + "%")).fetchall()
+            # substr, not LIKE: a prefix is matched literally (`_` and `%` are characters of it, not wildcards)
+            rows = self.db.execute("SELECT id FROM runs WHERE id = ? OR substr(id, 1, ?) = ? ORDER BY id",
+                                   (ref, len(ref), ref)).fetchall()
         ids = [r["id"] for r in rows]
         if ref in ids:
             return ref

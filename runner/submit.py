@@ -24,8 +24,7 @@ def submit_to_server(state: Path, spec: str | Path, inputs: dict[str, str], prio
         raise Refused(f"the server cannot see {path}: it reads specs under {', '.join(map(str, roots))}",
                       "move the spec under one of them, or run it here with --local")
     engine = open_engine(state)
-    # Engine.policy is declared as None in the engine (the server assigns it); typed once the engine is split
-    engine.policy = MountPolicy(tuple(server.get("mount_roots") or ())) if server.get("mount_roots") else None  # type: ignore[assignment]
+    engine.policy = MountPolicy(tuple(server.get("mount_roots") or ())) if server.get("mount_roots") else None
     run_id = engine.submit(path, inputs, source="apply-server", priority=priority)
     waiting = [s for s in engine.store.submissions(("queued",)) if s["source"] != "apply"]
     position = next((i + 1 for i, s in enumerate(waiting) if s["run_id"] == run_id), None)

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import docker
 import docker.errors
 import requests.exceptions
-from docker.types import DeviceRequest, Mount
+from docker.types import DeviceRequest, LogConfig, Mount
 
 from runner import faults
 from runner.backends.base import ContainerState
@@ -21,6 +21,7 @@ from runner.plan import LaunchPlan
 BUILD_HINT = "runner never pulls; build it first (reference trainer: bash images/build-offline.sh) or `docker pull` it"
 ENGINE_HINT = "start it with `systemctl start docker` (or `dockerd &`), or point DOCKER_HOST at a running engine"
 NVIDIA_VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"
+DOCKER_LOG_MAX_SIZE = "100m"  # per file, two files: Docker keeps at most 200 MB of a container's output
 # Substrings of the engine's error when --gpus is asked of an engine without the NVIDIA runtime.
 # (Docker's built-in NVIDIA device driver registers itself only when nvidia-container-runtime-hook
 # is on the engine's PATH; without it, any DeviceRequest is refused with "could not select device driver".)
@@ -53,6 +54,9 @@ def create_kwargs(plan: LaunchPlan) -> dict[str, Any]:
         "mounts": [Mount(target=m.target, source=m.source, type="bind", read_only=m.read_only) for m in plan.mounts],
         "detach": True,
         "stop_signal": "SIGTERM",
+        # Docker's own copy of the output, bounded (runner keeps container.log): a flooding trainer must
+        # not fill the engine's disk.
+        "log_config": LogConfig(type="json-file", config={"max-size": DOCKER_LOG_MAX_SIZE, "max-file": "2"}),
     }
     if plan.workdir:
         kwargs["working_dir"] = plan.workdir

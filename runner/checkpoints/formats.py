@@ -12,9 +12,13 @@ not read and no code in it runs, and it works with any torch (or none).
 from __future__ import annotations
 
 import json
+import os
+import stat
 import struct
 import zipfile
 from pathlib import Path
+
+from runner.safefs import open_regular, read_bytes, walk_files
 
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 WEIGHT_SUFFIXES = TORCH_SUFFIXES + (".safetensors",)
@@ -23,18 +27,19 @@ WEIGHT_SUFFIXES = TORCH_SUFFIXES + (".safetensors",)
 def torch_zip_whole(path: Path) -> bool | None:
     """True/False for torch's zip format; None when the file is not a zip (a legacy pickle)."""
     try:
-        if not zipfile.is_zipfile(path):
-            return None
-        with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("/data.pkl") or name == "data.pkl" for name in archive.namelist())
+        with open_regular(path) as f:
+            if not zipfile.is_zipfile(f):
+                return None
+            with zipfile.ZipFile(f) as archive:
+                return any(name.endswith("/data.pkl") or name == "data.pkl" for name in archive.namelist())
     except (zipfile.BadZipFile, OSError):
         return False
 
 
 def safetensors_whole(path: Path) -> bool:
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
                 return False
@@ -57,7 +62,8 @@ def legacy_pickle_whole(path: Path) -> bool:
     except ImportError:
         return True  # cannot check: size stability and close/rename events decide
     try:
-        torch.load(str(path), map_location="cpu", weights_only=True)
+        with open_regular(path) as f:
+            torch.load(f, map_location="cpu", weights_only=True)
         return True
     except Exception:  # a half-written or foreign file; looked at again on the next scan
         return False
@@ -74,7 +80,7 @@ def file_whole(path: Path) -> bool:
 
 def _json_ok(path: Path) -> bool:
     try:
-        json.loads(path.read_text())
+        json.loads(read_bytes(path, 64 * 1024 * 1024))
         return True
     except (OSError, ValueError):
         return False
@@ -83,22 +89,21 @@ def _json_ok(path: Path) -> bool:
 def why_not_loadable(path: Path, fmt: str | None = None, mark: str | None = None) -> str | None:
     """None when ``path`` (a file or a folder) is whole in its format, else the reason."""
     try:
-        if not path.is_dir():
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
             if fmt in ("lightning", "torch") or path.suffix in WEIGHT_SUFFIXES:
                 return None if file_whole(path) else f"{path.name} is not a whole {path.suffix or 'torch'} file"
             return None
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-        for f in files:
-            if f.suffix in WEIGHT_SUFFIXES and not file_whole(f):
-                return f"{f.relative_to(path)} is not whole yet"
-        names = {str(f.relative_to(path)) for f in files}
+        names = {rel for rel, _st in walk_files(path)[0]}  # regular files only: no symlink, no FIFO
+        for rel in sorted(names):
+            if Path(rel).suffix in WEIGHT_SUFFIXES and not file_whole(path / rel):
+                return f"{rel} is not whole yet"
         if fmt == "huggingface":
             if "config.json" not in names or not _json_ok(path / "config.json"):
                 return "no readable config.json"
             for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
                 if index in names:
                     try:
-                        shards = set(json.loads((path / index).read_text())["weight_map"].values())
+                        shards = set(json.loads(read_bytes(path / index, 64 * 1024 * 1024))["weight_map"].values())
                     except (OSError, ValueError, KeyError, AttributeError):
                         return f"{index} is not readable"
                     missing = sorted(shards - names)

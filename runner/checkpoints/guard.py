@@ -17,6 +17,7 @@ import math
 import os
 import queue
 import shutil
+import stat
 import threading
 import time
 from pathlib import Path
@@ -26,11 +27,12 @@ import numpy as np
 
 from runner.checkpoints import retention
 from runner.checkpoints.formats import why_not_loadable
-from runner.checkpoints.vault import DiskFull, file_hashes, protect, refresh, sha256_of, size_of
+from runner.checkpoints.vault import DiskFull, _copy_file, file_hashes, privatize, protect, refresh, sha256_of, size_of
 from runner.checkpoints.watch import Watcher
 from runner.errors import Temporary
 from runner.metrics.series import MetricSet
 from runner.paths import step_from_name
+from runner.safefs import Untrusted, kind_of, walk_files
 from runner.spec.criteria_models import Checkpoints
 from runner.store import Store
 
@@ -38,6 +40,14 @@ if TYPE_CHECKING:
     from runner.checkpoints.validation import Validator
 
 RESCAN_S = 1.0
+
+
+def _real_dir(path: Path) -> bool:
+    """A folder, not a symlink to one."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def loadable(path: Path, fmt: str | None = None, mark: str | None = None) -> bool:
@@ -69,6 +79,8 @@ class CheckpointGuard:
         self.seen: dict[str, int] = {}  # name → step of checkpoints seen in the folder and not vaulted yet
         self.signatures: dict[str, tuple] = {}  # vaulted folder → its files' (path, size, mtime) when last vaulted
         self.missed: list[dict] = []
+        self.untrusted: set[str] = set()  # names reported once as symlinks or special files (never followed)
+        self.rewrites: dict[str, int] = {}  # name → versions of a vaulted file the trainer wrote again
         self._hashes: queue.Queue = queue.Queue()
         self._hasher: threading.Thread | None = None
         self._stop = threading.Event()
@@ -114,6 +126,12 @@ class CheckpointGuard:
                 self._hashes.task_done()
 
     def _record_hashes(self, name: str, dst: Path) -> None:
+        sig = self.signatures.get(name, ())
+        expect = {(rel if dst.is_dir() else dst.name): (size, mtime) for rel, size, mtime in sig}
+        overwritten = privatize(dst, expect)  # the vault's own inode: the trainer can no longer change it
+        if overwritten:
+            self._event("checkpoint.rewritten", f"{name}: the trainer wrote {', '.join(overwritten[:4])} again before the "
+                        "vault's private copy was made; the vault holds the newer bytes", {"files": overwritten})
         files = file_hashes(dst)
         self.store.checkpoint_update(self.phase_id, name, sha256=sha256_of(dst), size=size_of(dst),
                                      files_json=json.dumps(files))
@@ -153,11 +171,26 @@ class CheckpointGuard:
             with os.scandir(self.folder) as it:
                 for e in it:
                     step = step_from_name(e.name, self.spec.pattern)
-                    if step is not None:
+                    if step is None:
+                        continue
+                    try:
+                        mode = e.stat(follow_symlinks=False).st_mode
+                    except FileNotFoundError:
+                        continue
+                    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
                         out[e.name] = (step, Path(e.path))
+                    elif e.name not in self.untrusted:
+                        self._untrusted(e.name, kind_of(mode))
         except FileNotFoundError:
             pass
         return out
+
+    def _untrusted(self, name: str, kind: str) -> None:
+        """A symlink or special file named like a checkpoint: never followed, opened or vaulted; said once."""
+        self.untrusted.add(name)
+        self._event("checkpoint.untrusted", f"{name} is {kind}: runner never follows, opens or vaults it "
+                    "(only regular files and real folders are checkpoints)", {"name": name, "kind": kind})
+        self.say(f"WARNING: {name} in the checkpoint folder is {kind}; not vaulted")
 
     def _touched(self) -> set[str]:
         """Names of the checkpoints (files or folders) a close or move event was seen for: an event of any file
@@ -200,8 +233,10 @@ class CheckpointGuard:
                     self._missed(name, step)
             for name, (step, path) in sorted(entries.items(), key=lambda kv: kv[1][0]):
                 if name in known and known[name]["state"] not in ("vaulting", "missed"):
-                    if path.is_dir() and self.spec.vault and known[name]["state"] in ("kept", "best"):
+                    if _real_dir(path) and self.spec.vault and known[name]["state"] in ("kept", "best"):
                         self._refresh(name, path, Path(known[name]["vault_path"]))
+                    elif self.spec.vault and known[name]["state"] in ("kept", "best", "trash"):
+                        self._rewritten(name, path, Path(known[name]["vault_path"]), touched, now)
                     continue
                 self.seen[name] = step
                 try:
@@ -219,7 +254,7 @@ class CheckpointGuard:
                     # loads (checked below) is complete — also for a guard that never watched it being
                     # written (a detached phase judged by `status`, `stop` or a restarted server).
                     complete = True
-                elif path.is_dir():  # a folder's files close one by one: only stability says it is done
+                elif _real_dir(path):  # a folder's files close one by one: only stability says it is done
                     complete = now - stable_since >= self.spec.settle
                 else:
                     complete = name in touched or now - stable_since >= self.spec.settle
@@ -239,17 +274,10 @@ class CheckpointGuard:
 
     @staticmethod
     def _signature(path: Path) -> tuple:
-        if path.is_dir():
-            out = []
-            for p in sorted(path.rglob("*")):
-                try:
-                    st = p.stat()
-                except FileNotFoundError:
-                    continue
-                if not p.is_dir():
-                    out.append((str(p.relative_to(path)), st.st_size, st.st_mtime_ns))
-            return tuple(out)
-        st = path.stat()
+        """(relative path, size, mtime) of each regular file (symlinks and special files left out)."""
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode):
+            return tuple((rel, f.st_size, f.st_mtime_ns) for rel, f in walk_files(path)[0])
         return ((path.name, st.st_size, st.st_mtime_ns),)
 
     def _refresh(self, name: str, path: Path, dst: Path) -> None:
@@ -273,6 +301,49 @@ class CheckpointGuard:
                         f"({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''})", {"files": changed})
             self._hash_later(name, dst)
 
+    def _rewritten(self, name: str, path: Path, dst: Path, touched: set[str], now: float) -> None:
+        """A vaulted file the trainer wrote again under the same name (a run resumed from an older step into
+        the same folder): the vaulted bytes stay as they were; once the new version is complete it is kept
+        too, beside them in the vault (.rewritten/NAME.N), and the rewrite is recorded."""
+        try:
+            sig = self._signature(path)
+        except FileNotFoundError:
+            return
+        if name not in self.signatures:
+            try:
+                vst = os.lstat(dst)  # a restart: the vault copy keeps the trainer's mtime
+            except FileNotFoundError:
+                return
+            self.signatures[name] = ((path.name, vst.st_size, vst.st_mtime_ns),)
+        if sig == self.signatures[name]:
+            self.pending.pop("rewrite:" + name, None)
+            return
+        prev = self.pending.get("rewrite:" + name)
+        stable_since = prev[1] if prev and prev[0] == sig and name not in touched else now
+        self.pending["rewrite:" + name] = (sig, stable_since)
+        if name not in touched and now - stable_since < self.spec.settle:
+            return
+        why = why_not_loadable(path, self.spec.format)
+        if why is not None:
+            return
+        n = self.rewrites.get(name, 1) + 1
+        keep = self.vault / ".rewritten" / f"{name}.{n}"
+        try:
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            _copy_file(path, keep)
+        except (FileNotFoundError, Untrusted):
+            return
+        except OSError as exc:
+            self._event("checkpoint.error", f"keeping the rewritten {name}: {exc}")
+            return
+        self.rewrites[name] = n
+        self.signatures[name] = sig
+        self.pending.pop("rewrite:" + name, None)
+        self._event("checkpoint.rewritten", f"{name} was written again after it was vaulted: the vaulted version is "
+                    f"unchanged ({dst}); the new one is kept beside it as {keep}",
+                    {"name": name, "vault_path": str(dst), "rewrite_path": str(keep), "version": n})
+        self.say(f"WARNING: the trainer wrote {name} again after it was vaulted; both versions kept")
+
     def _missed(self, name: str, step: int) -> None:
         """Seen in the folder, gone before it was complete and vaulted: loud, never silent."""
         self.seen.pop(name, None)
@@ -290,12 +361,18 @@ class CheckpointGuard:
         t0 = time.perf_counter()
         try:
             dst, how = protect(path, self.vault)
-            if how == "existing" and path.is_dir():
+            if how == "existing" and _real_dir(path):
                 refresh(path, dst)  # left by a crash mid-vault, or vaulted before a restart: complete it
         except DiskFull as exc:
             self.disk_full = True
             self._event("checkpoint.disk-full", str(exc))
             self.say(f"ERROR: {exc}")
+            return False
+        except Untrusted as exc:  # swapped for a symlink or special file between the listing and the link
+            self.store.checkpoint_update(self.phase_id, name, state="missed")
+            self.seen.pop(name, None)
+            if name not in self.untrusted:
+                self._untrusted(name, exc.kind)
             return False
         except Temporary as exc:
             self._event("checkpoint.missed", f"MISSED {name} (step {step}): {exc} (the trainer deleted it first)",
@@ -306,8 +383,8 @@ class CheckpointGuard:
             return False
         took = time.perf_counter() - t0
         self.store.checkpoint_update(self.phase_id, name, state="kept", how=how, vaulted_at=time.time())
-        if path.is_dir():
-            self.signatures[name] = sig
+        if sig:
+            self.signatures[name] = sig  # what was vaulted: a later write under the same name is a rewrite
         self._event("checkpoint.vaulted", f"vaulted {name} (step {step}) by {how} in {took * 1000:.1f} ms",
                     {"step": step, "ms": took * 1000})
         self._hash_later(name, dst)

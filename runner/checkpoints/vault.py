@@ -1,14 +1,24 @@
-"""Protect a checkpoint: a hard link into the phase's vault (no extra space; survives the trainer
-deleting its own file), or, across filesystems, a copy written to a temporary name, fsynced, renamed."""
+"""Protect a checkpoint: a hard link into the phase's vault at once (no copy on the vaulting path: the
+trainer's rotation can no longer delete it), then a private copy that replaces the link (so a trainer that
+writes the same name again, in place, can never change the vaulted bytes).  Across filesystems, a copy
+written to a temporary name, fsynced, renamed.
+
+Nothing in the trainer's folder is trusted (runner.safefs): a symlink is never followed nor vaulted, only
+regular files and real folders are; a FIFO, socket or device is never opened."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import shutil
+import stat
 from pathlib import Path
 
 from runner.errors import Permanent, Temporary
+from runner.safefs import Untrusted, kind_of, open_regular, walk_files
+
+FICLONE = 0x40049409  # linux/fs.h: share the blocks copy-on-write (btrfs, xfs); refused elsewhere
 
 
 class DiskFull(Permanent):
@@ -16,12 +26,20 @@ class DiskFull(Permanent):
 
 
 def _copy_file(src: Path, dst: Path) -> None:
+    """A private copy of the regular file ``src`` at ``dst`` (a reflink where the filesystem shares blocks
+    copy-on-write, else the bytes), via a temporary name, fsynced, renamed."""
     tmp = dst.with_name(dst.name + ".vaulting")
     try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 16 * 1024 * 1024)
+        with open_regular(src) as fin, open(tmp, "wb") as fout:
+            try:
+                fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
+            except OSError:
+                shutil.copyfileobj(fin, fout, 16 * 1024 * 1024)
             fout.flush()
             os.fsync(fout.fileno())
+            st = os.fstat(fin.fileno())
+        # The trainer's mtime travels with the bytes: (size, mtime) tells a later rewrite from the vaulted version.
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
         os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a partial copy (a full disk) is never left behind
@@ -29,41 +47,61 @@ def _copy_file(src: Path, dst: Path) -> None:
 
 
 def _link_or_copy(src: Path, dst: Path) -> str:
+    """Link the regular file ``src`` (never what a symlink points to) to ``dst``; a copy across filesystems."""
     try:
-        os.link(src, dst)
-        return "link"
+        os.link(src, dst, follow_symlinks=False)
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
             raise
-    _copy_file(src, dst)
-    return "copy"
+        _copy_file(src, dst)
+        return "copy"
+    # The lstat before the link can be raced (a file swapped for a symlink or a FIFO in between): what was
+    # linked is checked after, and removed when it is not a regular file.
+    mode = os.lstat(dst).st_mode
+    if not stat.S_ISREG(mode):
+        os.unlink(dst)
+        raise Untrusted(src, kind_of(mode))
+    return "link"
+
+
+def what_is(path: Path) -> str:
+    """'file', 'folder', or what else ``path`` is (never following a symlink)."""
+    return kind_of(os.lstat(path).st_mode)
 
 
 def protect(src: Path, vault: Path) -> tuple[Path, str]:
-    """Put ``src`` (a file or a folder of files) into ``vault``; returns (vault path, "link" | "copy").
+    """Put ``src`` (a regular file, or a real folder of regular files) into ``vault``; returns (vault path,
+    "link" | "copy" | "existing").
 
-    Idempotent: an existing vault entry is kept.  DiskFull when the disk is full (nothing deleted);
-    Temporary when the source vanished before it could be linked."""
+    Idempotent: an existing vault entry is kept.  Untrusted when ``src`` is a symlink or a special file
+    (nothing is vaulted; inside a folder such entries are left out); DiskFull when the disk is full (nothing
+    deleted); Temporary when the source vanished before it could be linked."""
     vault.mkdir(parents=True, exist_ok=True)
     dst = vault / src.name
-    if dst.exists():
+    if os.path.lexists(dst):
         return dst, "existing"
     try:
-        if src.is_dir():
+        kind = what_is(src)
+        if kind == "folder":
             tmp = vault / (src.name + ".vaulting")
             shutil.rmtree(tmp, ignore_errors=True)
             how = "link"
             try:
-                for root, _dirs, files in os.walk(src):
-                    rel = Path(root).relative_to(src)
-                    (tmp / rel).mkdir(parents=True, exist_ok=True)
-                    for f in files:
-                        how = _link_or_copy(Path(root) / f, tmp / rel / f) if how == "link" else (_copy_file(Path(root) / f, tmp / rel / f) or "copy")
+                files, _skipped = walk_files(src)
+                tmp.mkdir()
+                for rel, _st in files:
+                    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                    if how == "link":
+                        how = _link_or_copy(src / rel, tmp / rel)
+                    else:
+                        _copy_file(src / rel, tmp / rel)
                 os.replace(tmp, dst)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)  # no half folder left in the vault
                 raise
             return dst, how
+        if kind != "file":
+            raise Untrusted(src, kind)
         return dst, _link_or_copy(src, dst)
     except FileNotFoundError:
         raise Temporary(f"{src} vanished before it could be vaulted") from None
@@ -73,30 +111,47 @@ def protect(src: Path, vault: Path) -> tuple[Path, str]:
         raise
 
 
+def privatize(dst: Path, expect: dict[str, tuple[int, int]] | None = None) -> list[str]:
+    """Give every vaulted file of ``dst`` (a file or a folder) an inode of its own: a file still hard-linked
+    with the trainer's (link count > 1) is copied and the copy renamed over it.  Returns the relative paths
+    whose bytes had changed since they were vaulted (``expect``: relative path → (size, mtime_ns) at vault
+    time), i.e. rewritten in place by the trainer before the copy was made."""
+    changed = []
+    entries = walk_files(dst)[0] if dst.is_dir() and not dst.is_symlink() else [(dst.name, os.lstat(dst))]
+    for rel, st in entries:
+        path = dst / rel if dst.is_dir() else dst
+        if expect and rel in expect and expect[rel] != (st.st_size, st.st_mtime_ns):
+            changed.append(rel)
+        if st.st_nlink > 1:
+            try:
+                _copy_file(path, path)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise DiskFull(f"disk full while copying {path.name} in the vault: it stays hard-linked to the "
+                                   "trainer's file") from None
+                raise
+    return changed
+
+
 def refresh(src: Path, dst: Path) -> list[str]:
     """Bring the vaulted folder ``dst`` up to date with ``src`` (files the trainer added or rewrote after it was
-    vaulted); returns the relative paths updated.  Files gone from ``src`` stay in the vault."""
+    vaulted); returns the relative paths updated.  Files gone from ``src`` stay in the vault; every updated
+    file is a private copy (a link would let the trainer change it again)."""
     changed = []
     try:
-        for root, _dirs, files in os.walk(src):
-            rel = Path(root).relative_to(src)
-            for f in files:
-                s, d = Path(root) / f, dst / rel / f
-                try:
-                    st = s.stat()
-                    if d.exists():
-                        dt = d.stat()
-                        if (dt.st_dev, dt.st_ino) == (st.st_dev, st.st_ino) or (
-                                dt.st_size == st.st_size and dt.st_mtime_ns >= st.st_mtime_ns):
-                            continue
-                    (dst / rel).mkdir(parents=True, exist_ok=True)
-                    tmp = d.with_name(d.name + ".linking")
-                    tmp.unlink(missing_ok=True)
-                    _link_or_copy(s, tmp)
-                    os.replace(tmp, d)
-                    changed.append(str(rel / f))
-                except FileNotFoundError:
-                    continue  # the trainer removed it meanwhile
+        files, _skipped = walk_files(src)
+        for rel, st in files:
+            s, d = src / rel, dst / rel
+            try:
+                if os.path.lexists(d):
+                    dt = os.lstat(d)
+                    if dt.st_size == st.st_size and dt.st_mtime_ns >= st.st_mtime_ns:
+                        continue
+                d.parent.mkdir(parents=True, exist_ok=True)
+                _copy_file(s, d)
+                changed.append(rel)
+            except (FileNotFoundError, Untrusted):
+                continue  # the trainer removed it meanwhile, or swapped it for something never followed
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise DiskFull(f"disk full while updating {dst.name} in the vault: no checkpoint is deleted to make room") from None
@@ -105,37 +160,37 @@ def refresh(src: Path, dst: Path) -> list[str]:
 
 
 def file_hashes(path: Path) -> dict[str, dict]:
-    """relative path → {size, sha256} for every file of a folder (or the one file)."""
-    if not path.is_dir():
-        return {path.name: {"size": path.stat().st_size, "sha256": sha256_of(path)}}
+    """relative path → {size, sha256} for every regular file of a folder (or the one file)."""
+    if not path.is_dir() or path.is_symlink():
+        return {path.name: {"size": os.lstat(path).st_size, "sha256": sha256_of(path)}}
     out = {}
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        out[str(f.relative_to(path))] = {"size": f.stat().st_size, "sha256": sha256_of(f)}
+    for rel, st in walk_files(path)[0]:
+        out[rel] = {"size": st.st_size, "sha256": sha256_of(path / rel)}
     return out
 
 
 def sha256_of(path: Path) -> str:
-    """sha256 of a file, or of a folder's files (relative path and content, in sorted order)."""
+    """sha256 of a file, or of a folder's regular files (relative path and content, in sorted order)."""
     h = hashlib.sha256()
-    if path.is_dir():
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            h.update(str(f.relative_to(path)).encode() + b"\0")
-            _feed(h, f)
+    if path.is_dir() and not path.is_symlink():
+        for rel, _st in walk_files(path)[0]:
+            h.update(rel.encode() + b"\0")
+            _feed(h, path / rel)
         return h.hexdigest()
     _feed(h, path)
     return h.hexdigest()
 
 
 def _feed(h, path: Path) -> None:
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while chunk := f.read(8 * 1024 * 1024):
             h.update(chunk)
 
 
 def size_of(path: Path) -> int:
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size
+    if path.is_dir() and not path.is_symlink():
+        return sum(st.st_size for _rel, st in walk_files(path)[0])
+    return os.lstat(path).st_size
 
 
 def export(src: Path, dest: Path, sha256: str | None, files: dict | None) -> str:

@@ -42,7 +42,7 @@ def figure(plot: MetricPlot):
         ax.plot(s, v, color="#08519c", linewidth=1.6, label=f"smoothed ({plot.smoothing})")
     for t in plot.thresholds:
         s, v = _thin(t.steps, t.values)
-        ax.plot(s, v, color="#d62728", linewidth=1.1, linestyle="--", label=f"{t.guard}: trips beyond")
+        ax.plot(s, v, color="#d62728", linewidth=1.1, linestyle="--", label=f"{t.guard}: trips beyond".replace("$", "\\$"))
         if t.trip_step is not None:
             ax.axvline(t.trip_step, color="#d62728", linewidth=1.4)
             ax.annotate(f"tripped at step {t.trip_step:,}", (t.trip_step, 1.0), xycoords=("data", "axes fraction"),
@@ -68,7 +68,8 @@ def figure(plot: MetricPlot):
     lo, hi, note = _y_range(plot)
     if lo is not None:
         ax.set_ylim(lo, hi)
-    ax.set_title(plot.title + note, loc="left", fontsize=10)
+    # usetex/mathtext off for names that come from specs and trainers: `$\\foo$` is text, not a formula
+    ax.set_title(plot.title + note, loc="left", fontsize=10, parse_math=False)
     fig.subplots_adjust(left=0.08, right=0.98, top=0.88, bottom=0.15)
     return fig
 

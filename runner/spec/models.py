@@ -79,7 +79,7 @@ class Phase(Model):
         "null means the input is required (runner apply --input NAME=VALUE).",
     )
     container: Container = Field(description="The container that does the work.")
-    labels: TextMap = Field(default_factory=dict, description="Extra labels put on the container (runner.* is reserved).")
+    labels: TextMap = Field(default_factory=dict, description="Extra labels put on the container (runner.* and com.docker.compose.* are reserved).")
     timeout: Duration | None = Field(None, description="Wall-clock limit of the phase, e.g. 3h. On expiry the container is stopped and the phase fails.")
     preconditions: list[Precondition] = Field(default_factory=list, description="Checks before launch; an unmet one records the phase blocked and launches nothing.")
     metrics: Metrics | None = Field(None, description="Where the trainer's metrics are read from while it runs.")
@@ -105,6 +105,10 @@ class Phase(Model):
         for key in v:
             if key.startswith("runner."):
                 raise ValueError(f"label {key!r}: the runner.* prefix is reserved for runner's own labels")
+            if key.startswith("com.docker.compose."):
+                # `docker compose down --remove-orphans` would stop a training container that carried them
+                raise ValueError(f"label {key!r}: com.docker.compose.* labels are docker compose's own; a training "
+                                 "container must not look like part of a compose project")
         return v
 
     @model_validator(mode="after")

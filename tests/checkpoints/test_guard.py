@@ -90,9 +90,12 @@ def test_vaulting_by_hard_link_is_fast_after_rename(store, tmp_path):
         t0 = time.time()
         assert wait_for(lambda: any(c["state"] == "kept" for c in store.checkpoints(1)), timeout=5)
         (row,) = store.checkpoints(1)
-        assert row["how"] == "link"
-        assert os.stat(row["vault_path"]).st_ino == os.stat(tmp_path / "ckpt" / "model_step100.pth").st_ino
+        assert row["how"] == "link"  # protected at once by a link...
         assert row["vaulted_at"] - t0 < 1.0
+        # ...then given an inode of its own (FAULTS row 49): the trainer's file can no longer change it
+        assert wait_for(lambda: store.checkpoints(1)[0]["sha256"], timeout=5)
+        vaulted, trainers = os.stat(row["vault_path"]), os.stat(tmp_path / "ckpt" / "model_step100.pth")
+        assert vaulted.st_ino != trainers.st_ino and vaulted.st_nlink == 1 and vaulted.st_mtime_ns == trainers.st_mtime_ns
     finally:
         guard.stop()
 
@@ -210,7 +213,7 @@ def test_a_full_disk_in_copy_mode_leaves_no_partial_file(tmp_path, monkeypatch):
     from runner.checkpoints import vault as vault_mod
 
     save(tmp_path / "ckpt", 100)
-    monkeypatch.setattr(vault_mod.os, "link", lambda *a: (_ for _ in ()).throw(OSError(errno.EXDEV, "cross-device")))
+    monkeypatch.setattr(vault_mod.os, "link", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EXDEV, "cross-device")))
 
     def full(fin, fout, size):
         fout.write(fin.read(100))

@@ -160,7 +160,7 @@ checkpoints:
     assert out.returncode == 0, out.stderr
     run = only_run(cli)
     first = wait_for("the first checkpoint", lambda: sorted(ckpt.glob("model_step*.pth")), timeout=60, every=0.1)[0]
-    vault = cli.state.parent / run / "vfull" / "vault"
+    vault = cli.state.parent / "vault" / run / "vfull"  # outside the run folder the container mounts
     assert not vault.exists() or not any(vault.iterdir())
     small_fs(vault, str(int(first.stat().st_size * 2.5)))
     (container,) = run_containers(docker_client, run)

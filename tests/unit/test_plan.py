@@ -1,6 +1,6 @@
 """The pure plan step and the Docker request it becomes, tested by equality (no engine)."""
 import pytest
-from docker.types import DeviceRequest, Mount
+from docker.types import DeviceRequest, LogConfig, Mount
 
 from runner.backends.docker import create_kwargs
 from runner.errors import SpecError
@@ -37,6 +37,7 @@ def test_plan_is_exact(write_spec, tmp_path):
     loaded = load_spec(spec)
     plan = build_plan(loaded, {"resume_from": "/ckpt/model_step351000.pth"}, "r1", tmp_path / "runs")
     phase_dir = str(tmp_path / "runs" / "r1" / "phase1")
+    vault = str(tmp_path / "runs" / "vault" / "r1")
     assert plan == LaunchPlan(
         run_id="r1",
         phase="phase1",
@@ -44,7 +45,8 @@ def test_plan_is_exact(write_spec, tmp_path):
         image="trainer:latest",
         command=("python3", "train.py", "--resume", "/ckpt/model_step351000.pth", "--learning-rate", "1e-6", "--steps", "5000"),
         env={"CUDA_LAUNCH_BLOCKING": "1", "RUN": "r1"},
-        mounts=(BindMount(str(tmp_path / "data"), "/data", True, False), BindMount(phase_dir, "/runs", False, True)),
+        mounts=(BindMount(str(tmp_path / "data"), "/data", True, False), BindMount(phase_dir, "/runs", False, True),
+                BindMount(vault, vault, True, True)),  # the run's vault, read-only at the same path
         workdir="/app",
         gpus=("0", "2"),
         shm_size=16 * 1024**3,
@@ -71,9 +73,12 @@ def test_docker_request_is_exact(write_spec, tmp_path):
         "mounts": [
             Mount(target="/data", source=str(tmp_path / "data"), type="bind", read_only=True),
             Mount(target="/runs", source=str(tmp_path / "runs" / "r1" / "phase1"), type="bind", read_only=False),
+            Mount(target=str(tmp_path / "runs" / "vault" / "r1"), source=str(tmp_path / "runs" / "vault" / "r1"),
+                  type="bind", read_only=True),
         ],
         "detach": True,
         "stop_signal": "SIGTERM",
+        "log_config": LogConfig(type="json-file", config={"max-size": "100m", "max-file": "2"}),
         "working_dir": "/app",
         "shm_size": 16 * 1024**3,
         "mem_limit": 32 * 1024**3,
