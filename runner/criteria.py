@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runner.metrics.series import MetricSet, Series
-from runner.spec.criteria_models import Criterion, Group, Guard, StopAt
+from runner.spec.criteria_models import Criterion, Expect, Group, Guard, StopAt
 from runner.spec.windows import Window, parse_window
 
 # ---------------------------------------------------------------------------- windows and reductions
@@ -314,9 +314,10 @@ class Guards:
     """All guards of a phase, and its planned end.  ``feed`` new metric points (any chunks, in step
     order); ``check_clock`` for time-based guards.  The live phase and `runner replay` both use it."""
 
-    def __init__(self, guards: list[Guard], stop_at: StopAt | None = None):
+    def __init__(self, guards: list[Guard], stop_at: StopAt | None = None, expect: Expect | None = None):
         self.states = [GuardState(g, i) for i, g in enumerate(guards)]
         self.stop_at = stop_at
+        self.expect = ExpectCheck(expect) if expect is not None else None
         self.first_step: int | None = None
         self.second_step: int | None = None
         self.last_step: int | None = None
@@ -362,6 +363,8 @@ class Guards:
                 self._stall_gap(wall - self.last_new_wall)
             self.last_step, self.last_new_wall = step, wall
         self.seen.add(name)
+        if self.expect is not None and not self.expect.tripped:
+            self.expect.point(step, name, value, self.origin)
         for st in self.states:
             if st.guard.metric == name and st.kind in ("non_finite", "diverges"):
                 st.point(step, value, wall)
@@ -414,15 +417,66 @@ class Guards:
     def tripped(self) -> Trip | None:
         """The first trip by step (ties: the guard listed first)."""
         trips = [st.tripped for st in self.states if st.tripped]
+        if self.expect is not None and self.expect.tripped:
+            trips.append(self.expect.tripped)
         if not trips:
             return None
         return min(trips, key=lambda t: (t.step if t.step is not None else float("inf")))
 
 
-def run_guards(guards: list[Guard], stop_at: StopAt | None, metrics: MetricSet, clock_from_walls: bool = True) -> Guards:
+class ExpectCheck:
+    """The phase's ``expect:``: the trainer's logged LR and first step against what the spec asked for."""
+
+    def __init__(self, expect: Expect):
+        self.lr = expect.lr_spec
+        self.start = None if expect.start_step is None else int(expect.start_step)
+        within = expect.start_within
+        self.start_within = int(within["steps"]) if isinstance(within, dict) else int(within)
+        self.tripped: Trip | None = None
+        self.peak: float | None = None
+        self.checked_start = False
+        self.distance = ""
+
+    def _tolerance(self, asked: float) -> float:
+        w = self.lr.within if self.lr is not None else {}
+        if "absolute" in w:
+            return float(w["absolute"])
+        return abs(asked) * float(w.get("relative", 0.1))
+
+    def point(self, step: int, name: str, value: float, origin: int | None) -> None:
+        if self.start is not None and not self.checked_start:
+            self.checked_start = True
+            if not self.start <= step <= self.start + self.start_within:
+                self.tripped = Trip("expect start_step", step, (
+                    f"the trainer's first logged step is {step:,}; the spec expects a run whose step count starts at "
+                    f"{self.start:,} (first step within {self.start_within:,}) — it resumed a checkpoint's step count "
+                    "(a --resume restores the step, the optimizer and the LR schedule; --base-checkpoint loads weights only)"))
+                return
+        if self.lr is None or name != self.lr.metric or not math.isfinite(value):
+            return
+        asked = float(self.lr.value)
+        tol = self._tolerance(asked)
+        self.peak = value if self.peak is None else max(self.peak, value)
+        after = int(self.lr.after["steps"]) if isinstance(self.lr.after, dict) else int(self.lr.after)
+        first = origin if origin is not None else step
+        self.distance = f"peak {self.peak:.3g} so far (asked {asked:.3g} ± {tol:.2g})"
+        if value > asked + tol:
+            why = "higher"
+        elif step >= first + after and self.peak < asked - tol:
+            why = "lower"
+        else:
+            return
+        self.tripped = Trip("expect lr", step, (
+            f"the trainer runs at {value:.3g} (step {step:,}); the spec asked for {asked:.3g} — {why} than asked: it "
+            "restored its scheduler from the checkpoint (a --resume keeps the checkpoint's LR schedule and ignores "
+            "--learning-rate; start from --base-checkpoint to train at a new LR)"))
+
+
+def run_guards(guards: list[Guard], stop_at: StopAt | None, metrics: MetricSet, clock_from_walls: bool = True,
+               expect: Expect | None = None) -> Guards:
     """Every point of ``metrics`` through a fresh Guards, as a live phase would have fed them, with
     the clock taken from the points' wall times (what `runner replay` does)."""
-    g = Guards(guards, stop_at)
+    g = Guards(guards, stop_at, expect)
     new = {name: (s.steps, s.values, s.walls) for name, s in metrics.series.items() if len(s)}
     if not clock_from_walls:
         g.feed(new)

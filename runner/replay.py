@@ -33,7 +33,7 @@ def replay(spec_path: str | Path, logdir: str | Path, inputs: dict[str, str] | N
     metrics = MetricSet()
     for name, (s, v, w) in reader.poll().items():
         metrics.add(name, s, v, w)
-    guards = run_guards(phase.guards, phase.stop_at, metrics)
+    guards = run_guards(phase.guards, phase.stop_at, metrics, expect=phase.expect)
     reports = [GuardReport(st.label, st.tripped.step if st.tripped else None,
                            st.tripped.reason if st.tripped else "would not trip") for st in guards.states]
     trip = guards.tripped

@@ -43,7 +43,7 @@ class Supervision:
     def __init__(self, phase: Phase, folder: Path | str):
         self.phase = phase
         self.sources = build_sources(phase, folder)
-        self.guards = Guards(phase.guards, phase.stop_at)
+        self.guards = Guards(phase.guards, phase.stop_at, phase.expect)
         self.lock = threading.Lock()  # the log pump feeds the stdout parser from its thread
         self.ckpt = None  # the phase's CheckpointGuard, if it has a checkpoints: block
         self.trip: Trip | None = None

@@ -260,6 +260,34 @@ class Guard(Model):
         return next(k for k in GUARD_KINDS if getattr(self, k) is not None)
 
 
+class ExpectLr(Model):
+    """The learning rate the trainer must really run at, read from its logged LR metric."""
+
+    value: Number = Field(description="The peak LR the spec asks for, e.g. \"${{ inputs.learning_rate }}\".")
+    metric: str = Field("lr", description="The metric that carries the trainer's LR in effect (e.g. lr: train/lr in metrics).")
+    within: Margin = Field({"relative": 0.1}, description="Allowed difference, e.g. '10%' or an absolute 1e-7 (a warmup below it and a decay after it are fine: "
+                           "the LR may never exceed the value by more, and its peak must reach it after `after`).")
+    after: Union[StepCount, Annotated[int, Field(ge=0)]] = Field(
+        0, description="Steps from the phase's first step by which the peak must have been reached (the warmup), e.g. '1000 steps'.")
+
+
+class Expect(Model):
+    """What the trainer must really be doing, checked against what it logs; a mismatch stops the phase
+    (a trainer that silently ignores a flag — a resume that restores the old LR schedule — never runs on)."""
+
+    lr: Union[ExpectLr, Number, None] = Field(None, description="The LR in effect: a value, or {value, metric, within, after}.")
+    start_step: Union[Annotated[int, Field(ge=0)], Template, None] = Field(
+        None, description="The step the trainer's count must start from (0 for a run from --base-checkpoint weights).")
+    start_within: Union[StepCount, Annotated[int, Field(ge=0)]] = Field(
+        1000, description="How far past start_step its first logged step may be (a log interval, a first save).")
+
+    @property
+    def lr_spec(self) -> ExpectLr | None:
+        if self.lr is None or isinstance(self.lr, ExpectLr):
+            return self.lr
+        return ExpectLr(value=self.lr)
+
+
 class StopAt(Model):
     """The phase's planned end: reaching it ends the phase normally (the container is asked to stop
     if it is still running) and the success criteria judge it."""

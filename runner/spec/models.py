@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from runner.spec.criteria_models import Checkpoints, Guard, Metrics, NextRule, Precondition, Retry, StopAt, Success
+from runner.spec.criteria_models import Checkpoints, Expect, Guard, Metrics, NextRule, Precondition, Retry, StopAt, Success
 from runner.spec.models_base import Model
 from runner.spec.types import Argv, Duration, GpuRequest, InputValue, Size, TextMap
 
@@ -85,6 +85,8 @@ class Phase(Model):
     metrics: Metrics | None = Field(None, description="Where the trainer's metrics are read from while it runs.")
     checkpoints: Checkpoints | None = Field(None, description="The trainer's checkpoint folder, for phase.best_checkpoint / phase.last_checkpoint.")
     stop_at: StopAt | None = Field(None, description="The planned end: stop after N steps from the phase's first step (or at an absolute step); reaching it is the normal end, judged by the success criteria.")
+    expect: Expect | None = Field(None, description="What the trainer must really do (the LR in effect, the step it starts from), "
+                                  "checked against what it logs; a mismatch stops the phase with a reason that says so.")
     guards: list[Guard] = Field(default_factory=list, description="Checks that stop the run early, as a failure (NaN, divergence, stall, missing metric, timeout).")
     success: Success | None = Field(None, description="Criteria giving the verdict. Without them: success if the container exits 0.")
     retry: Retry | None = Field(None, description="Relaunch after an infrastructure failure (OOM, a lost container, a kill from outside), "

@@ -208,3 +208,42 @@ def test_series_newest_write_wins():
     s.add([2, 3], [20.0, 30.0], [5, 50])  # step 2 written earlier (wall 5): keeps 2.0; step 3 newer: 30
     s.add([4], [4.0], [60])
     assert s.steps.tolist() == [1, 2, 3, 4] and s.values.tolist() == [1.0, 2.0, 30.0, 4.0]
+
+
+# ---------------------------------------------------------------------------- expect: what the trainer really does
+
+
+def _expect_guards(expect: dict):
+    from runner.criteria import Guards
+    from runner.spec.criteria_models import Expect
+
+    return Guards([], None, Expect.model_validate(expect))
+
+
+def test_expect_lr_catches_a_resume_that_kept_the_checkpoints_schedule():
+    # asked 1e-6, the trainer restored its scheduler and runs at 1.62e-5 (issue 18's measurement)
+    g = _expect_guards({"lr": "1e-6"})
+    g.feed({"lr": (np.array([351_100]), np.array([1.62e-5]), np.array([0.0]))})
+    trip = g.tripped
+    assert trip is not None and trip.guard == "expect lr" and trip.step == 351_100
+    assert "runs at 1.62e-05" in trip.reason and "asked for 1e-06" in trip.reason and "restored its scheduler" in trip.reason
+
+
+def test_expect_lr_allows_warmup_and_decay_but_not_a_peak_that_never_comes():
+    steps = np.arange(100, 5100, 100)
+    warm = np.minimum(steps / 1000, 1.0) * 1e-6 * (1 - 0.3 * steps / 5000)  # warmup then a linear decay
+    g = _expect_guards({"lr": {"value": 1e-6, "within": "10%", "after": "1000 steps"}})
+    g.feed({"lr": (steps, warm, np.zeros(steps.size))})
+    assert g.tripped is None
+    g = _expect_guards({"lr": {"value": 1e-4, "after": "1000 steps"}})  # runs at 1e-6 while 1e-4 was asked
+    g.feed({"lr": (steps, warm, np.zeros(steps.size))})
+    assert g.tripped is not None and "lower than asked" in g.tripped.reason and g.tripped.step == 1000  # origin 0
+
+
+def test_expect_start_step_catches_a_resumed_step_count():
+    g = _expect_guards({"start_step": 0})
+    g.feed({"text_loss": (np.array([351_100, 351_200]), np.array([1.9, 1.8]), np.zeros(2))})
+    assert g.tripped is not None and "first logged step is 351,100" in g.tripped.reason
+    g = _expect_guards({"start_step": 0, "start_within": 100})
+    g.feed({"text_loss": (np.array([100, 200]), np.array([1.9, 1.8]), np.zeros(2))})
+    assert g.tripped is None
