@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build runner's container images without any container registry.
 #
-#   bash images/build-offline.sh            # base (cached by tag) + trainer + indextts-sim + server (Docker layer cache)
+#   bash images/build-offline.sh            # base (cached by tag) + trainer + indextts-sim + server (Docker layer cache),
+#                                           # checkpoint trainers, indextts-tiny (cached by tag)
 #   REBUILD=1 bash images/build-offline.sh  # ignore the cache
 #
 # The base image is made from Debian packages (debootstrap + `docker import`),
@@ -81,4 +82,23 @@ if [ -n "${REBUILD:-}" ] || [ ! -f "$cwheels/.complete" ] || [ "$here/checkpoint
 fi
 say "building $CKPT_TAG from $BASE_TAG"
 docker build -q --build-arg "BASE_IMAGE=$BASE_TAG" -t "$CKPT_TAG" "$here/checkpoint-trainers" >/dev/null
-say "ready: $BASE_TAG $TRAINER_TAG $INDEXTTS_SIM_TAG $SERVER_TAG $CKPT_TAG"
+# The tiny IndexTTS-2 GPT (real training on CPU with IndexTTS-2's own model class, for the incident's CI scenario):
+# wheels downloaded here with --no-deps (exact pins; indextts2-inference's model code on Debian's torch), then the
+# image builds its data, tokenizer and pretrained base model itself.  Cached by tag: the pretraining is not redone.
+TINY_TAG=${RUNNER_INDEXTTS_TINY_IMAGE:-indextts-tiny:latest}
+twheels="$here/indextts-tiny/wheels"
+if have_image "$TINY_TAG"; then
+  say "$TINY_TAG present, skipping (REBUILD=1 to force)"
+else
+  if [ -n "${REBUILD:-}" ] || [ ! -f "$twheels/.complete" ] || [ "$here/indextts-tiny/requirements.txt" -nt "$twheels/.complete" ]; then
+    say "downloading the tiny IndexTTS-2 image's wheels into $twheels"
+    rm -rf "$twheels" && mkdir -p "$twheels"
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
+      -d "$twheels" -r "$here/indextts-tiny/requirements.txt"
+    touch "$twheels/.complete"
+  fi
+  say "building $TINY_TAG from $BASE_TAG (makes its data and pretrains its base model: about a minute)"
+  docker build -q --build-arg "BASE_IMAGE=$BASE_TAG" -t "$TINY_TAG" "$here/indextts-tiny" >/dev/null
+fi
+say "ready: $BASE_TAG $TRAINER_TAG $INDEXTTS_SIM_TAG $SERVER_TAG $CKPT_TAG $TINY_TAG"
