@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 from runner import chain, faults, preconditions
 from runner.backends.base import Backend, ContainerState
@@ -247,6 +247,7 @@ class Engine:
         # runner's own state (the run store, the vault; the server adds its inbox): never mountable, in any mode
         self.state_paths = StatePaths.of(self.runs_dir)
         self._checked: Backend | None = None
+        self._pumped = 0.0  # monotonic time the log pump last passed lines on
         self.persistent = False  # the server keeps supervising through engine outages instead of detaching
         # Temporary launch errors (engine unreachable): first wait, doubling up to a minute.
         self.retry_base_s = 1.0
@@ -796,9 +797,18 @@ class Engine:
                 self._stop_async(container_id, plan.stop_grace)
             self.reporter.progress(f"{format_duration(elapsed)}  {plan.phase}  {state.status}")
             time.sleep(self.poll_s)
-        pump.join(timeout=10)
+        self._join_pump(pump)
         self._poll_metrics(plan, phase_id, sup)  # what was written just before the end
         return self.finish(phase_id, state, sup)
+
+    def _join_pump(self, pump: threading.Thread, quiet_s: float = 10.0) -> None:
+        """Wait for the log pump to read the ended container's output to its end: as long as it makes progress
+        (a flood still being read), and at most ``quiet_s`` seconds without any."""
+        self._pumped = time.monotonic()
+        while pump.is_alive():
+            pump.join(timeout=1.0)
+            if time.monotonic() - self._pumped > quiet_s:
+                return
 
     def _poll_metrics(self, plan: LaunchPlan, phase_id: int, sup: PhaseSession) -> None:
         sup.record_poll(self.reporter.info)
@@ -905,22 +915,33 @@ class Engine:
         last_line_at = time.time()
         writable = True
 
-        def emit(line: bytes, out: ContainerLog) -> None:
+        def emit_all(lines: list[bytes], out: ContainerLog) -> None:
+            """One write for a chunk's lines (a flood is written at disk speed), then each line to the parsers."""
             nonlocal writable
+            if not lines:
+                return
             if writable:
                 try:
-                    out.write(line + b"\n")
+                    out.write(b"\n".join(lines) + b"\n")
                 except OSError as exc:  # a full disk: the log file stops, the metrics and the view go on
                     writable = False
                     self.reporter.info(f"cannot write {log_path} ({exc}); the container's output is still "
                                        "read (`docker logs` has all of it)")
-            self._line(line.decode("utf-8", "replace"), sup)
+            for line in lines:
+                self._line(line.decode("utf-8", "replace"), sup)
+            self._pumped = time.monotonic()
+
+        def emit(line: bytes, out: ContainerLog) -> None:
+            emit_all([line], out)
 
         try:
             with ContainerLog(log_path, fresh=mode == "wb") as out:
                 while True:
                     splitter = LineSplitter()  # \n, \r\n or \r end a record; a record is cut at 1 MiB
+                    received = 0
                     for chunk in self.backend.logs(container_id, follow=True, since=since):
+                        received += len(chunk)
+                        batch = []
                         for line in splitter.feed(chunk):
                             if overlap is not None:
                                 if line in overlap:  # sent again after the reconnect
@@ -928,9 +949,17 @@ class Engine:
                                     continue
                                 overlap = None
                             recent.append(line)
+                            batch.append(line)
+                        if batch:
                             last_line_at = time.time()
-                            emit(line, out)
+                            emit_all(batch, out)
                     if not self._still_running(container_id):
+                        if since is None:
+                            # Output without a newline reaches the engine's log only when the container ends, and
+                            # a follow stream can end first: the whole log once more, past what was received.
+                            for rest in self._log_rest(container_id, received):
+                                for line in splitter.feed(rest):
+                                    emit(line, out)
                         for line in splitter.flush():
                             emit(line, out)
                         return
@@ -942,6 +971,18 @@ class Engine:
                     since, overlap = int(last_line_at) - 2, list(recent)
         except RunnerError as exc:
             self.reporter.info(f"log stream ended: {exc}")
+
+    def _log_rest(self, container_id: str, skip: int) -> Iterator[bytes]:
+        """An ended container's output after its first ``skip`` bytes, as chunks (none when it cannot be read)."""
+        try:
+            for chunk in self.backend.logs(container_id, follow=False):
+                if skip >= len(chunk):
+                    skip -= len(chunk)
+                    continue
+                yield chunk[skip:]
+                skip = 0
+        except RunnerError:
+            return
 
     def _still_running(self, container_id: str) -> bool:
         """After a log stream ends: does the container still run (waiting out an engine that restarts)?"""

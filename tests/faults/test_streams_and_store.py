@@ -1,0 +1,173 @@
+"""Rows 50-54, 57 and the smaller cases of issue 19 against the real engine: carriage-return progress, a log
+flood with a 30 MB line, a store locked or damaged, an undecodable inbox name, hostile metric names, run-id
+prefixes taken literally."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+from tests.faults.conftest import check_invariants, only_run, serve, status, wait_for
+from tests.integration.conftest import stop_server
+
+CR_TRAINER = r"""
+import math, sys, time
+for step in range(10, 610, 10):
+    loss = float('nan') if step >= 300 else 2.0 - step / 1000
+    sys.stdout.write(f'\rstep={step}, loss={loss}')
+    sys.stdout.flush()
+    time.sleep(0.02)
+time.sleep(1)
+"""
+STDOUT_METRICS = r"""
+metrics:
+  stdout: {step: 'step=(\d+)', patterns: {loss: 'loss=([-+.\deE]+|nan|inf)'}}
+  poll_interval: 0.2s
+guards:
+  - {metric: loss, non_finite: true}
+"""
+
+
+def test_row50_carriage_return_progress_is_parsed_record_by_record_and_nan_trips(cli, spec_for, docker_client):
+    spec = spec_for(["python3", "-c", CR_TRAINER], extra=STDOUT_METRICS)
+    out = cli("apply", spec, timeout=120)
+    assert out.returncode == 1, (out.returncode, out.stderr[-2000:])
+    run = only_run(cli)
+    doc = check_invariants(cli, run, docker_client)
+    (p,) = doc["phases"]
+    assert p["status"] == "failed" and "loss is nan at step 300" in p["reason"], p["reason"]
+    con = sqlite3.connect(cli.state)
+    steps = [r[0] for r in con.execute("SELECT step FROM metric_points WHERE name = 'loss' ORDER BY step")]
+    con.close()
+    assert steps[:3] == [10, 20, 30] and len(steps) >= 29  # every \r record, not one point
+
+
+FLOOD = r"""
+import sys
+out = sys.stdout.buffer
+for i in range(200000):
+    out.write(b'flood line %06d ........................................\n' % i)
+out.write(b'x' * (30 * 1024 * 1024))
+out.write(b'\nstep=1 loss=1.0\n')
+out.flush()
+"""
+
+
+def test_row51_a_flood_and_a_30mb_line_without_newline_reach_container_log_bounded(cli, spec_for, docker_client):
+    spec = spec_for(["python3", "-c", FLOOD])
+    out = cli("apply", spec, timeout=300, env={"RUNNER_LOG_MAX_BYTES": str(24 * 1024 * 1024)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    run = only_run(cli)
+    (p,) = status(cli, run)["phases"]
+    log = cli.state.parent / run / "p1" / "container.log"
+    older = log.with_name("container.log.1")
+    assert log.stat().st_size <= 24 * 1024 * 1024 and older.stat().st_size <= 24 * 1024 * 1024  # rotated at the cap
+    tail = log.read_bytes()
+    assert tail.endswith(b"step=1 loss=1.0\n")  # complete to the end
+    pieces = tail.split(b"\n")
+    assert max(len(x) for x in pieces) <= 1024 * 1024  # the 30 MB record cut into 1 MiB lines
+    assert sum(len(x) for x in pieces if set(x) == {ord("x")}) + older.read_bytes().count(b"x") >= 30 * 1024 * 1024 - 2 ** 21
+    (c,) = docker_client.containers.list(all=True, filters={"label": f"runner.run-id={run}"})
+    assert c.attrs["HostConfig"]["LogConfig"] == {"Type": "json-file", "Config": {"max-file": "2", "max-size": "100m"}}
+
+
+def test_row52_a_store_locked_for_45s_is_waited_out_and_the_phase_judged(cli, spec_for, docker_client):
+    spec = spec_for(["sh", "-c", "sleep 10; echo done"])
+    cli.state.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "--state", str(cli.state), "apply", spec],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for("the phase to run", lambda: cli.state.exists() and status(cli)["runs"] and
+             status(cli, only_run(cli))["phases"][0]["status"] == "running", timeout=60)
+    locked = threading.Event()
+
+    def hold():
+        con = sqlite3.connect(cli.state, timeout=60, isolation_level=None)
+        con.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        time.sleep(45)
+        con.execute("COMMIT")
+        con.close()
+
+    t = threading.Thread(target=hold)
+    t.start()
+    locked.wait(30)
+    try:
+        _out, err = proc.communicate(timeout=240)
+    finally:
+        t.join()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert "locked by another process; waiting" in err
+    doc = check_invariants(cli, only_run(cli), docker_client)
+    assert doc["phases"][0]["status"] == "succeeded"
+
+
+def test_row53_a_damaged_store_is_refused_for_writes_and_status_still_reads(cli, spec_for):
+    out = cli("apply", spec_for(["true"]), timeout=120)
+    assert out.returncode == 0, out.stderr
+    size = cli.state.stat().st_size
+    with open(cli.state, "r+b") as f:  # 8 KiB of random bytes into the middle of the file
+        f.seek(max(4096, size // 2))
+        f.write(os.urandom(8192))
+    before = cli.state.read_bytes()
+    out = cli("apply", spec_for(["true"], name="p2"), timeout=60)
+    assert out.returncode != 0 and "damaged" in out.stderr and "quick_check" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert cli.state.read_bytes() == before  # nothing written into it
+    out = cli("status", timeout=60)
+    assert "Traceback" not in out.stderr
+
+
+def test_row54_an_undecodable_inbox_name_is_rejected_and_the_others_run(cli, tmp_path, spec_for, docker_client):
+    inbox = cli.state.parent / "inbox"
+    library = tmp_path / "library"
+    library.mkdir()
+    log = tmp_path / "serve.log"
+    server = serve(cli, inbox, library, log)
+    try:
+        wait_for("the inbox", lambda: (inbox / "accepted").is_dir(), timeout=30)
+        bad = os.path.join(os.fsencode(inbox), b"bad-\xff\xfe.yaml")
+        with open(bad, "wb") as f:
+            f.write(open(spec_for(["true"], name="bad"), "rb").read())
+        text = open(spec_for(["true"], name="good")).read()
+        (inbox / ".good.tmp").write_text(text)
+        os.replace(inbox / ".good.tmp", inbox / "good.yaml")
+        wait_for("the good drop accepted", lambda: any((inbox / "accepted").iterdir()), timeout=60)
+        rejected = sorted(os.listdir(inbox / "rejected"))
+        assert any(n.startswith("bad-") and n.endswith(".yaml") for n in rejected), rejected
+        assert any(n.endswith(".error.txt") and "not valid UTF-8" in (inbox / "rejected" / n).read_text() for n in rejected)
+        run = only_run(cli)
+        wait_for("the good run to end", lambda: status(cli, run)["phases"] and status(cli, run)["phases"][0]["status"]
+                 == "succeeded", timeout=120)
+        assert server.poll() is None, log.read_text()[-2000:]
+    finally:
+        stop_server(server)
+
+
+def test_row57_hostile_metric_names_render_literally(cli, spec_for, tmp_path):
+    trainer = "import sys\nfor s in range(1, 30):\n    print(f'step {s} v {1.0/s}', flush=True)\n"
+    extra = ("metrics:\n  stdout: {step: 'step (\\d+)', patterns: {'$\\foo$': 'v ([-+.\\deE]+)', "
+             "'<script>alert(1)</script>': 'v ([-+.\\deE]+)'}}\n")
+    out = cli("apply", spec_for(["python3", "-c", trainer], extra=extra), timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    run = only_run(cli)
+    report = tmp_path / "report.html"
+    out = cli("report", run, "--output", str(report), timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    html = report.read_text()
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
+
+
+def test_run_id_prefixes_are_literal_not_like_patterns(cli, spec_for):
+    out = cli("apply", spec_for(["true"]), timeout=120)
+    assert out.returncode == 0, out.stderr
+    run = only_run(cli)
+    wild = run[:-2] + "_" + run[-1]
+    out = cli("status", wild)
+    assert out.returncode == 1 and "no run" in out.stderr, (out.returncode, out.stderr)
+    out = cli("status", run[:-1])
+    assert out.returncode == 0
