@@ -89,6 +89,14 @@ class PhaseSession(Supervision):
             else:
                 new[name] = (steps, values, walls)
         try:
+            for name, (step, file) in self.sources.restarted.items():
+                self.store.drop_metrics_from(self.phase_id, name, step)
+                message = (f"{name}: {file} starts again at step {step:,} below steps already logged (a new writer in the "
+                           f"same logdir: a restarted or resumed trainer); the phase judges the newest writer's steps, "
+                           f"as TensorBoard shows them: the older run's points from step {step:,} on are dropped")
+                self.store.event(self.run_id, self.phase_id, "metrics.restarted", message,
+                                 {"metric": name, "step": step, "file": file})
+                say(f"WARNING: {message}")
             if new:
                 self.store.save_metrics(self.phase_id, new, self.sources.offsets())
             self.unsaved = {}

@@ -390,6 +390,11 @@ class Store:
         with self.tx() as db:
             _event(db, run_id, phase_id, kind, message, data or {})
 
+    def drop_metrics_from(self, phase_id: int, name: str, step: int) -> None:
+        """Forget a metric's points at ``step`` and after (an abandoned run's, once a new writer restarted)."""
+        with self.tx() as db:
+            db.execute("DELETE FROM metric_points WHERE phase_id = ? AND name = ? AND step >= ?", (phase_id, name, step))
+
     def save_metrics(self, phase_id: int, points: dict, offsets: dict[str, int]) -> None:
         """New metric points (newest write wins per step) and source offsets, in one transaction,
         so a restarted runner resumes reading where the points end."""

@@ -78,6 +78,11 @@ class Supervision:
                 for name, value in values.items():
                     _merge(new, name, np.array([step]), np.array([value]), np.array([wall]))
                     self.metrics.add(name, [step], [value], [wall])
+        if self.sources.restarted:
+            # The guards judged the abandoned run's steps too: judged again, from the start, on the series as
+            # they are now (the newest writer's steps from the restart on).
+            self.guards = Guards(self.phase.guards, self.phase.stop_at, self.phase.expect)
+            new = {name: (s.steps, s.values, s.walls) for name, s in self.metrics.series.items() if len(s)}
         before = self.guards.last_step
         trip = self.guards.feed(new)
         if self.guards.last_step is not None and self.guards.last_step != before:

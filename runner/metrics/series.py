@@ -74,6 +74,11 @@ class Series:
         self._walls[self._n : need] = walls
         self._n = need
 
+    def truncate_from(self, step: int) -> None:
+        """Drop every point at ``step`` and after (an abandoned run's, once a new writer restarted there)."""
+        keep = int(np.searchsorted(self.steps, step, side="left"))
+        self._n = min(self._n, keep)
+
     def last(self) -> tuple[int, float] | None:
         if not self._n:
             return None

@@ -17,6 +17,9 @@ import numpy as np
 
 from runner.metrics.series import MetricSet
 from runner.metrics.tensorboard import parse_records
+from runner.safefs import open_regular
+
+READ_BYTES = 16 * 1024 * 1024  # an event file is read this much at a time
 
 Points = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
 
@@ -43,6 +46,12 @@ class LogdirReader:
         self.offsets: dict[str, int] = {}
         self.scalar_tags: dict[str, str] = {}
         self.problems: list[str] = []
+        self.broken: set[str] = set()  # files with a corrupt header: not read again
+        # A new writer whose file starts at or below steps an older file already logged (a trainer restarted
+        # or resumed into the same logdir): like TensorBoard, the newer run's steps replace the older run's
+        # from there on.  name → (file that last logged it, its highest step); restarts: name → from step.
+        self.writer: dict[str, tuple[str, int]] = {}
+        self.restarts: dict[str, tuple[int, str]] = {}
 
     def files(self) -> list[Path]:
         if self.only is not None:
@@ -59,31 +68,62 @@ class LogdirReader:
         out: Points = {}
         for path in self.files():
             key = str(path)
+            if key in self.broken:
+                continue
             offset = self.offsets.get(key, 0)
             try:
-                size = path.stat().st_size
-                if size < offset:
-                    self.problems.append(f"{path}: file shrank from {offset} to {size} bytes; reading it again from the start")
-                    offset = 0
-                if size == offset:
-                    continue
-                with open(path, "rb") as f:
-                    f.seek(offset)
-                    data = f.read(size - offset)
+                with open_regular(path) as f:  # never a symlink out of the logdir, never a FIFO
+                    size = os.fstat(f.fileno()).st_size
+                    if size < offset:
+                        self.problems.append(f"{path}: file shrank from {offset} to {size} bytes; reading it again from the start")
+                        offset = 0
+                    # In pieces of READ_BYTES: memory stays bounded whatever the file (a 1 GiB sparse file, a flood).
+                    while offset < size:
+                        f.seek(offset)
+                        data = f.read(min(size - offset, READ_BYTES))
+                        chunk, consumed = parse_records(data, key, offset, self.scalar_tags)
+                        self.problems += chunk.problems
+                        self._add(out, path, chunk)
+                        if chunk.corrupt:  # nothing after a corrupt header can be framed: the file is read no more
+                            self.broken.add(key)
+                            break
+                        if consumed == 0:
+                            if len(data) < READ_BYTES:
+                                break  # a record still being written
+                            # One record larger than a piece (an image, a histogram: never a scalar): skipped unread
+                            # once it is all there (its header passed its CRC above).
+                            length = int.from_bytes(data[:8], "little")
+                            if offset + 16 + length > size:
+                                break
+                            offset += 16 + length
+                            continue
+                        offset += consumed
+                    self.offsets[key] = offset
             except OSError as exc:
                 self.problems.append(f"{path}: {exc.strerror or exc}")
                 continue
-            chunk, consumed = parse_records(data, key, offset, self.scalar_tags)
-            self.offsets[key] = offset + consumed
-            self.problems += chunk.problems
-            # Like TensorBoard, a subfolder is a run of its own: its tags are "SUBFOLDER/TAG".
-            rel = os.path.relpath(path.parent, self.logdir)
-            for tag, (s, v, w) in chunk.points.items():
-                qualified = tag if rel == "." else f"{rel}/{tag}"
-                name = (self.names.get(qualified) or self.names.get(tag)) if self.names else qualified
-                if name is not None:
-                    _merge(out, name, s, v, w)
         return out
+
+    def _add(self, out: Points, path: Path, chunk) -> None:
+        # Like TensorBoard, a subfolder is a run of its own: its tags are "SUBFOLDER/TAG".
+        rel = os.path.relpath(path.parent, self.logdir)
+        for tag, (s, v, w) in chunk.points.items():
+            qualified = tag if rel == "." else f"{rel}/{tag}"
+            name = (self.names.get(qualified) or self.names.get(tag)) if self.names else qualified
+            if name is None or not len(s):
+                continue
+            key, first, last = str(path), int(np.min(s)), int(np.max(s))
+            prev = self.writer.get(name)
+            if prev is not None and prev[0] != key and first <= prev[1]:
+                self.restarts[name] = (min(first, self.restarts.get(name, (first, ""))[0]), key)
+                if name in out:  # the older run's points of this same read, from the restart on
+                    ps, pv, pw = out[name]
+                    keep = ps < first
+                    out[name] = (ps[keep], pv[keep], pw[keep])
+                self.writer[name] = (key, last)
+            else:
+                self.writer[name] = (key, max(last, prev[1]) if prev is not None and prev[0] == key else last)
+            _merge(out, name, s, v, w)
 
 
 def _created(path: Path) -> float:
@@ -191,15 +231,22 @@ class Sources:
         self.jsonl = jsonl
         self.stdout = stdout
         self.metrics = MetricSet()
+        self.restarted: dict[str, tuple[int, str]] = {}  # the last poll's restarts: name → (from step, new file)
 
     def poll(self) -> Points:
-        """New points since the last poll (also added to ``self.metrics``)."""
+        """New points since the last poll (also added to ``self.metrics``).  When a new writer restarted a
+        metric's steps, the older run's points from there on are dropped first (``restarted`` says which)."""
         new: Points = {}
         for src in (self.tensorboard, self.jsonl, self.stdout):
             if src is None:
                 continue
             for name, (s, v, w) in src.poll().items():
                 _merge(new, name, s, v, w)
+        self.restarted = {}
+        if self.tensorboard is not None and self.tensorboard.restarts:
+            self.restarted, self.tensorboard.restarts = self.tensorboard.restarts, {}
+            for name, (step, _file) in self.restarted.items():
+                self.metrics.get(name).truncate_from(step)
         for name, (s, v, w) in new.items():
             self.metrics.add(name, s, v, w)
         return new
@@ -238,4 +285,8 @@ def read_scalars(path: str | Path, tags: list[str] | tuple[str, ...] = ()) -> tu
     for name, (st, v, w) in reader.poll().items():
         if not tags or name in tags:
             metrics.add(name, st, v, w)
-    return metrics, reader.problems
+    problems = list(reader.problems)
+    for name, (step, file) in (reader.restarts.items() if isinstance(reader, LogdirReader) else ()):
+        problems.append(f"{name}: {file} starts again at step {step:,} below steps an older event file logged (another "
+                        f"run in the same logdir); the newest writer's steps are used from step {step:,} on")
+    return metrics, problems

@@ -281,6 +281,7 @@ class Chunk:
     points: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     records: int = 0
+    corrupt: bool = False  # a header failed its CRC (or is absurd): nothing after it can be framed
 
 
 def parse_records(data: bytes, file: str = "", base: int = 0, scalar_tags: dict[str, str] | None = None) -> tuple[Chunk, int]:
@@ -296,7 +297,8 @@ def parse_records(data: bytes, file: str = "", base: int = 0, scalar_tags: dict[
         # still being written, a corruption.  Said once; the bytes after it cannot be framed.
         length = int.from_bytes(data[consumed:consumed + 8], "little")
         chunk.problems.append(f"{file}: corrupt record header at byte {base + consumed} (length field {length:,} bytes, "
-                              "its CRC does not match); the rest of the file as it is now is not read")
+                              "its CRC does not match); the rest of the file is not read")
+        chunk.corrupt = True
         tail = len(data)
     else:
         tail = consumed
@@ -314,6 +316,7 @@ def parse_records(data: bytes, file: str = "", base: int = 0, scalar_tags: dict[
     if bad_header.size:
         first = int(bad_header[0])
         chunk.problems.append(f"{file}: corrupt record header at byte {base + int(offsets[first])}; the rest of the file is not read")
+        chunk.corrupt = True
         offsets, lengths = offsets[:first], lengths[:first]
         consumed = len(data)  # never re-read past a corrupt header
         uniq = np.unique(lengths)

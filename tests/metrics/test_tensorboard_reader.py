@@ -162,7 +162,8 @@ def test_crc_failure_is_reported_and_skipped(tmp_path):
 
 
 def test_resumed_run_newest_write_wins(tmp_path):
-    """A second event file that starts at a lower step overrides those steps; later steps stay."""
+    """A second event file that starts at a lower step replaces the older run from there on, as TensorBoard
+    shows it (FAULTS row 55: the later steps of the abandoned run must not decide)."""
     from torch.utils.tensorboard import SummaryWriter
     from runner.metrics.series import MetricSet
 
@@ -179,7 +180,7 @@ def test_resumed_run_newest_write_wins(tmp_path):
         metrics.add(name, s, v, wt)
     series = metrics.series["loss"]
     got = dict(zip(series.steps.tolist(), series.values.tolist()))
-    assert got == {0: 10.0, 10: 20.0, 20: 30.0, 30: 40.0, 40: 50.0, 50: -50.0, 60: -60.0, 70: -70.0, 80: 90.0, 90: 100.0}
+    assert got == {0: 10.0, 10: 20.0, 20: 30.0, 30: 40.0, 40: 50.0, 50: -50.0, 60: -60.0, 70: -70.0}
 
 
 def test_tags_map_to_short_names_and_subfolders_are_read(tmp_path):
@@ -222,3 +223,60 @@ def test_a_corrupt_length_field_is_a_recorded_corruption_not_a_silent_stop(tmp_p
     w.close()
     later = reader.poll()
     assert 999999 in later["train/text_loss"][0].tolist()
+
+
+def _writer_run(logdir, steps, value):
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(logdir))
+    for s in steps:
+        w.add_scalar("train/loss", value + s * 1e-4, s)
+    w.close()
+
+
+def test_row55_a_new_writer_restarting_at_step_1_replaces_the_older_runs_steps(tmp_path):
+    import time
+
+    from runner.metrics.sources import Sources, read_scalars
+
+    _writer_run(tmp_path, range(1, 201), 1.49)  # the abandoned run
+    time.sleep(1.1)  # event file names carry their creation second
+    _writer_run(tmp_path, range(1, 51), 3.5)  # a new writer in the same logdir starts again
+    metrics, problems = read_scalars(tmp_path, ["train/loss"])
+    s = metrics.series["train/loss"]
+    assert s.steps.tolist() == list(range(1, 51)) and s.values.min() > 3.4  # only the newest writer's steps
+    assert any("starts again at step 1" in p for p in problems)
+    # live, across polls: the old run read first, the new writer appearing later
+    live = tmp_path / "live"
+    live.mkdir()
+    _writer_run(live, range(1, 201), 1.49)
+    src = Sources(tensorboard=LogdirReader(live, {"loss": "train/loss"}))
+    src.poll()
+    assert src.metrics.series["loss"].last()[0] == 200 and not src.restarted
+    time.sleep(1.1)
+    _writer_run(live, range(1, 51), 3.5)
+    src.poll()
+    assert src.restarted == {"loss": (1, src.restarted["loss"][1])}
+    s = src.metrics.series["loss"]
+    assert s.steps.tolist() == list(range(1, 51)) and s.values.min() > 3.4
+
+
+def test_row56_a_1gib_sparse_event_file_is_read_with_bounded_memory_and_reported(tmp_path):
+    import resource
+    import time
+
+    _writer_run(tmp_path, range(1, 11), 1.0)
+    sparse = tmp_path / "events.out.tfevents.9999999999.host.1.0"
+    with open(sparse, "wb") as f:
+        f.truncate(1024 ** 3)
+    reader = LogdirReader(tmp_path)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.monotonic()
+    points = reader.poll()
+    took = time.monotonic() - t0
+    grew_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert points["train/loss"][0].tolist() == list(range(1, 11))  # the real file still read
+    assert any("corrupt record header at byte 0" in p for p in reader.problems)
+    assert grew_mb < 200 and took < 5, (grew_mb, took)
+    reader.problems.clear()
+    assert reader.poll() == {} and reader.problems == []  # not read again, not reported again
