@@ -5,8 +5,9 @@ A fine-tune whose LR is too high (1.0, reached through a long warmup: a fresh Ad
 steps, then the model collapses, text_loss ~1.5 → 3.5+) really diverges → the divergence guard trips → phase 1
 starts from the vault's best checkpoint at a really lower LR (1e-3, fresh optimizer and schedule through
 --base-checkpoint, checked on the `lr` metric runner read from the [Train] lines) → the validation loss recovers
-→ phase 2.  Inputs only say where it runs and shrink the schedules (the guards and criteria are the shipped ones).
-About 3 minutes on 2 cores."""
+→ phase 2.  And from an already collapsed checkpoint: phase 1 plateaus → restart from the base model.
+Inputs only say where it runs and shrink the schedules (the guards and criteria are the shipped ones).
+About 3.5 minutes on 2 cores."""
 import hashlib
 import json
 
@@ -92,3 +93,51 @@ def test_too_high_lr_diverges_guard_trips_phase1_from_the_vaulted_best_at_a_lowe
     assert p2["status"] == "succeeded", p2["explanation"]
     print(json.dumps({"finetune_vals": scored, "best": best, "phase1_val": p1_val,
                       "trip": ft["reason"], "phase1": p1["explanation"], "phase2": p2["explanation"]}, indent=1))
+
+
+def test_from_a_collapsed_checkpoint_phase1_plateaus_and_the_chain_restarts_from_the_base(tiny, cli, docker_client):
+    """The plan as it was run by hand: phase 1 from a checkpoint that had already collapsed (a fine-tune at 3e-2
+    for 100 steps, fresh AdamW, no warmup) at a low LR barely moves — a real plateau — so the chain restarts from
+    the base model, which trains again."""
+    base = tiny / "models" / "gpt.pth"
+    collapsed_dir = tiny / "collapsed"
+    docker_client.containers.run(
+        TINY_IMAGE, ["python", "trainers/train_gpt_v2.py", "--train-manifest", "data/train.jsonl", "--val-manifest",
+                     "data/val.jsonl", "--tokenizer", "checkpoints/bpe.model", "--base-checkpoint", str(base),
+                     "--learning-rate", "3e-2", "--warmup-steps", "0", "--max-steps", "100", "--output-dir", str(collapsed_dir)],
+        volumes={str(tiny): {"bind": str(tiny), "mode": "rw"}}, remove=True)
+    collapsed = collapsed_dir / "model_step100.pth"
+    base_sha256 = sha256(base)
+    given = {
+        "image": TINY_IMAGE, "gpus": 0, "data_dir": tiny / "data", "base_model": base, "start_from": collapsed,
+        "train_manifest": f"{IN_IMAGE}/data/train.jsonl", "val_manifest": f"{IN_IMAGE}/data/val.jsonl",
+        "min_checkpoint_size": "100k", "disk_needed": "1GiB", "validate_every": 1, "log_interval": 10,
+        "phase1_learning_rate": "1e-4", "phase1_warmup_steps": 20, "phase1_steps": 600,
+        "restart_learning_rate": "1e-3", "restart_warmup_steps": 20, "restart_epochs": 4,
+    }
+    args = [a for k, v in given.items() for a in ("--input", f"{k}={v}")]
+    out = cli("apply", str(REPO / "specs" / "indextts" / "phase1.yaml"), *args, timeout=600)
+    (run,) = json.loads(cli("status", "--output", "json").stdout)["runs"]
+    run = json.loads(cli("status", run["id"], "--output", "json").stdout)
+    assert [p["name"] for p in run["phases"]] == ["indextts-phase1-validate-lr", "indextts-restart-from-base"], out.stdout[-3000:]
+    p1, restart = run["phases"]
+
+    # Phase 1 plateaued far above the target: no recovery at 1e-4 from a collapsed model.
+    assert p1["verdict"] == "failure" and "reached its planned end at step 600" in p1["reason"], p1["explanation"]
+    assert "✗ mean(text_loss, last 500 steps) < 1.8" in p1["explanation"]
+    assert p1["outputs"]["metrics"]["text_loss"]["mean"] > 2.5
+    assert p1["outputs"]["metrics"]["lr"]["max"] == pytest.approx(1e-4, rel=0.01)
+    p1_val = [c["metrics"]["val_text_loss"]["value"] for c in
+              json.loads(cli("checkpoints", run["id"], "indextts-phase1-validate-lr", "--output", "json").stdout)["checkpoints"]
+              if "val_text_loss" in c["metrics"]]
+    assert p1_val and min(p1_val) > 2.5, p1_val
+
+    # The restart got the base model itself (bytes unchanged), at its own LR, and trained again.
+    assert restart["inputs"]["base_model"] == str(base) and sha256(base) == base_sha256
+    assert restart["outputs"]["metrics"]["lr"]["max"] == pytest.approx(1e-3, rel=0.01)
+    r_val = [c["metrics"]["val_text_loss"]["value"] for c in
+             json.loads(cli("checkpoints", run["id"], "indextts-restart-from-base", "--output", "json").stdout)["checkpoints"]
+             if "val_text_loss" in c["metrics"]]
+    assert r_val and min(r_val) < 1.6 < min(p1_val) - 1.0, (r_val, p1_val)
+    # (Its own target, text_loss below 0.9, is the full-size model's: the tiny one's synthetic text stays above it.)
+    print(json.dumps({"phase1_val": p1_val, "restart_val": r_val, "restart": restart["explanation"]}, indent=1))
