@@ -45,6 +45,13 @@ REAL_FLAGS = [
     ("--resume", str, "", False, "store"),
     ("--seed", int, 1234, False, "store"),
 ]
+# A later revision of the same script (seen in the public repository after training_v2's head) repeats the manifest
+# flags (action="append") and adds these; the chain's command lines must parse there too.
+LATER_EXTRA = [("--gradient-checkpointing", None, False, False, "store_true"),
+               ("--optim-8bit", None, False, False, "store_true"),
+               ("--use-duration-control", None, False, False, "store_true"),
+               ("--duration-dropout", float, 0.3, False, "store")]
+
 # Flags the chain's specs once passed, which the real script does not have (it exits 2 on them).
 # (--warmup is not among them: argparse's prefix matching, on in the real parser, reads it as --warmup-steps.)
 NOT_REAL = ["--save-every", "--keep-last", "--logdir", "--train-steps", "--speed", "--log-every", "--epoch-steps"]
@@ -69,6 +76,18 @@ def real_parser() -> RealParser:
     return p
 
 
+def later_parser() -> RealParser:
+    p = RealParser(prog="train_gpt_v2.py")
+    for flag, type_, default, required, action in REAL_FLAGS + LATER_EXTRA:
+        if action == "store_true":
+            p.add_argument(flag, action="store_true")
+        elif flag in ("--train-manifest", "--val-manifest"):
+            p.add_argument(flag, action="append", type=str, required=True)
+        else:
+            p.add_argument(flag, type=type_, default=default, required=required)
+    return p
+
+
 def planned(spec: str, tmp_path) -> tuple:
     """The (trainer argv, validation argv) runner plans for `spec` from its default inputs."""
     loaded = load_spec(SPECS / spec)
@@ -86,6 +105,8 @@ def test_every_planned_command_line_parses_with_the_real_trainers_flags(spec, tm
     unknown = [a for a in argv[2:] if a.startswith("--") and a not in known]
     assert not unknown, f"{spec}: flags the real trainer lacks: {unknown}"
     args = real_parser().parse_args(argv[2:])  # raises Rejected (what would be exit 2) otherwise
+    later = later_parser().parse_args(argv[2:])
+    assert later.train_manifest == [str(args.train_manifest)] and later.learning_rate == args.learning_rate
     # Base and lower-LR phases start through --base-checkpoint (weights only, a fresh optimizer and schedule
     # at --learning-rate); --resume would restore the checkpoint's scheduler and ignore the LR.
     assert args.resume == "" and "--resume" not in argv
