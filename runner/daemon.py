@@ -43,6 +43,7 @@ from runner.store import Store
 HEARTBEAT_S = 2.0
 NOTIFY_KINDS = ("phase.succeeded", "phase.failed", "phase.inconclusive", "phase.lost", "phase.error", "phase.blocked",
                 "guard.tripped", "checkpoint.missed")
+RETRY_DRIVE_S = 30.0  # a run whose thread ended on an error while its phase is active is carried on after this
 SERVER_SOURCES_SKIPPED = ("apply",)  # runs a foreground `runner apply` owns (re-adopt them with `runner attach`)
 
 
@@ -162,6 +163,7 @@ class Server:
         self.scheduler = Scheduler(gpus, cpu_slots, self._rank, self._note)
         self.inbox = Inbox(inbox, store, quiet=quiet) if inbox else None
         self.threads: dict[str, threading.Thread] = {}
+        self._retry_at: dict[str, float] = {}  # run id → monotonic time before which an ended thread is not restarted
         self.started_at = time.time()
         self._notified = 0
 
@@ -288,9 +290,19 @@ class Server:
     # ------------------------------------------------------------------ runs
 
     def _start_queued(self) -> None:
-        for sub in self.store.submissions(("queued", "started")):
-            run_id = sub["run_id"]
-            if sub["source"] in SERVER_SOURCES_SKIPPED or run_id in self.threads:
+        runs = [sub["run_id"] for sub in self.store.submissions(("queued", "started"))
+                if sub["source"] not in SERVER_SOURCES_SKIPPED]
+        # A run this server owns whose phase is still active is driven whatever its submission says (a thread
+        # that ended on an error — the store locked for too long — must not orphan a running phase): after a
+        # pause, so a fault that persists is not retried in a tight loop.
+        now = time.monotonic()
+        for row in self.store.active_phases():
+            if row["run_id"] not in runs and self._owned(row["run_id"]) and self._retry_at.get(row["run_id"], 0.0) <= now:
+                runs.append(row["run_id"])
+        for run_id in runs:
+            if run_id in self.threads and self.threads[run_id].is_alive():
+                continue
+            if run_id in self.threads and self._retry_at.get(run_id, 0.0) > now:
                 continue
             t = threading.Thread(target=self._drive, args=(run_id,), name=f"run-{run_id}", daemon=True)
             self.threads[run_id] = t
@@ -305,10 +317,15 @@ class Server:
         except (SpecError, RunnerError) as exc:
             if self.stopping.is_set():
                 return
+            self._retry_at[run_id] = time.monotonic() + RETRY_DRIVE_S
+            if any(p["status"] in ("launching", "running", "detached") for p in self.store.phases(run_id)):
+                self.say(f"[{run_id}] {exc}; its phase is still active: carried on in {RETRY_DRIVE_S:.0f} s")
+                return
             self.store.set_submission(run_id, "done", f"error: {exc}")
             self.say(f"[{run_id}] run ended with an error: {exc}")
             return
         except Exception as exc:  # a bug: record it, keep serving the other runs
+            self._retry_at[run_id] = time.monotonic() + RETRY_DRIVE_S
             self.say(f"[{run_id}] internal error: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
             if not self.stopping.is_set():
                 self.store.set_submission(run_id, "done", f"internal error: {type(exc).__name__}: {exc}")

@@ -109,6 +109,22 @@ def _ignoring_sigint():
         signal.signal(signal.SIGINT, previous)
 
 
+@contextlib.contextmanager
+def _deferring_sigint():
+    """Ctrl-C while a container is being created: remembered (the event returned), not raised in the middle
+    of the create/record steps (where it would leave a container nobody stops); the caller acts on it once
+    the launch is settled.  Outside the main thread (the server) nothing changes."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: flag.set())
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class Slots(Protocol):
     """Who may launch now.  The server's scheduler hands out GPU ids and CPU slots in queue order."""
 
@@ -248,6 +264,7 @@ class Engine:
         self.state_paths = StatePaths.of(self.runs_dir)
         self._checked: Backend | None = None
         self._pumped = 0.0  # monotonic time the log pump last passed lines on
+        self._interrupt_pending = False  # a Ctrl-C deferred through a launch, acted on by the follow loop
         self.persistent = False  # the server keeps supervising through engine outages instead of detaching
         # Temporary launch errors (engine unreachable): first wait, doubling up to a minute.
         self.retry_base_s = 1.0
@@ -300,6 +317,23 @@ class Engine:
         step reads the recorded state and does the next thing, and every step is
         recorded before its side effect, so a runner killed anywhere resumes here
         without launching anything twice or deciding a chain twice."""
+        try:
+            return self._drive(run_id, detach)
+        except KeyboardInterrupt:
+            # Ctrl-C before a phase's container was created (waiting for its turn, checking preconditions): the
+            # phase is cancelled, not left pending for the next runner to launch.
+            # Between two steps (after the launch was recorded, before following it): stopped like any Ctrl-C.
+            with _ignoring_sigint():
+                for p in self.store.phases(run_id):
+                    if p["status"] == "pending":
+                        self.store.transition(p["id"], "cancelled", "Ctrl-C before the container was created",
+                                              expect=frozenset({"pending"}), finished_at=time.time())
+                    elif p["status"] in ("launching", "running") and not self.persistent:
+                        self.reporter.info(f"Ctrl-C: stopping phase {p['name']}")
+                        self.cancel(p["id"])
+            raise
+
+    def _drive(self, run_id: str, detach: bool) -> RunResult:
         run = RunResult(run_id)
         while not self.detach_requested.is_set():
             if self.store.submission_state(run_id) == "cancelled" and not any(
@@ -414,11 +448,23 @@ class Engine:
                 return self._result(phase_id)
             sup = PhaseSession.fresh(self.store, self.backend, phase_id, phase, folder, plan, self.reporter.info)
             sup.start()  # watching checkpoints before the trainer starts: none can slip by
-            try:
-                container_id = self._launch_retrying(phase_id, plan)
-            except BaseException:
-                sup.stop()
-                raise
+            with _deferring_sigint() as interrupted:
+                try:
+                    if self.store.phase(phase_id)["status"] == "pending" and interrupted.is_set():
+                        raise KeyboardInterrupt
+                    container_id = self._launch_retrying(phase_id, plan)
+                except KeyboardInterrupt:
+                    sup.stop()
+                    self.store.transition(phase_id, "cancelled", "Ctrl-C before the container was created",
+                                          expect=frozenset({"pending"}), finished_at=time.time())
+                    raise
+                except BaseException:
+                    sup.stop()
+                    raise
+            if interrupted.is_set():
+                # Ctrl-C arrived while the container was being created: it is stopped like any Ctrl-C
+                # (supervise's handler), now that runner knows which container it is.
+                self._interrupt_pending = True
             if detach:
                 sup.stop()  # `runner attach` (or the server) takes over; rescans find what was written meanwhile
                 self.reporter.info(f"detached: container {container_id[:12]} runs on; follow with `runner logs {run_id} -f`")
@@ -717,6 +763,9 @@ class Engine:
         remote = getattr(self.backend, "remote", False)
         dated = not remote  # a remote job's clocks are set from its scheduler's start time, once
         while True:
+            if self._interrupt_pending:
+                self._interrupt_pending = False
+                raise KeyboardInterrupt  # a Ctrl-C deferred through the launch (supervise stops the container)
             if self.detach_requested.is_set():
                 self.store.transition(phase_id, "detached", "runner left; the container keeps running", expect=ACTIVE)
                 return self._result(phase_id)

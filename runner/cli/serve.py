@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
+import threading
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -62,6 +64,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
         parse_address(args.http)
     state = _common.state(args)
     runs_dir = state.parent.resolve()
+    if state.exists():
+        damaged = Store(state).corrupt
+        if damaged:
+            return _refuse_damaged(state, damaged, console)
     lock = ServerLock(runs_dir)
     if not lock.acquire():
         running = find_server(runs_dir) or {}
@@ -106,4 +112,18 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 web.stop()
     finally:
         lock.release()
+    return 0
+
+
+def _refuse_damaged(state: Path, damaged: str, console: Console) -> int:
+    """A damaged store: nothing is written into it, and the server does not exit (under compose's restart policy an
+    exit would be a crash loop): it says why once a minute until it is stopped, and exits 0 then."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    while not stop.is_set():
+        print(f"runner serve: the run store {state} is damaged (PRAGMA quick_check: {damaged[:300]}); nothing is "
+              "written into it and no phase is started. Move it aside (a new store starts empty) or restore it from a "
+              "backup, then restart the server. `runner status` still reads what it can.", file=sys.stderr, flush=True)
+        stop.wait(60)
     return 0

@@ -145,9 +145,9 @@ class JsonlReader:
     def poll(self) -> Points:
         out: Points = {}
         try:
-            with open(self.path, "rb") as f:
+            with open_regular(self.path) as f:  # never a symlink out of the phase folder, never a FIFO
                 f.seek(self.offset)
-                data = f.read()
+                data = f.read(READ_BYTES)  # bounded: the rest on the next poll
         except FileNotFoundError:
             return out
         except OSError as exc:
@@ -155,6 +155,9 @@ class JsonlReader:
             return out
         end = data.rfind(b"\n")
         if end < 0:
+            if len(data) >= READ_BYTES:  # one line longer than a piece: not a metrics record, skipped
+                self.problems.append(f"{self.path}: a line of more than {READ_BYTES:,} bytes at byte {self.offset:,}; skipped")
+                self.offset += len(data)
             return out
         self.offset += end + 1
         now = time.time()

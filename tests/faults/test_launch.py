@@ -117,3 +117,45 @@ def test_row39_sigkill_of_apply_during_launch(cli, tmp_path, spec_for, docker_cl
         assert c.status != "running", "`runner stop` left the container training"
         assert doc["phases"][0]["container_id"] == c.id
     assert doc["phases"][0]["status"] not in ("pending", "launching", "running", "detached")
+
+
+@pytest.mark.parametrize("moment", ["phase.pending", "phase.launching", "phase.running"])
+def test_row58_ctrl_c_at_each_recorded_transition_of_launch_stops_everything_on_a_loaded_machine(
+        cli, spec_for, docker_client, moment):
+    import sqlite3
+
+    script = "import signal,sys,time\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\ntime.sleep(300)\n"
+    spec = spec_for(["python3", "-c", script], container_extra="stop_grace_period: 5s\n")
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]  # both cores busy
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "--state", str(cli.state), "apply", spec],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 90
+        seen = False
+        while time.monotonic() < deadline and proc.poll() is None and not seen:
+            if cli.state.exists():
+                try:
+                    con = sqlite3.connect(f"file:{cli.state}?mode=ro", uri=True, timeout=1)
+                    seen = con.execute("SELECT 1 FROM events WHERE kind = ?", (moment,)).fetchone() is not None
+                    con.close()
+                except sqlite3.Error:
+                    pass
+            if not seen:
+                time.sleep(0.005)
+        assert seen, f"{moment} never recorded"
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        for b in burners:
+            b.kill()
+    assert proc.returncode == 130, (proc.returncode, err[-3000:])
+    assert took < 5 + 20, took  # the grace period, and room for the loaded machine
+    run = only_run(cli)
+    for c in run_containers(docker_client, run):
+        c.reload()
+        assert c.status != "running", c.status
+    doc = check_invariants(cli, run, docker_client)
+    (p,) = doc["phases"]
+    assert p["status"] == "cancelled", (p["status"], p["reason"])

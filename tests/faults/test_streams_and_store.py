@@ -171,3 +171,56 @@ def test_run_id_prefixes_are_literal_not_like_patterns(cli, spec_for):
     assert out.returncode == 1 and "no run" in out.stderr, (out.returncode, out.stderr)
     out = cli("status", run[:-1])
     assert out.returncode == 0
+
+
+def test_row52_a_restarted_server_drives_every_owned_active_phase_whatever_its_submission_says(cli, tmp_path, spec_for,
+                                                                                             docker_client):
+    # The server's thread for a run ended on an error (the store locked too long) and marked it done while its
+    # phase ran on: a restarted server must still re-adopt and judge the phase.
+    inbox = cli.state.parent / "inbox"
+    library = tmp_path / "library"
+    library.mkdir()
+    log = tmp_path / "serve.log"
+    server = serve(cli, inbox, library, log)
+    try:
+        wait_for("the inbox", lambda: (inbox / "accepted").is_dir(), timeout=30)
+        text = open(spec_for(["sh", "-c", "sleep 12; echo done"])).read()
+        (inbox / ".a.tmp").write_text(text)
+        os.replace(inbox / ".a.tmp", inbox / "a.yaml")
+        wait_for("the phase running", lambda: status(cli)["runs"] and status(cli, only_run(cli))["phases"] and
+                 status(cli, only_run(cli))["phases"][0]["status"] == "running", timeout=60)
+    finally:
+        server.kill()  # as SIGKILL: no goodbye
+        server.wait()
+    run = only_run(cli)
+    con = sqlite3.connect(cli.state, timeout=30)
+    with con:
+        con.execute("UPDATE submissions SET state = 'done' WHERE run_id = ?",
+                    (run,))
+    con.close()
+    server = serve(cli, inbox, library, log)
+    try:
+        wait_for("the phase judged", lambda: status(cli, run)["phases"][0]["status"] == "succeeded", timeout=120)
+    finally:
+        stop_server(server)
+    check_invariants(cli, run, docker_client)
+
+
+def test_row53_serve_on_a_damaged_store_stays_up_and_says_why_instead_of_crash_looping(cli, spec_for, tmp_path):
+    out = cli("apply", spec_for(["true"]), timeout=120)
+    assert out.returncode == 0, out.stderr
+    size = cli.state.stat().st_size
+    with open(cli.state, "r+b") as f:
+        f.seek(max(4096, size // 2))
+        f.write(os.urandom(8192))
+    before = cli.state.read_bytes()
+    log = tmp_path / "serve.log"
+    server = serve(cli, cli.state.parent / "inbox", tmp_path, log)
+    try:
+        wait_for("the server's message", lambda: "damaged" in log.read_text(errors="replace"), timeout=30)
+        time.sleep(2)
+        assert server.poll() is None  # up, not exited (no crash loop under a restart policy)
+    finally:
+        stop_server(server)
+    assert server.returncode == 0
+    assert cli.state.read_bytes() == before and "Traceback" not in log.read_text(errors="replace")
