@@ -435,6 +435,8 @@ class ExpectCheck:
         self.tripped: Trip | None = None
         self.peak: float | None = None
         self.checked_start = False
+        self.first: int | None = None
+        self.start_problem = ""
         self.distance = ""
 
     def _tolerance(self, asked: float) -> float:
@@ -445,19 +447,26 @@ class ExpectCheck:
 
     def point(self, step: int, name: str, value: float, origin: int | None) -> None:
         if self.start is not None and not self.checked_start:
-            self.checked_start = True
+            self.checked_start, self.first = True, step
             if not self.start <= step <= self.start + self.start_within:
-                self.tripped = Trip("expect start_step", step, (
-                    f"the trainer's first logged step is {step:,}; the spec expects a run whose step count starts at "
+                self.start_problem = (
+                    f"the trainer's first logged step is {step:,}; the spec expects a step count that starts at "
                     f"{self.start:,} (first step within {self.start_within:,}) — it resumed a checkpoint's step count "
-                    "(a --resume restores the step, the optimizer and the LR schedule; --base-checkpoint loads weights only)"))
-                return
+                    "(a --resume restores the step, the optimizer and the LR schedule; --base-checkpoint loads weights only)")
+        lr_problem = self._lr(step, name, value, origin)
+        if lr_problem:
+            self.tripped = Trip("expect lr", step, lr_problem + (f"; and {self.start_problem}" if self.start_problem else ""))
+        elif self.start_problem and (self.lr is None or step > self.first or name == self.lr.metric):
+            # said once the first step's LR could be judged too (the same resume usually explains both)
+            self.tripped = Trip("expect start_step", step, self.start_problem)
+
+    def _lr(self, step: int, name: str, value: float, origin: int | None) -> str:
         if self.lr is None or name != self.lr.metric or not math.isfinite(value):
-            return
+            return ""
         asked = float(self.lr.value)
         tol = self._tolerance(asked)
         self.peak = value if self.peak is None else max(self.peak, value)
-        after = int(self.lr.after["steps"]) if isinstance(self.lr.after, dict) else int(self.lr.after)
+        after = int(self.lr.after["steps"]) if isinstance(self.lr.after, dict) else int(str(self.lr.after).split()[0])
         first = origin if origin is not None else step
         self.distance = f"peak {self.peak:.3g} so far (asked {asked:.3g} ± {tol:.2g})"
         if value > asked + tol:
@@ -465,11 +474,10 @@ class ExpectCheck:
         elif step >= first + after and self.peak < asked - tol:
             why = "lower"
         else:
-            return
-        self.tripped = Trip("expect lr", step, (
-            f"the trainer runs at {value:.3g} (step {step:,}); the spec asked for {asked:.3g} — {why} than asked: it "
-            "restored its scheduler from the checkpoint (a --resume keeps the checkpoint's LR schedule and ignores "
-            "--learning-rate; start from --base-checkpoint to train at a new LR)"))
+            return ""
+        return (f"the trainer runs at {value:.3g} (step {step:,}); the spec asked for {asked:.3g} — {why} than asked: it "
+                "restored its scheduler from the checkpoint (a --resume keeps the checkpoint's LR schedule and ignores "
+                "--learning-rate; start from --base-checkpoint to train at a new LR)")
 
 
 def run_guards(guards: list[Guard], stop_at: StopAt | None, metrics: MetricSet, clock_from_walls: bool = True,

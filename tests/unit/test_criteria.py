@@ -247,3 +247,11 @@ def test_expect_start_step_catches_a_resumed_step_count():
     g = _expect_guards({"start_step": 0, "start_within": 100})
     g.feed({"text_loss": (np.array([100, 200]), np.array([1.9, 1.8]), np.zeros(2))})
     assert g.tripped is None
+
+
+def test_expect_names_the_lr_when_a_resume_also_kept_the_step():
+    g = _expect_guards({"lr": "1e-6", "start_step": 0})
+    g.feed({"lr": (np.array([351_100]), np.array([1.62e-5]), np.zeros(1)),
+            "text_loss": (np.array([351_100]), np.array([1.9]), np.zeros(1))})
+    assert g.tripped.guard == "expect lr" and "runs at 1.62e-05" in g.tripped.reason
+    assert "first logged step is 351,100" in g.tripped.reason
