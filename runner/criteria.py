@@ -454,6 +454,12 @@ class ExpectCheck:
                     f"{self.start:,} (first step within {self.start_within:,}) — it resumed a checkpoint's step count "
                     "(a --resume restores the step, the optimizer and the LR schedule; --base-checkpoint loads weights only)")
         lr_problem = self._lr(step, name, value, origin)
+        if not lr_problem and self.start_problem and self.lr is not None and name == self.lr.metric and \
+                step == self.first and math.isfinite(value) and abs(value - float(self.lr.value)) > self._tolerance(float(self.lr.value)):
+            # A resumed step count: no warmup of this phase explains an LR off the asked value either.
+            lr_problem = (f"the trainer runs at {value:.3g} (step {step:,}); the spec asked for {float(self.lr.value):.3g} — "
+                          "it restored its scheduler from the checkpoint (a --resume keeps the checkpoint's LR schedule "
+                          "and ignores --learning-rate; start from --base-checkpoint to train at a new LR)")
         if lr_problem:
             self.tripped = Trip("expect lr", step, lr_problem + (f"; and {self.start_problem}" if self.start_problem else ""))
         elif self.start_problem and (self.lr is None or step > self.first or name == self.lr.metric):

@@ -76,6 +76,13 @@ def run(args: argparse.Namespace, console: Console) -> int:
     try:
         specs = [Path(p) for p in (args.specs or (["specs"] if Path("specs").is_dir() else []))]
         inbox = Path(args.inbox).resolve() if args.inbox else None
+        if inbox is not None:
+            # One server per inbox too: two servers of different stores on one inbox would both take a drop
+            # (a phantom run in one store, a rejection beside the accepted file in the other).
+            inbox_lock = ServerLock(runs_dir, inbox / ".server.lock")
+            if not inbox_lock.acquire():
+                raise Refused(f"the inbox {inbox} is served by another `runner serve` (another run store)",
+                              "one server per inbox: give this one an inbox of its own")
         extra = [p for p in os.environ.get("RUNNER_ALLOW_MOUNTS", "").split(":") if p]
         roots = [runs_dir, *specs, *([inbox] if inbox else []), *args.allow_mount, *extra]
         factory = backend_factory(runs_dir)

@@ -224,3 +224,18 @@ def test_row53_serve_on_a_damaged_store_stays_up_and_says_why_instead_of_crash_l
         stop_server(server)
     assert server.returncode == 0
     assert cli.state.read_bytes() == before and "Traceback" not in log.read_text(errors="replace")
+
+
+def test_a_second_server_of_another_store_refuses_an_inbox_already_served(cli, tmp_path):
+    inbox = tmp_path / "shared-inbox"
+    log = tmp_path / "serve1.log"
+    first = serve(cli, inbox, tmp_path, log)
+    try:
+        wait_for("the first server's inbox", lambda: (inbox / "accepted").is_dir(), timeout=30)
+        other = subprocess.run([sys.executable, "-m", "runner.cli", "--state", str(tmp_path / "other" / "runner.db"),
+                                "serve", "--inbox", str(inbox), "--specs", str(tmp_path), "--gpus", "none"],
+                               capture_output=True, text=True, timeout=60)
+        assert other.returncode == 1 and "served by another" in other.stderr, (other.returncode, other.stderr)
+        assert first.poll() is None
+    finally:
+        stop_server(first)

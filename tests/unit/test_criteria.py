@@ -255,3 +255,9 @@ def test_expect_names_the_lr_when_a_resume_also_kept_the_step():
             "text_loss": (np.array([351_100]), np.array([1.9]), np.zeros(1))})
     assert g.tripped.guard == "expect lr" and "runs at 1.62e-05" in g.tripped.reason
     assert "first logged step is 351,100" in g.tripped.reason
+
+
+def test_expect_names_a_resumed_lr_below_the_asked_one_at_the_first_step():
+    g = _expect_guards({"lr": {"value": 1e-6, "after": 1000}, "start_step": 0})
+    g.feed({"lr": (np.array([351_010]), np.array([7.31e-7]), np.zeros(1))})
+    assert g.tripped.guard == "expect lr" and "runs at 7.31e-07" in g.tripped.reason
