@@ -60,8 +60,8 @@ class ServerLock:
     The kernel drops it when the process dies (SIGKILL included), so a restarted server
     never waits for a stale heartbeat; it works across containers sharing the folder."""
 
-    def __init__(self, runs_dir: Path, path: Path | None = None):
-        self.path = path if path is not None else lock_path(runs_dir)
+    def __init__(self, runs_dir: Path):
+        self.path = lock_path(runs_dir)
         self.fd: int | None = None
 
     def acquire(self, wait_s: float = 5.0) -> bool:

@@ -79,8 +79,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         if inbox is not None:
             # One server per inbox too: two servers of different stores on one inbox would both take a drop
             # (a phantom run in one store, a rejection beside the accepted file in the other).
-            inbox_lock = ServerLock(runs_dir, inbox / ".server.lock")
-            if not inbox_lock.acquire():
+            if not _lock_inbox(inbox):
                 raise Refused(f"the inbox {inbox} is served by another `runner serve` (another run store)",
                               "one server per inbox: give this one an inbox of its own")
         extra = [p for p in os.environ.get("RUNNER_ALLOW_MOUNTS", "").split(":") if p]
@@ -134,3 +133,18 @@ def _refuse_damaged(state: Path, damaged: str, console: Console) -> int:
               "backup, then restart the server. `runner status` still reads what it can.", file=sys.stderr, flush=True)
         stop.wait(60)
     return 0
+
+
+def _lock_inbox(inbox: Path) -> bool:
+    """An flock on the inbox folder itself (no file added to it), held for the process's life; False when another
+    server holds it."""
+    import fcntl
+
+    inbox.mkdir(parents=True, exist_ok=True)
+    fd = os.open(inbox, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    return True  # the descriptor stays open (and locked) until the process ends

@@ -11,7 +11,17 @@ import threading
 import time
 
 from tests.faults.conftest import check_invariants, only_run, serve, status, wait_for
+from tests.faults.test_inbox import drop
 from tests.integration.conftest import stop_server
+
+def _serve_inbox(cli, tmp_path):
+    """`runner serve` on the store's inbox with an empty spec library, once its inbox is ready: (server, inbox, log)."""
+    inbox, library, log = cli.state.parent / "inbox", tmp_path / "library", tmp_path / "serve.log"
+    library.mkdir(exist_ok=True)
+    server = serve(cli, inbox, library, log)
+    wait_for("the inbox", lambda: (inbox / "accepted").is_dir(), timeout=30)
+    return server, inbox, log
+
 
 CR_TRAINER = r"""
 import math, sys, time
@@ -123,19 +133,12 @@ def test_row53_a_damaged_store_is_refused_for_writes_and_status_still_reads(cli,
 
 
 def test_row54_an_undecodable_inbox_name_is_rejected_and_the_others_run(cli, tmp_path, spec_for, docker_client):
-    inbox = cli.state.parent / "inbox"
-    library = tmp_path / "library"
-    library.mkdir()
-    log = tmp_path / "serve.log"
-    server = serve(cli, inbox, library, log)
+    server, inbox, log = _serve_inbox(cli, tmp_path)
     try:
-        wait_for("the inbox", lambda: (inbox / "accepted").is_dir(), timeout=30)
         bad = os.path.join(os.fsencode(inbox), b"bad-\xff\xfe.yaml")
         with open(bad, "wb") as f:
             f.write(open(spec_for(["true"], name="bad"), "rb").read())
-        text = open(spec_for(["true"], name="good")).read()
-        (inbox / ".good.tmp").write_text(text)
-        os.replace(inbox / ".good.tmp", inbox / "good.yaml")
+        drop(inbox, "good.yaml", open(spec_for(["true"], name="good")).read())
         wait_for("the good drop accepted", lambda: any((inbox / "accepted").iterdir()), timeout=60)
         rejected = sorted(os.listdir(inbox / "rejected"))
         assert any(n.startswith("bad-") and n.endswith(".yaml") for n in rejected), rejected
@@ -177,16 +180,9 @@ def test_row52_a_restarted_server_drives_every_owned_active_phase_whatever_its_s
                                                                                              docker_client):
     # The server's thread for a run ended on an error (the store locked too long) and marked it done while its
     # phase ran on: a restarted server must still re-adopt and judge the phase.
-    inbox = cli.state.parent / "inbox"
-    library = tmp_path / "library"
-    library.mkdir()
-    log = tmp_path / "serve.log"
-    server = serve(cli, inbox, library, log)
+    server, inbox, log = _serve_inbox(cli, tmp_path)
     try:
-        wait_for("the inbox", lambda: (inbox / "accepted").is_dir(), timeout=30)
-        text = open(spec_for(["sh", "-c", "sleep 12; echo done"])).read()
-        (inbox / ".a.tmp").write_text(text)
-        os.replace(inbox / ".a.tmp", inbox / "a.yaml")
+        drop(inbox, "a.yaml", open(spec_for(["sh", "-c", "sleep 12; echo done"])).read())
         wait_for("the phase running", lambda: status(cli)["runs"] and status(cli, only_run(cli))["phases"] and
                  status(cli, only_run(cli))["phases"][0]["status"] == "running", timeout=60)
     finally:
@@ -198,7 +194,7 @@ def test_row52_a_restarted_server_drives_every_owned_active_phase_whatever_its_s
         con.execute("UPDATE submissions SET state = 'done' WHERE run_id = ?",
                     (run,))
     con.close()
-    server = serve(cli, inbox, library, log)
+    server = serve(cli, inbox, tmp_path / "library", log)
     try:
         wait_for("the phase judged", lambda: status(cli, run)["phases"][0]["status"] == "succeeded", timeout=120)
     finally:
@@ -239,3 +235,70 @@ def test_a_second_server_of_another_store_refuses_an_inbox_already_served(cli, t
         assert first.poll() is None
     finally:
         stop_server(first)
+
+
+RESTARTING_WRITER = r"""
+import time
+from torch.utils.tensorboard import SummaryWriter
+w = SummaryWriter('/run/p1/tb')
+for s in range(1, 201):
+    w.add_scalar('train/text_loss', 1.49, s)
+w.close()
+time.sleep(1.2)  # event file names carry their creation second
+w = SummaryWriter('/run/p1/tb')   # a new writer in the same logdir starts again at step 1
+for s in range(1, 51):
+    w.add_scalar('train/text_loss', 3.5, s)
+w.close()
+time.sleep(2)
+"""
+TB_JUDGED = """
+metrics:
+  tensorboard: {logdir: "${{ phase.dir }}/tb", tags: {text_loss: train/text_loss}}
+  poll_interval: 0.5s
+success:
+  all:
+    - {metric: text_loss, window: last 20 steps, reduce: mean, below: 2.0}
+"""
+MOUNT_RUN = 'mounts: [{source: "${{ run.dir }}", target: /run, create: true}]\n'
+
+
+def test_row55_an_event_file_restarted_by_a_new_writer_is_judged_on_the_newest_writers_steps(cli, spec_for,
+                                                                                            docker_client):
+    spec = spec_for(["python3", "-c", RESTARTING_WRITER], container_extra=MOUNT_RUN, extra=TB_JUDGED)
+    out = cli("apply", spec, timeout=180)
+    run = only_run(cli)
+    doc = check_invariants(cli, run, docker_client)
+    (p,) = doc["phases"]
+    # The abandoned run's last steps (151-200, 1.49) would pass; the live run (3.5) does not.
+    assert p["status"] == "failed" and out.returncode == 1, (p["status"], p["explanation"])
+    assert "3.5" in p["explanation"], p["explanation"]
+    assert any(e["kind"] == "metrics.restarted" for e in doc["events"])
+
+
+SPARSE_TRAINER = r"""
+import os, time
+from torch.utils.tensorboard import SummaryWriter
+w = SummaryWriter('/run/p1/tb')
+for s in range(1, 51):
+    w.add_scalar('train/text_loss', 1.0, s)
+w.flush()
+with open('/run/p1/tb/events.out.tfevents.9999999999.host.1.0', 'wb') as f:
+    f.truncate(1024 ** 3)   # a 1 GiB sparse event file
+time.sleep(3)
+w.close()
+"""
+
+
+def test_row56_a_huge_sparse_event_file_is_read_with_bounded_memory(cli, spec_for, docker_client):
+    spec = spec_for(["python3", "-c", SPARSE_TRAINER], container_extra=MOUNT_RUN, extra=TB_JUDGED)
+    # `runner apply` as the only child of a fresh process, which then reports its child's peak RSS
+    measure = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024); sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", measure, sys.executable, "-m", "runner.cli", "--state", str(cli.state),
+                          "apply", spec], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    peak_mb = int(out.stdout.strip().splitlines()[-1])
+    assert peak_mb < 400, peak_mb  # the runner process whole (Python, numpy, the engine) — not the 1 GiB file
+    run = only_run(cli)
+    doc = check_invariants(cli, run, docker_client)
+    assert any(e["kind"] == "metrics.problem" and "corrupt record header" in e["message"] for e in doc["events"])
