@@ -113,6 +113,9 @@ class StatePaths:
         return ""
 
 
+RUNNER_LABELS = frozenset({"runner.run-id", "runner.phase", "runner.spec-sha256", "runner.validation-step"})
+
+
 def launch_problems(plan: LaunchPlan, state: StatePaths, policy: MountPolicy | None,
                     host_memory: int | None = None) -> list[str]:
     """Every reason to refuse creating ``plan``'s container, checked where the container is created
@@ -140,5 +143,3 @@ def host_memory() -> int | None:
     except (ValueError, OSError, AttributeError):
         return None
 
-
-RUNNER_LABELS = frozenset({"runner.run-id", "runner.phase", "runner.spec-sha256", "runner.validation-step"})

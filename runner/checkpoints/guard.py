@@ -27,7 +27,7 @@ import numpy as np
 
 from runner.checkpoints import retention
 from runner.checkpoints.formats import why_not_loadable
-from runner.checkpoints.vault import DiskFull, _copy_file, file_hashes, privatize, protect, refresh, sha256_of, size_of
+from runner.checkpoints.vault import DiskFull, copy_file, file_hashes, privatize, protect, refresh, sha256_of, size_of
 from runner.checkpoints.watch import Watcher
 from runner.errors import Temporary
 from runner.metrics.series import MetricSet
@@ -81,6 +81,7 @@ class CheckpointGuard:
         self.missed: list[dict] = []
         self.untrusted: set[str] = set()  # names reported once as symlinks or special files (never followed)
         self.rewrites: dict[str, int] = {}  # name → versions of a vaulted file the trainer wrote again
+        self.rewriting: dict[str, tuple[tuple, float]] = {}  # name → (new signature, stable since) of a rewrite
         self._hashes: queue.Queue = queue.Queue()
         self._hasher: threading.Thread | None = None
         self._stop = threading.Event()
@@ -316,11 +317,11 @@ class CheckpointGuard:
                 return
             self.signatures[name] = ((path.name, vst.st_size, vst.st_mtime_ns),)
         if sig == self.signatures[name]:
-            self.pending.pop("rewrite:" + name, None)
+            self.rewriting.pop(name, None)
             return
-        prev = self.pending.get("rewrite:" + name)
+        prev = self.rewriting.get(name)
         stable_since = prev[1] if prev and prev[0] == sig and name not in touched else now
-        self.pending["rewrite:" + name] = (sig, stable_since)
+        self.rewriting[name] = (sig, stable_since)
         if name not in touched and now - stable_since < self.spec.settle:
             return
         why = why_not_loadable(path, self.spec.format)
@@ -330,7 +331,7 @@ class CheckpointGuard:
         keep = self.vault / ".rewritten" / f"{name}.{n}"
         try:
             keep.parent.mkdir(parents=True, exist_ok=True)
-            _copy_file(path, keep)
+            copy_file(path, keep)
         except (FileNotFoundError, Untrusted):
             return
         except OSError as exc:
@@ -338,7 +339,7 @@ class CheckpointGuard:
             return
         self.rewrites[name] = n
         self.signatures[name] = sig
-        self.pending.pop("rewrite:" + name, None)
+        self.rewriting.pop(name, None)
         self._event("checkpoint.rewritten", f"{name} was written again after it was vaulted: the vaulted version is "
                     f"unchanged ({dst}); the new one is kept beside it as {keep}",
                     {"name": name, "vault_path": str(dst), "rewrite_path": str(keep), "version": n})

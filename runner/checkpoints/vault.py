@@ -25,7 +25,7 @@ class DiskFull(Permanent):
     """No space to vault; runner never deletes anything to make room."""
 
 
-def _copy_file(src: Path, dst: Path) -> None:
+def copy_file(src: Path, dst: Path) -> None:
     """A private copy of the regular file ``src`` at ``dst`` (a reflink where the filesystem shares blocks
     copy-on-write, else the bytes), via a temporary name, fsynced, renamed."""
     tmp = dst.with_name(dst.name + ".vaulting")
@@ -53,7 +53,7 @@ def _link_or_copy(src: Path, dst: Path) -> str:
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
             raise
-        _copy_file(src, dst)
+        copy_file(src, dst)
         return "copy"
     # The lstat before the link can be raced (a file swapped for a symlink or a FIFO in between): what was
     # linked is checked after, and removed when it is not a regular file.
@@ -94,7 +94,7 @@ def protect(src: Path, vault: Path) -> tuple[Path, str]:
                     if how == "link":
                         how = _link_or_copy(src / rel, tmp / rel)
                     else:
-                        _copy_file(src / rel, tmp / rel)
+                        copy_file(src / rel, tmp / rel)
                 os.replace(tmp, dst)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)  # no half folder left in the vault
@@ -124,7 +124,7 @@ def privatize(dst: Path, expect: dict[str, tuple[int, int]] | None = None) -> li
             changed.append(rel)
         if st.st_nlink > 1:
             try:
-                _copy_file(path, path)
+                copy_file(path, path)
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
                     raise DiskFull(f"disk full while copying {path.name} in the vault: it stays hard-linked to the "
@@ -148,7 +148,7 @@ def refresh(src: Path, dst: Path) -> list[str]:
                     if dt.st_size == st.st_size and dt.st_mtime_ns >= st.st_mtime_ns:
                         continue
                 d.parent.mkdir(parents=True, exist_ok=True)
-                _copy_file(s, d)
+                copy_file(s, d)
                 changed.append(rel)
             except (FileNotFoundError, Untrusted):
                 continue  # the trainer removed it meanwhile, or swapped it for something never followed
