@@ -13,9 +13,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.errors import Problem
-from runner.plan import LaunchPlan, vault_root
-from runner.spec.loader import LoadedSpec
+from runner.errors import Problem, SpecError
+from runner.plan import LABEL_SHA, LaunchPlan, vault_root
+from runner.spec import interpolate
+from runner.spec.loader import LoadedSpec, load_spec
 
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 
@@ -72,6 +73,75 @@ class MountPolicy:
                 line, col = loaded.doc.position(("container", "mounts", i, "source"))
                 out.append(Problem(str(loaded.path), line, col, f"container.mounts[{i}].source", message))
         return out
+
+
+def source_findings(loaded: LoadedSpec, inputs: dict[str, str] | None = None,
+                    first: bool | None = None) -> tuple[list[Problem], list[Problem]]:
+    """Bind sources that do not exist now, before anything runs (`runner validate`, `runner plan`): located
+    (problems, warnings).  A source runner makes (``create: true``) is fine.  A problem: the launch would be
+    refused — a path inside the phase's own folder (made when its container is created, after the mounts are
+    checked), or, for the first phase (``first``; None: a spec on its own), a literal path or an ``--input``
+    value given here that is not there, or the run's folder, which nothing has written yet.  A warning: it may
+    appear later — under ``${{ run.dir }}`` of a later phase (an earlier phase may write it), from an input's
+    default (``--input`` may name another), or any source of a spec later in the chain."""
+    declared = (loaded.doc.data or {}).get("inputs") or {}
+    given = {k: v for k, v in (inputs or {}).items() if k in declared}
+    values = {**declared, **given}
+    run_dir, phase_dir = "/\0run", "/\0run/\0phase"  # stand-ins: the run's folders exist only once it runs
+    problems: list[Problem] = []
+    warnings: list[Problem] = []
+    for i, m in enumerate(loaded.phase.container.mounts):
+        if m.create:
+            continue
+        refs = interpolate.references(m.source)
+        try:
+            text = interpolate.substitute(m.source, {"inputs": values, "run": {"id": "RUN", "dir": run_dir},
+                                                     "phase": {"name": loaded.phase.name, "dir": phase_dir}})
+        except KeyError:
+            continue  # a required input not given here: known when the run is applied
+        source = os.path.normpath(os.path.join(loaded.folder, os.path.expanduser(text)))
+        defaults = sorted(k for ns, k in refs if ns == "inputs" and k not in given)
+        if _within(source, phase_dir):
+            bad, why = True, "is in the phase's own folder, which is made when its container is created; set create: true"
+        elif _within(source, run_dir):
+            bad = first is True
+            why = ("is in the run's folder, which nothing has written before the run's first phase; set create: true"
+                   if bad else "is in the run's folder: an earlier phase must write it, or set create: true")
+        elif os.path.exists(source):
+            continue
+        elif defaults:
+            bad, why = False, (f"does not exist here (from the default of input {', '.join(defaults)}; "
+                               "--input may name another)")
+        else:
+            bad = first is not False
+            why = ("does not exist; create it, or set create: true on the mount for an output folder" if bad else
+                   "does not exist now: an earlier phase of the chain must create it, or set create: true")
+        line, col = loaded.doc.position(("container", "mounts", i, "source"))
+        shown = m.source if source == m.source or _within(source, run_dir) else f"{m.source} ({source})"
+        (problems if bad else warnings).append(Problem(str(loaded.path), line, col, f"container.mounts[{i}].source",
+                                                       ("" if bad else "warning: ") + f"{shown} {why}"))
+    return problems, warnings
+
+
+def missing_sources(plan: LaunchPlan, spec_path: str) -> list[Problem]:
+    """At launch: every bind source that does not exist and that runner does not create (``create: true``),
+    located at the spec's mount (a spec error: the spec names it, the machinery is fine)."""
+    missing = [(i, m) for i, m in enumerate(plan.mounts) if not m.create and not os.path.exists(m.source)]
+    if not missing:
+        return []
+    try:
+        loaded: LoadedSpec | None = load_spec(spec_path)
+    except SpecError:
+        loaded = None
+    if loaded is not None and loaded.sha256 != plan.labels.get(LABEL_SHA):
+        loaded = None  # the file changed since the run was planned: its lines say nothing about this plan
+    out = []
+    for i, m in missing:
+        line, col = loaded.doc.position(("container", "mounts", i, "source")) if loaded is not None else (0, 0)
+        out.append(Problem(spec_path, line, col, f"container.mounts[{i}].source",
+                           f"mount source {m.source} does not exist; create it, or set create: true on the mount "
+                           "for an output folder"))
+    return out
 
 
 # Top-level entries of the run store's folder that are runner's own state (everything there but the runs'

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
 from rich.console import Console
@@ -16,6 +17,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
+    from runner.policy import source_findings
     from runner.spec import load_spec
 
     bad = 0
@@ -26,6 +28,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
             bad += 1
             for problem in exc.problems:
                 say(console, str(problem))
-        else:
-            say(console, f"{f}: ok (phase {loaded.phase.name})")
+            continue
+        missing, warnings = source_findings(loaded)  # mount sources: what exists on this machine now
+        bad += bool(missing)
+        for problem in sorted(missing + warnings, key=lambda p: (p.line, p.col)):
+            say(console, str(dataclasses.replace(problem, file=f)))  # named as given, like the loader's problems
+        if not missing:
+            say(console, f"{f}: ok (phase {loaded.phase.name})" + (f", {len(warnings)} warning(s)" if warnings else ""))
     return 1 if bad else 0
