@@ -9,7 +9,7 @@ from runner.criteria import judge
 from runner.metrics.series import MetricSet
 from runner.outputs import context
 from runner.spec import interpolate
-from runner.spec.criteria_models import NextRule
+from runner.spec.criteria_models import NextRule, WhenFailed
 
 
 @dataclass(frozen=True)
@@ -20,21 +20,28 @@ class Decision:
     reason: str
 
 
-def _matches(rule: NextRule, verdict: str, metrics: MetricSet) -> tuple[bool, str]:
+def _matches(rule: NextRule, verdict: str, metrics: MetricSet, failed: set[str]) -> tuple[bool, str]:
     when = rule.when
     if isinstance(when, str):
         ok = when == "always" or when == verdict
         return ok, f"when: {when} ({'matches' if ok else 'does not match'} verdict {verdict})"
+    if isinstance(when, WhenFailed):
+        hit = sorted(failed & set(when.failed))
+        if verdict != "failure" or not failed:
+            return False, f"when: failed: [{', '.join(when.failed)}] (verdict {verdict})"
+        how = "/".join(sorted(failed, key=lambda n: (n.startswith("exit_code"), n)))  # the kind first
+        return bool(hit), f"when: failed: [{', '.join(when.failed)}] ({'matches' if hit else 'does not match'} failure {how})"
     j = judge(when, metrics)
     return j.passed is True, "when: " + "; ".join(line.strip() for line in j.lines())
 
 
 def decide(rules: list[NextRule], verdict: str, metrics: MetricSet, outputs: dict, inputs: dict, run: dict,
-           spec_folder: Path, fired: dict[int, int]) -> Decision:
-    """The first matching rule that has iterations left; ``fired`` counts earlier firings per rule index."""
+           spec_folder: Path, fired: dict[int, int], failed: set[str] | None = None) -> Decision:
+    """The first matching rule that has iterations left; ``fired`` counts earlier firings per rule index;
+    ``failed``: the names of the phase's recorded failure kind (``lifecycle.failure_names``)."""
     notes = []
     for i, rule in enumerate(rules):
-        ok, why = _matches(rule, verdict, metrics)
+        ok, why = _matches(rule, verdict, metrics, failed or set())
         if not ok:
             notes.append(f"rule {i + 1}: {why}")
             continue

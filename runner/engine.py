@@ -26,19 +26,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
-from runner import chain, faults, preconditions
+from runner import chain, faults, graph, preconditions
 from runner.backends.base import Backend, ContainerState
-from runner.criteria import Trip, verdict as judge_verdict
+from runner.criteria import Evidence, Trip, verdict as judge_verdict
 from runner.metrics.series import MetricSet
 from runner.errors import (ContainerNotFound, EngineUnavailable, ImageMissing, LaunchError, LaunchRefused, Problem, Refused, RunnerError,
                            SpecError, Temporary)
-from runner.outputs import phase_outputs
+from runner.outputs import at_checkpoint, phase_outputs
 from runner.plan import BindMount, LaunchPlan, launch_plan, merge_inputs, resolve
-from runner.policy import MountPolicy, StatePaths, host_memory, launch_problems
+from runner.policy import MountPolicy, StatePaths, host_memory, launch_problems, missing_sources
 from runner.spec import LoadedSpec, load_spec
 from runner.spec.models import Phase
 from runner.logfile import ContainerLog, LineSplitter
-from runner.lifecycle import NOT_FOUND, STATUS_OF_VERDICT, Act, Container, PhaseView, failure_kinds, next_action
+from runner.lifecycle import NOT_FOUND, STATUS_OF_VERDICT, Act, Container, F, PhaseView, failure_names, next_action
 from runner.outputs import context
 from runner.spec import interpolate
 from runner.store import ACTIVE, Store
@@ -215,7 +215,7 @@ def chain_inputs(loaded: LoadedSpec, given: dict[str, str]) -> dict[str, str]:
         from runner import graph
 
         try:
-            specs = graph.build(loaded.path, loaded).specs.values()
+            specs = graph.build(loaded.path, loaded, given).specs.values()  # --input may give a later spec's required input
         except SpecError:
             specs = [loaded]  # the chain's own errors are reported by plan; judge the names on this spec
         chain = set().union(*(declared_inputs(s) for s in specs))
@@ -292,7 +292,7 @@ class Engine:
 
         An engine that does not answer at all is a one-line error before anything is recorded; a
         temporary error once the run is under way is retried (``_launch_retrying``)."""
-        load_spec(spec_path)  # a bad or missing spec is said first, engine or not
+        graph.build(spec_path, inputs=inputs or {})  # a bad spec, or a broken chain, is said first, engine or not
         self.backend.ping()
         run_id = self.submit(spec_path, inputs or {}, source="apply", state="started")
         result = self.drive(run_id, detach=detach)
@@ -305,6 +305,7 @@ class Engine:
                state: str = "queued") -> str:
         """Validate and plan a spec (spec errors: nothing is recorded), then record a run for it."""
         loaded = load_spec(spec_path)
+        graph.build(loaded.path, loaded, inputs)  # the whole chain: next: specs load, inputs, loops bounded
         run_id = new_run_id()
         self.plan(loaded, chain_inputs(loaded, inputs), run_id)
         self.store.submit(run_id, str(loaded.path), loaded.sha256, inputs, source, priority, state)
@@ -327,7 +328,7 @@ class Engine:
                 for p in self.store.phases(run_id):
                     if p["status"] == "pending":
                         self.store.transition(p["id"], "cancelled", "Ctrl-C before the container was created",
-                                              expect=frozenset({"pending"}), finished_at=time.time())
+                                              failure_kind=str(F.CANCELLED), expect=frozenset({"pending"}), finished_at=time.time())
                     elif p["status"] in ("launching", "running") and not self.persistent:
                         self.reporter.info(f"Ctrl-C: stopping phase {p['name']}")
                         self.cancel(p["id"])
@@ -430,7 +431,7 @@ class Engine:
         try:
             granted = self.slots.acquire(phase_id, plan)
         except RunnerError as exc:  # can never fit (more GPUs than the server has)
-            self.store.transition(phase_id, "error", str(exc), finished_at=time.time())
+            self.store.transition(phase_id, "error", str(exc), failure_kind=str(F.REFUSED), finished_at=time.time())
             return self._result(phase_id)
         if granted is None:  # the server is shutting down: the phase stays pending, resumed on restart
             return self._result(phase_id)
@@ -444,7 +445,8 @@ class Engine:
             self.reporter.info(f"run {run_id}: phase {plan.phase} ({plan.image})")
             blocked = self._preconditions(run_id, phase_id, phase, plan, folder)
             if blocked:
-                self.store.transition(phase_id, "blocked", blocked, finished_at=time.time(), decision="blocked: the chain ends")
+                self.store.transition(phase_id, "blocked", blocked, failure_kind=str(F.PRECONDITION),
+                                      finished_at=time.time(), decision="blocked: the chain ends")
                 return self._result(phase_id)
             sup = PhaseSession.fresh(self.store, self.backend, phase_id, phase, folder, plan, self.reporter.info)
             sup.start()  # watching checkpoints before the trainer starts: none can slip by
@@ -456,7 +458,7 @@ class Engine:
                 except KeyboardInterrupt:
                     sup.stop()
                     self.store.transition(phase_id, "cancelled", "Ctrl-C before the container was created",
-                                          expect=frozenset({"pending"}), finished_at=time.time())
+                                          failure_kind=str(F.CANCELLED), expect=frozenset({"pending"}), finished_at=time.time())
                     raise
                 except BaseException:
                     sup.stop()
@@ -604,7 +606,8 @@ class Engine:
         if d is None:
             counts = {rule: n for (s, rule), n in self._fired(row["run_id"]).items() if s == spec}
             d = chain.decide(_phase_of(row).next, row["verdict"], sup.metrics, {**row["outputs"], "name": row["name"]},
-                             row["inputs"], {"id": row["run_id"], "dir": str(self.runs_dir / row["run_id"])}, _folder(row), counts)
+                             row["inputs"], {"id": row["run_id"], "dir": str(self.runs_dir / row["run_id"])}, _folder(row), counts,
+                             failure_names(row))
         if self.store.record_decision(phase_id, d.reason, {"next": d.spec, "inputs": d.inputs, "rule": d.rule, "spec": spec}):
             self.reporter.info(f"next: {d.reason}")
         result = self._result(phase_id)
@@ -615,7 +618,7 @@ class Engine:
         """A decision to run the same spec again (attempt N+1), or None.  Only infrastructure
         failures the spec's `retry.on` names; never a guard trip or a failed verdict."""
         policy = _phase_of(row).retry
-        kinds = failure_kinds(row)
+        kinds = failure_names(row)
         if policy is None or not kinds:
             return None
         matched = sorted(k for k in kinds if k in policy.on)
@@ -675,8 +678,8 @@ class Engine:
                 tries += 1
                 if time.monotonic() + delay > deadline:
                     reason = f"gave up after {tries} tries over {format_duration(self.launch_retry_s)}: {exc}"
-                    self.store.transition(phase_id, "error", reason, expect=frozenset({"pending", "launching"}),
-                                          finished_at=time.time())
+                    self.store.transition(phase_id, "error", reason, failure_kind=str(F.INFRASTRUCTURE),
+                                          expect=frozenset({"pending", "launching"}), finished_at=time.time())
                     raise
                 self.store.update(phase_id, reason=f"{exc}; retrying in {format_duration(delay)} (try {tries})")
                 self.store.event(plan.run_id, phase_id, "phase.retry", f"temporary: {exc}; retrying in "
@@ -696,6 +699,9 @@ class Engine:
                 self.store.event(plan.run_id, phase_id, "policy.refused", "; ".join(refused), {"problems": refused})
                 raise LaunchRefused(f"refused to launch {plan.container_name}: " + "; ".join(refused),
                                     "runner checks every stored plan again where the container is created")
+            missing = missing_sources(plan, self.store.phase(phase_id)["spec_path"])
+            if missing:  # a spec error (exit 1), located at the mount, before anything is created
+                raise SpecError(missing)
             self.backend.ping()
             self.backend.check_image(plan.image)
             self._prepare_mounts(plan)
@@ -710,7 +716,7 @@ class Engine:
             raise
         except Exception as exc:
             reason = str(exc) if isinstance(exc, RunnerError) else f"internal error: {type(exc).__name__}: {exc}"
-            self.store.transition(phase_id, "error", reason, finished_at=time.time())
+            self.store.transition(phase_id, "error", reason, failure_kind=str(F.REFUSED), finished_at=time.time())
             raise
         self.store.transition(phase_id, "running", f"container {container_id[:12]} started",
                               container_id=container_id, started_at=time.time())
@@ -785,7 +791,8 @@ class Engine:
                 time.sleep(self.poll_s)
                 continue
             except ContainerNotFound:
-                self.store.transition(phase_id, "lost", "the container disappeared from the engine", expect=ACTIVE,
+                self.store.transition(phase_id, "lost", "the container disappeared from the engine",
+                                      failure_kind=str(F.INFRASTRUCTURE), failure_detail="lost", expect=ACTIVE,
                                       finished_at=time.time())
                 return self._result(phase_id)
             if state.ended:
@@ -842,7 +849,7 @@ class Engine:
             if plan.timeout is not None and elapsed > plan.timeout and not stopping:
                 stopping = True
                 self.store.event(plan.run_id, phase_id, "phase.timeout", f"timeout {format_duration(plan.timeout)} reached; stopping")
-                self.store.update(phase_id, reason=f"timeout after {format_duration(plan.timeout)}")
+                self.store.update(phase_id, reason=f"timeout after {format_duration(plan.timeout)}", failure_kind=str(F.TIMEOUT))
                 self._stop_async(container_id, plan.stop_grace)
             self.reporter.progress(f"{format_duration(elapsed)}  {plan.phase}  {state.status}")
             time.sleep(self.poll_s)
@@ -878,16 +885,20 @@ class Engine:
         vaulted = sup.vault_all() if sup is not None else {}
         if row["stop_requested"]:
             status, reason, v = "cancelled", "stopped on request", None
+            fields.update(failure_kind=str(F.CANCELLED))
         else:
             exit_ok = state.exit_code == 0 and not state.oom_killed
-            if row["reason"].startswith("timeout"):
-                exit_reason = row["reason"]
+            # How the container ended, decided here where it is known (never read back from the reason).
+            exit_kind, exit_detail = F.CRASHED, ""
+            if row.get("failure_kind") == F.TIMEOUT:
+                exit_reason, exit_kind = row["reason"], F.TIMEOUT
                 exit_ok = False
             elif state.oom_killed:
-                exit_reason = "killed: out of memory (the container hit its memory limit)"
+                exit_reason, exit_kind = "killed: out of memory (the container hit its memory limit)", F.OOM
             elif state.infrastructure:
                 # A node that failed, a preemption: the phase did not end on its own.
                 exit_reason = f"{state.error}: an infrastructure interruption ({state.infrastructure})"
+                exit_kind, exit_detail = F.INFRASTRUCTURE, "interrupted"
                 exit_ok = False
             elif sup is not None and not getattr(self.backend, "remote", False) and _ended_with_the_engine(sup, state):
                 # The engine went away (a restart or stop without live-restore) and took the container
@@ -895,6 +906,7 @@ class Engine:
                 exit_reason = (f"exit code {state.exit_code}: an infrastructure interruption — the Docker engine "
                                "became unreachable while the container ran (restarted or stopped without live-restore) "
                                "and the container ended with it")
+                exit_kind, exit_detail = F.INFRASTRUCTURE, "interrupted"
                 exit_ok = False
             else:
                 exit_reason = (f"exit code {state.exit_code}" + (f": {state.error}" if state.error else "")
@@ -902,6 +914,7 @@ class Engine:
                 if state.exit_code in (137, 143) and not state.error and \
                         not (sup and (sup.trip or sup.met_early or sup.end_reached)):
                     # runner did not stop it (no guard, criteria or planned end; no `runner stop`)
+                    exit_kind = F.KILLED if state.exit_code == 137 else F.STOPPED
                     exit_reason += (" — killed from outside runner (SIGKILL: `docker kill`, the OOM killer of the host?)"
                                     if state.exit_code == 137 else
                                     " — stopped from outside runner (SIGTERM: `docker stop`, a host shutdown, or the "
@@ -911,9 +924,11 @@ class Engine:
             end_reached = sup.end_reached if sup else None
             v = judge_verdict(exit_ok, exit_reason, trip, success, sup.metrics if sup else MetricSet(),
                               met_early=bool(sup and sup.met_early), end_reached=end_reached,
-                              planned_end=_planned_end(phase, sup))
+                              planned_end=_planned_end(phase, sup), exit_kind=exit_kind, exit_detail=exit_detail,
+                              evidence=Evidence(sup.ckpt.validated_until()) if sup and sup.ckpt else None)
             status = STATUS_OF_VERDICT[v.verdict]
             reason = v.reasons[0]
+            fields.update(failure_kind=v.failure_kind and str(v.failure_kind), failure_detail=v.failure_detail or None)
             if not exit_ok and trip is None and not (sup and sup.met_early) and end_reached is None:
                 reason = exit_reason
         if v is not None:
@@ -928,6 +943,10 @@ class Engine:
                 if warning:
                     outputs["warnings"] = [warning]
                     missed = "\n".join(x for x in (missed, warning) if x)
+                best_step = next((c["step"] for c in self.store.checkpoints(phase_id)
+                                  if outputs.get("best_checkpoint") and c["vault_path"] == outputs["best_checkpoint"]), None)
+                if best_step is not None:  # what the next phase is handed: ${{ best.step }}, ${{ best.NAME }}
+                    outputs["best"] = at_checkpoint(sup.metrics, best_step, set(sup.ckpt.validated_until()))
             fields.update(verdict=v.verdict, explanation=v.explanation() + ("\n" + missed if missed else ""),
                           outputs_json=json.dumps(outputs),
                           judgement_json=json.dumps(v.judgement.as_dict() if v.judgement else None))
@@ -1066,7 +1085,8 @@ class Engine:
                 self.store.update(phase_id, container_id=found.id)
                 row = self.store.phase(phase_id)
         if not row["container_id"]:
-            self.store.transition(phase_id, "cancelled", "stopped before launch", expect=ACTIVE, finished_at=time.time())
+            self.store.transition(phase_id, "cancelled", "stopped before launch", failure_kind=str(F.CANCELLED),
+                                  expect=ACTIVE, finished_at=time.time())
             return
         plan = json.loads(row["plan_json"] or "{}")
         self.backend.stop(row["container_id"], float(plan.get("stop_grace", 30)))
@@ -1100,7 +1120,8 @@ class Engine:
                 state = self.backend.inspect(row["container_id"])
             except ContainerNotFound:
                 self.store.transition(row["id"], "lost", "the container disappeared from the engine",
-                                      expect=ACTIVE, finished_at=time.time())
+                                      failure_kind=str(F.INFRASTRUCTURE), failure_detail="lost", expect=ACTIVE,
+                                      finished_at=time.time())
                 continue
             if (state.status == "queued" or (state.running and " PENDING (" in row["reason"])) \
                     and state.error and state.error != row["reason"]:

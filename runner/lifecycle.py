@@ -52,6 +52,46 @@ def allowed(current: str, new: str) -> bool:
     return PhaseStatus(new) in TRANSITIONS[PhaseStatus(current)]
 
 
+class FailureKind(str, Enum):
+    """How a phase failed, recorded where it is decided (the guard that tripped, the judge, the engine
+    that lost the container).  `next:` rules and `retry:` match on it; `status -o json` shows it.
+
+    Two families a careful engineer tells apart: evidence about the training (diverged, non_finite,
+    criteria) — the recovery branches act on those — and accidents of the machine (crashed, oom, killed,
+    stopped, ended_early, infrastructure, and stall: a hung data loader or collective) — which say
+    nothing about the learning rate: retry from the latest checkpoint.  The rest (missing, misconfigured,
+    timeout, cancelled, precondition, refused) need a person."""
+
+    DIVERGED = "diverged"              # a divergence guard tripped
+    NON_FINITE = "non_finite"          # NaN/inf in a guarded metric
+    MISSING = "missing"                # a metric the spec requires never appeared (e.g. no validation)
+    MISCONFIGURED = "misconfigured"    # `expect:` — the trainer does not run at the LR/step asked
+    STALL = "stall"                    # no new step for too long
+    TIMEOUT = "timeout"                # the phase's time limit
+    CRITERIA = "criteria"              # ended (or reached its planned end) and judged short of its criteria
+    ENDED_EARLY = "ended_early"        # exit 0 short of its planned end
+    CRASHED = "crashed"                # the trainer itself exited non-zero
+    OOM = "oom"                        # out of memory (the container's limit)
+    KILLED = "killed"                  # SIGKILL from outside runner, not the container's OOM (the host's OOM killer?)
+    STOPPED = "stopped"                # SIGTERM from outside runner (`docker stop`, a host shutdown)
+    INFRASTRUCTURE = "infrastructure"  # the engine, node or job went away and took the container with it
+    CANCELLED = "cancelled"            # `runner stop`
+    PRECONDITION = "precondition"      # a precondition was not met; nothing launched
+    REFUSED = "refused"                # the launch was refused (mount policy) or impossible; nothing launched
+
+    def __str__(self) -> str:
+        return self.value
+
+
+F = FailureKind
+# Kinds that say nothing about the training itself: a retry from the latest checkpoint is the answer.
+ACCIDENTS = frozenset({F.CRASHED, F.OOM, F.KILLED, F.STOPPED, F.INFRASTRUCTURE, F.ENDED_EARLY, F.STALL})
+# What `retry.on` also accepts: the details some kinds are recorded with (older spellings included).
+FAILURE_DETAILS = ("lost", "interrupted")
+GUARD_FAILURE = {"diverges": F.DIVERGED, "non_finite": F.NON_FINITE, "missing": F.MISSING, "stall": F.STALL,
+                 "timeout": F.TIMEOUT, "expect": F.MISCONFIGURED}
+
+
 class SubmissionState(str, Enum):
     """A submitted run: queued (waiting for the server), started (driven), done, cancelled."""
 
@@ -142,26 +182,18 @@ def next_action(phase: PhaseView | None, container: Container | None = None) -> 
     return Act.DONE
 
 
-def failure_kinds(row: dict) -> set[str]:
-    """How an ended phase failed, in the words of `retry.on`; empty for anything a retry must not
-    cover (success, a guard trip, criteria not met, a cancel)."""
-    status, reason = row.get("status"), row.get("reason") or ""
-    if status == S.LOST:
-        return {"lost"}
-    if status != S.FAILED:
+def failure_names(row: dict) -> set[str]:
+    """The names a `retry.on` or a `next:` rule's `when: {failed: [...]}` can match for an ended phase:
+    its recorded failure kind (decided where it happened, never read back from the reason's words),
+    the detail the kind was recorded with, and ``exit_code N``.  Empty for a phase that did not fail."""
+    kind = row.get("failure_kind")
+    if not kind:
         return set()
-    if row.get("oom_killed"):
-        return {"oom"}
-    if "short of its planned end" in reason:
-        return {"stopped"}
-    if "infrastructure interruption" in reason:
-        return {"interrupted"}
-    if reason.startswith("exit code ") or reason.startswith("container failed: exit code "):
-        code = row.get("exit_code")
-        kinds = {f"exit_code {code}"} if code is not None else set()
-        if code == 137:
-            kinds.add("killed")
-        if code == 143:
-            kinds.add("stopped")
-        return kinds
-    return set()
+    names = {str(kind)}
+    detail = row.get("failure_detail")
+    if detail:
+        names.add(str(detail))
+    code = row.get("exit_code")
+    if code is not None and kind in ACCIDENTS and kind != F.STALL:  # the trainer's own exit: a guard's stop exits 143 too
+        names.add(f"exit_code {code}")
+    return names

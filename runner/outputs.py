@@ -63,7 +63,7 @@ def phase_outputs(phase_dir: str, verdict: str, metrics: MetricSet, checkpoints:
 
 
 def _smoothed_last(series) -> float | None:
-    """The last value of the series smoothed as a default divergence guard sees it (running median of
+    """The last value of the series smoothed as TensorBoard's slider would show it (running median of
     3, then a debiased EMA over ~1,000 steps or 25 logging intervals): a noisy last point is not the
     phase's standing."""
     from runner.criteria import DEFAULT_MIN_POINTS, Smoother
@@ -75,6 +75,35 @@ def _smoothed_last(series) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def at_checkpoint(metrics: MetricSet, step: int, validated: set[str]) -> dict:
+    """Pure: what the phase's metrics say of the checkpoint at ``step`` (the ``best`` namespace a next rule hands
+    over): a validation metric's value for that checkpoint (the newest at or before it), a training metric's
+    smoothed value up to it — where the model was, not one noisy point."""
+    from runner.criteria import DEFAULT_MIN_POINTS, Smoother
+
+    out: dict = {"step": int(step)}
+    for name, s in metrics.series.items():
+        if not len(s):
+            continue
+        if name in validated:
+            value = score_at(metrics, name, step)
+        else:
+            sm, value = Smoother(tau_steps=1000.0, min_points=DEFAULT_MIN_POINTS), None
+            keep = s.steps <= step
+            for st, v in zip(s.steps[keep].tolist(), s.values[keep].tolist()):
+                value = sm.push(int(st), float(v))
+        if value is not None and math.isfinite(value):
+            out[name] = value
+    return out
+
+
+class _Unknown(dict):
+    """A namespace whose unknown keys read as empty (a metric the phase never logged: nothing to hand over)."""
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
 def context(outputs: dict) -> dict:
     """The ${{ }} namespaces a next rule's `with:` can use."""
     phase = {k: outputs.get(k, "") for k in ("dir", "verdict", "best_checkpoint", "last_checkpoint")}
@@ -82,4 +111,4 @@ def context(outputs: dict) -> dict:
     for name, summary in outputs.get("metrics", {}).items():
         for stat, value in summary.items():
             metrics[f"{name}.{stat}"] = value
-    return {"phase": phase, "metrics": metrics}
+    return {"phase": phase, "metrics": metrics, "best": _Unknown(outputs.get("best") or {})}

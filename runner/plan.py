@@ -133,9 +133,13 @@ def resolve(loaded: LoadedSpec, inputs: dict[str, object], run_id: str, runs_dir
     if problems:
         raise SpecError(problems)
     try:
-        return Phase.model_validate(resolved)
+        phase = Phase.model_validate(resolved)
     except ValidationError as exc:
         raise SpecError(problems_from_validation(exc, loaded.doc, file, Phase)) from None
+    if phase.expect is not None and phase.expect.unless_input and str(inputs.get(phase.expect.unless_input) or "").strip():
+        # A deliberate resume (a crash retry from the latest checkpoint): the step and LR schedule are the checkpoint's.
+        phase = phase.model_copy(update={"expect": None})
+    return phase
 
 
 def build_plan(loaded: LoadedSpec, given_inputs: dict[str, str], run_id: str, runs_dir: Path | str) -> LaunchPlan:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from runner import chain
 from runner.criteria import run_guards, verdict
+from runner.lifecycle import failure_names
 from runner.metrics.series import MetricSet
 from runner.metrics.sources import LogdirReader
 from runner.outputs import phase_outputs
@@ -30,10 +31,23 @@ def replay(spec_path: str | Path, logdir: str | Path, inputs: dict[str, str] | N
         phase = resolve(loaded, merged, "replay", tmp)
     tags = phase.metrics.tensorboard.tags if phase.metrics and phase.metrics.tensorboard else {}
     reader = LogdirReader(logdir, tags)
+    points = reader.poll()
+    warnings: list[str] = []
+    if len(reader.file_starts) > 1:
+        # Several writers in one logdir (another run, a resume): like a live phase, judge only the newest
+        # run's own points — from its writer's first record on — and say so.
+        newest, (wall, step) = max(reader.file_starts.items(), key=lambda kv: kv[1][0])
+        warnings.append(f"the logdir holds {len(reader.file_starts)} writers' event files (another run, or a resume): "
+                        f"judged from the newest one's start (step {step:,}, {Path(newest).name}); earlier points left out")
+        reader = LogdirReader(logdir, tags)
+        reader.since = wall
+        points = reader.poll()
     metrics = MetricSet()
-    for name, (s, v, w) in reader.poll().items():
+    for name, (s, v, w) in points.items():
         metrics.add(name, s, v, w)
-    guards = run_guards(phase.guards, phase.stop_at, metrics, expect=phase.expect)
+    total = phase.metrics.total_steps if phase.metrics is not None else None
+    guards = run_guards(phase.guards, phase.stop_at, metrics, expect=phase.expect,
+                        total_steps=int(total) if isinstance(total, (int, float)) or str(total or "").isdigit() else None)
     reports = [GuardReport(st.label, st.tripped.step if st.tripped else None,
                            st.tripped.reason if st.tripped else "would not trip") for st in guards.states]
     trip = guards.tripped
@@ -46,14 +60,15 @@ def replay(spec_path: str | Path, logdir: str | Path, inputs: dict[str, str] | N
     v = verdict(True, "exit code 0 (assumed)", trip, phase.success, judged, end_reached=end_reached,
                 planned_end=guards.planned_end if end_reached is not None else None)
     outputs = phase_outputs("", v.verdict, judged, None, None)
+    failed = failure_names({"failure_kind": v.failure_kind, "failure_detail": v.failure_detail})
     d = chain.decide(phase.next, v.verdict, judged, {**outputs, "name": phase.name}, merged,
-                     {"id": "replay", "dir": ""}, loaded.folder, {})
-    return {"spec": str(loaded.path), "logdir": str(logdir), "problems": reader.problems,
+                     {"id": "replay", "dir": ""}, loaded.folder, {}, failed)
+    return {"spec": str(loaded.path), "logdir": str(logdir), "problems": reader.problems, "warnings": warnings,
             "metrics": {k: {"points": len(s), "first_step": int(s.steps[0]), "last_step": int(s.steps[-1])}
                         for k, s in metrics.series.items() if len(s)},
             "phase_start": guards.origin, "planned_end": guards.planned_end, "end_reached": end_reached,
             "guards": [r.__dict__ for r in reports], "stopped_at": min(stops) if stops else None,
-            "verdict": v.verdict, "explanation": v.explanation(), "next": d.reason, "next_spec": d.spec}
+            "verdict": v.verdict, "failure_kind": v.failure_kind and str(v.failure_kind), "explanation": v.explanation(), "next": d.reason, "next_spec": d.spec}
 
 
 def truncate(metrics: MetricSet, step: int) -> MetricSet:

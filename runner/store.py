@@ -52,6 +52,8 @@ CREATE TABLE IF NOT EXISTS phases (
     judgement_json TEXT NOT NULL DEFAULT 'null',
     outputs_json   TEXT NOT NULL DEFAULT '{}',
     decision       TEXT NOT NULL DEFAULT '',
+    failure_kind   TEXT,
+    failure_detail TEXT,
     created_at     REAL NOT NULL,
     started_at     REAL,
     finished_at    REAL,
@@ -128,7 +130,7 @@ CREATE INDEX IF NOT EXISTS phases_status ON phases(status);
 PHASE_FIELDS = {
     "container_name", "container_id", "log_path", "exit_code", "oom_killed", "stop_requested",
     "started_at", "finished_at", "plan_json", "phase_json", "reason", "verdict", "explanation", "judgement_json", "outputs_json",
-    "decision",
+    "decision", "failure_kind", "failure_detail",
 }
 
 
@@ -157,12 +159,17 @@ class Store:
             if version > SCHEMA_VERSION:
                 raise Permanent(f"{self.path} was written by a newer runner (schema {version} > {SCHEMA_VERSION})")
             cols = {r[1] for r in self.db.execute("PRAGMA table_info(checkpoints)")}
+            phase_cols = {r[1] for r in self.db.execute("PRAGMA table_info(phases)")}
             # Opening a current store writes nothing: `runner status` must read a store whose disk is full.
-            if version < SCHEMA_VERSION or "files_json" not in cols:
+            if version < SCHEMA_VERSION or "files_json" not in cols or (phase_cols and "failure_kind" not in phase_cols):
                 self.db.executescript(_SCHEMA)
                 cols = {r[1] for r in self.db.execute("PRAGMA table_info(checkpoints)")}
                 if "files_json" not in cols:  # stores written before per-file records: an added column, nothing else
                     self.db.execute("ALTER TABLE checkpoints ADD COLUMN files_json TEXT")
+                phase_cols = {r[1] for r in self.db.execute("PRAGMA table_info(phases)")}
+                for col in ("failure_kind", "failure_detail"):  # stores written before failure kinds were recorded
+                    if col not in phase_cols:
+                        self.db.execute(f"ALTER TABLE phases ADD COLUMN {col} TEXT")
                 self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             damage = self._damage()
         except sqlite3.DatabaseError as exc:

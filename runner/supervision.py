@@ -26,6 +26,20 @@ def build_sources(phase: Phase, folder: Path | str) -> Sources:
     return Sources(tb, js, so)
 
 
+def new_guards(phase: Phase) -> Guards:
+    """The phase's guards, told its planned length (stop_at, else metrics.total_steps) so that a divergence
+    guard's windows fit inside a short phase."""
+    return Guards(phase.guards, phase.stop_at, phase.expect, total_steps(phase))
+
+
+def total_steps(phase: Phase) -> int | None:
+    total = phase.metrics.total_steps if phase.metrics is not None else None
+    try:
+        return int(total) if total is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
 def sparkline(values: np.ndarray, width: int = 16) -> str:
     v = values[-width:]
     v = v[np.isfinite(v)]
@@ -43,7 +57,7 @@ class Supervision:
     def __init__(self, phase: Phase, folder: Path | str):
         self.phase = phase
         self.sources = build_sources(phase, folder)
-        self.guards = Guards(phase.guards, phase.stop_at, phase.expect)
+        self.guards = new_guards(phase)
         self.lock = threading.Lock()  # the log pump feeds the stdout parser from its thread
         self.ckpt = None  # the phase's CheckpointGuard, if it has a checkpoints: block
         self.trip: Trip | None = None
@@ -51,6 +65,8 @@ class Supervision:
         self.standing: Judgement | None = None
         self.started = time.time()  # wall time, for people; durations below use the monotonic clock
         self._mono_start = time.monotonic()
+        if self.sources.tensorboard is not None:  # points older than the phase belong to another run
+            self.sources.tensorboard.since = self.started
         self.unsaved: dict = {}  # metric points not in the store yet (its disk was full)
         self.store_full = False
         self.engine_outages: list[list] = []  # [wall time unreachable, wall time back (None: still away)]
@@ -81,7 +97,7 @@ class Supervision:
         if self.sources.restarted:
             # The guards judged the abandoned run's steps too: judged again, from the start, on the series as
             # they are now (the newest writer's steps from the restart on).
-            self.guards = Guards(self.phase.guards, self.phase.stop_at, self.phase.expect)
+            self.guards = new_guards(self.phase)
             new = {name: (s.steps, s.values, s.walls) for name, s in self.metrics.series.items() if len(s)}
         before = self.guards.last_step
         trip = self.guards.feed(new)
@@ -97,6 +113,8 @@ class Supervision:
         time before this process is taken from the wall clock once, the rest from the monotonic one."""
         self.started = wall
         self._mono_start = time.monotonic() - max(0.0, time.time() - wall)
+        if self.sources.tensorboard is not None:
+            self.sources.tensorboard.since = wall
 
     def clock(self) -> Trip | None:
         # Monotonic: a wall-clock jump (NTP, a VM resumed, a changed date) never fires or delays a time guard.

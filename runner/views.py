@@ -38,6 +38,7 @@ def run_view(store: Store, run_id: str, events: bool = False) -> dict[str, Any]:
                 "spec_sha256": p["spec_sha256"],
                 "inputs": p["inputs"],
                 "verdict": p["verdict"],
+                "failure_kind": p.get("failure_kind"),  # how it failed, recorded when decided (see FailureKind)
                 "explanation": p["explanation"],
                 "judgement": p["judgement"],
                 "decision": p["decision"],

@@ -487,6 +487,10 @@ class CheckpointGuard:
                         {"name": name, "step": step})
         self.wait_hashed()
         if self.validator is not None:
+            last = self._last_vaulted()
+            done = {e["data"].get("step") for e in self._validation_events()}
+            if last is not None and last["step"] not in done:  # validated before a runner restart: not again
+                self.validator.final(last["step"], last["vault_path"])
             if not self.validator.drain(timeout=max(60.0, self.validator.spec.timeout)):
                 self._event("validation.failed", "validations still running at the end of the phase; not waited for")
             if merge is not None:
@@ -501,6 +505,24 @@ class CheckpointGuard:
                     target.unlink()
                 self.store.checkpoint_update(self.phase_id, c["name"], state="pruned")
         return self.outputs()
+
+    def _last_vaulted(self) -> dict | None:
+        rows = [c for c in self.store.checkpoints(self.phase_id) if c["state"] in ("kept", "best", "trash", "pruned")]
+        return max(rows, key=lambda c: c["step"]) if rows else None
+
+    def validated_until(self) -> dict[str, int]:
+        """For the judge (criteria.Evidence): each metric that validation produced for this phase → the step of
+        the phase's last vaulted checkpoint.  {} without validation."""
+        if self.validator is None:
+            return {}
+        last = self._last_vaulted()
+        if last is None:
+            return {}
+        names = {k for e in self._validation_events() for k in e["data"] if k != "step"}
+        return {name: int(last["step"]) for name in names}
+
+    def _validation_events(self) -> list[dict]:
+        return [e for e in self.store.events(self.run_id) if e["phase_id"] == self.phase_id and e["kind"] == "validation.done"]
 
     def missed_explanation(self, metrics: MetricSet) -> str:
         """Lines for the verdict: checkpoints missed that could have been the best by the metrics at their step."""

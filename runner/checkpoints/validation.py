@@ -44,6 +44,7 @@ class Validator:
         self.results: list[tuple[int, dict[str, float], float]] = []
         self._lock = threading.Lock()
         self._count = 0
+        self.queued: set[int] = set()  # steps offered for validation (every Nth, and the last)
         self._idle = threading.Event()
         self._idle.set()
         self._thread = threading.Thread(target=self._run, name="validator", daemon=True)
@@ -53,9 +54,19 @@ class Validator:
         """Called for each vaulted checkpoint; every Nth is validated."""
         self._count += 1
         if (self._count - 1) % self.spec.every == 0:
-            self._idle.clear()
-            self.jobs.put((step, path))
-            self.store.event(self.run_id, self.phase_id, "validation.queued", f"validation of step {step} queued")
+            self._queue(step, path)
+
+    def final(self, step: int, path: str) -> None:
+        """The phase's last checkpoint is always validated, whatever `every` skipped: the verdict and the
+        hand-over rest on the model as the phase left it, never on an older validation."""
+        if step not in self.queued:
+            self._queue(step, path, " (the phase's last checkpoint)")
+
+    def _queue(self, step: int, path: str, why: str = "") -> None:
+        self.queued.add(step)
+        self._idle.clear()
+        self.jobs.put((step, path))
+        self.store.event(self.run_id, self.phase_id, "validation.queued", f"validation of step {step} queued{why}")
 
     def take(self) -> list[tuple[int, dict[str, float], float]]:
         with self._lock:

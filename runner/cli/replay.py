@@ -27,7 +27,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if args.output == "json":
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
         return 0
-    for p in report["problems"]:
+    for p in report["warnings"] + report["problems"]:
         say(console, f"warning: {p}")
     for name, m in report["metrics"].items():
         say(console, f"metric {name}: {m['points']} points, steps {m['first_step']}..{m['last_step']}")

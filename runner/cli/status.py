@@ -54,14 +54,16 @@ def run(args: argparse.Namespace, console: Console) -> int:
         for p in view["phases"] or [{"name": "-", "status": view["status"], "exit_code": None, "reason": "", "started_at": None}]:
             stored = rows.get(p["name"])
             progress = progress_text(engine, stored) if stored and stored["status"] in ("running", "detached") else ""
-            add_row(table, view["id"], p["name"], p["status"], p.get("verdict") or "",
+            verdict = (p.get("verdict") or "") + (f" ({p['failure_kind']})" if p.get("failure_kind") and p.get("verdict") else "")
+            add_row(table, view["id"], p["name"], p["status"], verdict,
                     "" if p["exit_code"] is None else str(p["exit_code"]), short_time(p["started_at"]), progress, p["reason"])
     console.print(table)
     if args.run:
         for p in views[0]["phases"]:
             if p["explanation"] or p["decision"]:
                 console.print()
-                say(console, f"phase {p['name']}: verdict {p['verdict'] or '-'}")
+                kind = f" ({p['failure_kind']})" if p.get("failure_kind") else ""
+                say(console, f"phase {p['name']}: verdict {p['verdict'] or '-'}{kind}")
                 for line in (p["explanation"] or "").splitlines():
                     say(console, f"  {line}")
                 if p["decision"]:

@@ -52,6 +52,11 @@ class LogdirReader:
         # from there on.  name → (file that last logged it, its highest step); restarts: name → from step.
         self.writer: dict[str, tuple[str, int]] = {}
         self.restarts: dict[str, tuple[int, str]] = {}
+        # A phase's metrics are its own: points written before it started (another run in the same logdir, an
+        # earlier attempt) are not read into it.  ``since``: the phase's start (wall clock), None = everything.
+        self.since: float | None = None
+        self.ignored: dict[str, int] = {}  # name → points left out as older than ``since``
+        self.file_starts: dict[str, tuple[float, int]] = {}  # event file → (first wall time, first step) it logged
 
     def files(self) -> list[Path]:
         if self.only is not None:
@@ -112,7 +117,22 @@ class LogdirReader:
             name = (self.names.get(qualified) or self.names.get(tag)) if self.names else qualified
             if name is None or not len(s):
                 continue
-            key, first, last = str(path), int(np.min(s)), int(np.max(s))
+            key = str(path)
+            start = self.file_starts.get(key)
+            if start is None or float(np.min(w)) < start[0]:
+                self.file_starts[key] = (float(np.min(w)), int(np.min(s)))
+            if self.since is not None:
+                mine = w >= self.since - SINCE_SLACK_S
+                if not mine.all():
+                    if name not in self.ignored:
+                        self.problems.append(
+                            f"{path}: {name} has points written before this phase started (another run, or an earlier "
+                            "attempt, in the same logdir): left out — a phase is judged on its own steps only")
+                    self.ignored[name] = self.ignored.get(name, 0) + int((~mine).sum())
+                    s, v, w = s[mine], v[mine], w[mine]
+                    if not len(s):
+                        continue
+            first, last = int(np.min(s)), int(np.max(s))
             prev = self.writer.get(name)
             if prev is not None and prev[0] != key and first <= prev[1]:
                 self.restarts[name] = (min(first, self.restarts.get(name, (first, ""))[0]), key)
@@ -124,6 +144,9 @@ class LogdirReader:
             else:
                 self.writer[name] = (key, max(last, prev[1]) if prev is not None and prev[0] == key else last)
             _merge(out, name, s, v, w)
+
+
+SINCE_SLACK_S = 5.0  # clocks of the trainer and of runner: the same host (or an NTP-synced node)
 
 
 def _created(path: Path) -> float:

@@ -87,7 +87,8 @@ def _phase(p: PhaseReport, with_plots: bool) -> str:
                        f"<td><code>{e((c['sha256'] or '')[:16])}</code></td><td><code>{e(c['vault_path'])}</code></td></tr>")
         out.append("</table>")
     if r["verdict"] or r["explanation"]:
-        out.append(f"<h3>Verdict: {_status(r['verdict'])}</h3><pre>{e(r['explanation'])}</pre>")
+        kind = f" ({e(r['failure_kind'])})" if r.get("failure_kind") else ""
+        out.append(f"<h3>Verdict: {_status(r['verdict'])}{kind}</h3><pre>{e(r['explanation'])}</pre>")
     if r["decision"]:
         out.append(f"<p><b>next:</b> {e(r['decision'])}</p>")
     out.append("</section>")

@@ -7,6 +7,9 @@ Namespaces known when a phase is planned:
 Known only when the phase has ended, so only in `next:` rules:
   phase.verdict, phase.best_checkpoint, phase.last_checkpoint
   metrics.NAME.STAT   a metric summary: last, last_step, min, max, mean, count
+  best.step, best.NAME   the phase's best vaulted checkpoint: its step, and each metric there — a validation
+                      metric the checkpoint's own validation, a training metric its smoothed value at that
+                      step (where the checkpoint was, not a noisy point); empty when unknown
 
 Substitution is plain text replacement into a string; nothing is ever evaluated
 or handed to a shell.
@@ -23,6 +26,7 @@ NAMESPACES: dict[str, set[str] | None] = {
     "phase": {"name", "dir", "verdict", "best_checkpoint", "last_checkpoint"},
     "metrics": None,
     "checkpoint": {"path", "step"},
+    "best": None,
 }
 OUTPUTS = {("phase", "verdict"), ("phase", "best_checkpoint"), ("phase", "last_checkpoint")}
 STATS = {"last", "last_step", "min", "max", "mean", "count", "smoothed"}
@@ -40,7 +44,7 @@ def check_reference(namespace: str, key: str, declared_inputs: set[str], in_next
         return f"unknown namespace in ${{{{ {namespace}.{key} }}}}; known: {', '.join(sorted(NAMESPACES))}"
     if namespace == "checkpoint":
         return None  # placement is checked by the loader (only in checkpoints.validate.command)
-    if (namespace, key) in OUTPUTS or namespace == "metrics":
+    if (namespace, key) in OUTPUTS or namespace in ("metrics", "best"):
         if not in_next:
             return f"${{{{ {namespace}.{key} }}}} is known only when the phase has ended: use it in next: rules or retry.with"
         if namespace == "metrics" and key.rsplit(".", 1)[-1] not in STATS:

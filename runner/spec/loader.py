@@ -332,6 +332,11 @@ def reference_problems(doc: Document, file: str) -> list[Problem]:
         return text
 
     interpolate.walk_strings(data, check)
+    expect = data.get("expect")
+    name = expect.get("unless_input") if isinstance(expect, dict) else None
+    if isinstance(name, str) and name not in declared:
+        line, col = doc.position(("expect", "unless_input"))
+        out.append(Problem(file, line, col, "expect.unless_input", f"{name!r} is not an input of this spec (declare it under inputs:)"))
     return out
 
 

@@ -50,19 +50,19 @@ def test_replay_reports_the_divergence_step(tmp_path, bottoming_logdir):
     spec.write_text(SPEC)
     report = replay(spec, bottoming_logdir)
     by = {g["guard"]: g for g in report["guards"]}
-    # The raw curve bottoms at 1.0 (step 3000) and passes +20% at 3200; the guard judges the smoothed
-    # curve (time constant: 25 logging intervals = 1,250 steps), which lags, so it passes +20% of its
-    # smoothed best ~1,300 steps later; sustained 500 steps → trips at 5000.
-    assert by["text_loss diverges"]["step"] == 5000
+    # The raw curve bottoms at 1.0 (step 3000) and passes +20% at 3200; the guard judges the mean of the last
+    # 500 steps (half of `for`, at least 10 logging intervals), which lags 250 steps: its best 1.1 (step 3,100),
+    # +20% of it passed at 3,550; held for 500 steps → trips at 4050.
+    assert by["text_loss diverges"]["step"] == 4050
     assert by["text_loss non-finite"]["step"] is None
     assert by["stall"]["step"] is None
-    assert report["stopped_at"] == 5000
+    assert report["stopped_at"] == 4050
     assert report["verdict"] == "failure"
     assert report["next_spec"].endswith("restart.yaml")
     out = subprocess.run([sys.executable, "-m", "runner.cli", "replay", str(spec), "--logdir", str(bottoming_logdir)],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "guard text_loss diverges: trips at step 5000" in out.stdout
+    assert "guard text_loss diverges: trips at step 4050" in out.stdout
     assert "next: rule 2 fired" in out.stdout
 
 
@@ -153,6 +153,8 @@ def test_replay_of_the_shipped_incident_chain_on_the_simulated_trainer(tmp_path)
     doc = yaml.safe_load((chain / "finetune.yaml").read_text())
     names = doc["metrics"]["stdout"]["patterns"]
     doc["metrics"] = {"tensorboard": {"logdir": "logs", "tags": {n: f"train/{n}" for n in names}}}
+    # PyYAML (YAML 1.1) reads the key `on` as true; runner's loader reads it as the user means it
+    doc["retry"] = {("on" if k is True else k): v for k, v in doc["retry"].items()}
     (chain / "finetune.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     report = replay(chain / "finetune.yaml", tmp_path / "out" / "logs")
     by = {g["guard"]: g for g in report["guards"]}

@@ -4,7 +4,7 @@ import pytest
 
 from runner.backends.fake import FakeBackend, Script
 from runner.engine import Engine, QuietReporter
-from runner.errors import EngineUnavailable, GpuUnavailable, ImageMissing, LaunchError
+from runner.errors import EngineUnavailable, GpuUnavailable, ImageMissing, LaunchError, SpecError
 from runner.store import Store
 from tests.conftest import MINIMAL
 
@@ -107,7 +107,7 @@ def test_gpu_without_runtime_fails_before_running(make, write_spec):
 
 def test_missing_mount_source_is_an_error_unless_create(make, write_spec, tmp_path):
     engine = make()
-    with pytest.raises(LaunchError, match="mount source .* does not exist"):
+    with pytest.raises(SpecError, match="mount source .* does not exist"):
         engine.apply(write_spec(MINIMAL + "  mounts: [{source: ./nope, target: /x}]\n"))
     result = engine.apply(write_spec(MINIMAL + "  mounts: [{source: ./out, target: /x, create: true}]\n")).last
     assert result.status == "succeeded" and (tmp_path / "out").is_dir()

@@ -108,8 +108,10 @@ def test_every_planned_command_line_parses_with_the_real_trainers_flags(spec, tm
     later = later_parser().parse_args(argv[2:])
     assert later.train_manifest == [str(args.train_manifest)] and later.learning_rate == args.learning_rate
     # Base and lower-LR phases start through --base-checkpoint (weights only, a fresh optimizer and schedule
-    # at --learning-rate); --resume would restore the checkpoint's scheduler and ignore the LR.
-    assert args.resume == "" and "--resume" not in argv
+    # at --learning-rate); --resume would restore the checkpoint's scheduler and ignore the LR.  A long phase
+    # passes `--resume ""` (the real parser's own default: no resume) unless a crash retry sets resume_from.
+    assert args.resume == ""
+    assert "--resume" not in argv or argv[argv.index("--resume") + 1] == ""
     assert "--base-checkpoint" in argv and "--learning-rate" in argv
     assert str(args.output_dir).endswith("/out") and "--output-dir" in argv
 
@@ -163,3 +165,20 @@ def test_our_trainers_have_exactly_the_real_parser(image):
     got = [(a.option_strings[0], a.type, a.default, a.required,
             "store_true" if isinstance(a, argparse._StoreTrueAction) else "store") for a in ours]
     assert got == REAL_FLAGS
+
+
+@pytest.mark.parametrize("spec", ["finetune.yaml", "phase2.yaml", "restart_from_base.yaml"])
+def test_a_crash_retry_resumes_the_newest_checkpoint_through_the_real_flag_and_turns_expect_off(spec, tmp_path):
+    """The long phases' `retry:` passes the failed attempt's newest vaulted checkpoint as resume_from: the real
+    parser reads it as --resume (step, optimizer and LR schedule restored: the run goes on where it was), so
+    the phase's expect: checks (LR asked, steps from 0), right for a fresh start, are off for that attempt."""
+    ckpt = "/runs/vault/RUN/indextts-finetune/model_step81000.pth"
+    loaded = load_spec(SPECS / spec)
+    assert loaded.phase.retry is not None and "crashed" in loaded.phase.retry.on
+    assert loaded.phase.retry.with_ == {"resume_from": "${{ phase.last_checkpoint }}"}
+    start = {"start_from": "/runs/vault/run1/indextts-phase1-validate-lr/model_step4000.pth"} if spec == "phase2.yaml" else {}
+    given = {**start, "resume_from": ckpt}
+    args = real_parser().parse_args(list(build_plan(loaded, given, "run1", tmp_path).command)[2:])
+    assert args.resume == ckpt
+    assert resolve(loaded, merge_inputs(loaded, given), "run1", tmp_path).expect is None
+    assert resolve(loaded, merge_inputs(loaded, start), "run1", tmp_path).expect is not None
