@@ -14,6 +14,7 @@ Exit codes (README, "Exit codes") — the error's type decides:
 from __future__ import annotations
 
 import argparse
+import os
 import traceback
 from types import ModuleType
 from typing import Sequence
@@ -75,7 +76,12 @@ def parser() -> argparse.ArgumentParser:
 def _console() -> Console:
     console = Console(highlight=False)
     if not console.is_terminal:
-        console = Console(highlight=False, width=200)  # piped: do not squeeze tables to 80 columns
+        # Piped: $COLUMNS when set (a script sizing its output), else 200 — never squeezed to 80 columns.
+        try:
+            width = int(os.environ.get("COLUMNS") or 200)
+        except ValueError:
+            width = 200
+        console = Console(highlight=False, width=max(40, width))
     return console
 
 

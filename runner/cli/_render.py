@@ -11,7 +11,7 @@ from rich.text import Text
 
 from runner.errors import RunnerError
 
-STATUS_WIDTH = 120  # the `runner status` table never needs a wider terminal
+STATUS_WIDTH = 200  # the `runner status` table: wider terminals leave the rest empty (`--wide`: no limit)
 
 
 class TerminalReporter:

@@ -16,7 +16,35 @@ from runner.cli._render import STATUS_WIDTH, add_row, progress_text, render_view
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     s = sub.add_parser("status", parents=parents, help="show runs and their phases")
     s.add_argument("run", nargs="?", metavar="RUN", help="run id or unique prefix (default: recent runs)")
-    s.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    s.add_argument("--output", "-o", choices=["table", "json"], default="table",
+                   help="table (one line per phase, fitted to the terminal or $COLUMNS) or json (everything, in full)")
+    s.add_argument("--wide", "-w", action="store_true",
+                   help="one line per phase with every cell in full (reasons and progress not cut)")
+
+
+COLUMNS = ("RUN", "PHASE", "STATUS", "VERDICT", "EXIT", "STARTED", "PROGRESS", "REASON")
+OPTIONAL = ("STARTED", "EXIT", "PROGRESS", "VERDICT")  # left out, in this order, when the reason would get < 24 columns
+
+
+def status_table(lines: list[dict[str, str]], width: int | None) -> Table:
+    """One line per phase: columns empty in every row are left out; at a narrow width the optional ones go
+    first, so that the reason keeps room; what is left is cut with "…" (`--wide`: width None, nothing cut)."""
+    shown = [c for c in COLUMNS if c in ("RUN", "PHASE", "STATUS", "REASON") or any(row[c] for row in lines)]
+
+    def need(cols: list[str]) -> int:  # every column but REASON at its natural width, one space between
+        return sum(max([len(c)] + [len(row[c]) for row in lines]) + 2 for c in cols if c != "REASON")
+
+    for col in OPTIONAL:
+        if width is None or width - need(shown) >= 24:
+            break
+        if col in shown:
+            shown.remove(col)
+    table = Table(box=None, pad_edge=False, width=width)
+    for col in shown:
+        table.add_column(col, no_wrap=True, overflow="ellipsis", ratio=1 if col == "REASON" and width else None)
+    for row in lines:
+        add_row(table, *(row[c] for c in shown))
+    return table
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
@@ -43,27 +71,29 @@ def run(args: argparse.Namespace, console: Console) -> int:
             say(console, server_line(server))
             say(console, f"queue: {len(waiting)} waiting" + (" (`runner queue` lists them)" if waiting else ""))
             console.print()
-    # At most 120 columns: long progress and reasons wrap (`runner status RUN` has them in full).
-    table = Table(box=None, pad_edge=False, width=min(console.width, STATUS_WIDTH))
-    for col in ("RUN", "PHASE", "STATUS", "VERDICT", "EXIT", "STARTED"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("PROGRESS", overflow="fold", max_width=36)
-    table.add_column("REASON", overflow="fold", min_width=20, ratio=1)
+    # One line per phase at any width: cells are cut with "…" (`status RUN`, `--wide` and `-o json` have them in full).
+    if args.wide:
+        console = Console(highlight=False, width=100_000, file=console.file)
+    width = None if args.wide else min(console.width, STATUS_WIDTH)
+    lines = []
     for view in views:
         rows = {r["name"]: r for r in store.phases(view["id"])}
         for p in view["phases"] or [{"name": "-", "status": view["status"], "exit_code": None, "reason": "", "started_at": None}]:
             stored = rows.get(p["name"])
             progress = progress_text(engine, stored) if stored and stored["status"] in ("running", "detached") else ""
             verdict = (p.get("verdict") or "") + (f" ({p['failure_kind']})" if p.get("failure_kind") and p.get("verdict") else "")
-            add_row(table, view["id"], p["name"], p["status"], verdict,
-                    "" if p["exit_code"] is None else str(p["exit_code"]), short_time(p["started_at"]), progress, p["reason"])
-    console.print(table)
+            lines.append({"RUN": view["id"], "PHASE": p["name"], "STATUS": p["status"], "VERDICT": verdict,
+                          "EXIT": "" if p["exit_code"] is None else str(p["exit_code"]), "STARTED": short_time(p["started_at"]),
+                          "PROGRESS": progress if width is None else progress[:36], "REASON": p["reason"]})
+    console.print(status_table(lines, width))
     if args.run:
         for p in views[0]["phases"]:
-            if p["explanation"] or p["decision"]:
+            if p["explanation"] or p["decision"] or p["reason"]:
                 console.print()
                 kind = f" ({p['failure_kind']})" if p.get("failure_kind") else ""
                 say(console, f"phase {p['name']}: verdict {p['verdict'] or '-'}{kind}")
+                if p["reason"] and p["reason"] not in (p["explanation"] or ""):
+                    say(console, f"  reason: {p['reason']}")
                 for line in (p["explanation"] or "").splitlines():
                     say(console, f"  {line}")
                 if p["decision"]:

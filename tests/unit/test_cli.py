@@ -193,3 +193,27 @@ def test_a_second_server_is_refused(tmp_path):
         lock.release()
     assert out.returncode == 1, out.stderr
     assert "a server already serves" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_status_is_one_line_per_phase_at_any_width_and_says_the_rest_in_full_elsewhere(tmp_path):
+    """A guard's reason is long; piped output honours $COLUMNS; `--wide` and `status RUN` give it in full."""
+    state = tmp_path / "runs" / "runner.db"
+    state.parent.mkdir()
+    store = Store(state)
+    store.create_run("ef56", GOOD)
+    reason = "guard tripped (text_loss diverges): " + "smoothed text_loss has stayed above its best " * 6
+    names = ["indextts-finetune", "indextts-phase1-validate-lr", "indextts-phase2-continue", "indextts-restart-from-base"]
+    for name in names:
+        finish(store, store.add_phase("ef56", name, GOOD, "0" * 64, {}), "failed", reason)
+    store.close()
+    site = tmp_path
+    for columns in (80, 100, 120, 200):
+        out = runner(site, "status", env={"COLUMNS": str(columns)})
+        lines = out.stdout.splitlines()
+        assert out.returncode == 0 and len(lines) == 1 + len(names), out.stdout
+        assert all(len(line.rstrip()) <= columns for line in lines), (columns, out.stdout)
+        assert all(line.rstrip().endswith("…") for line in lines[1:]) and "REASON" in lines[0], out.stdout
+    wide = runner(site, "status", "--wide", env={"COLUMNS": "80"}).stdout.splitlines()
+    assert len(wide) == 1 + len(names) and all(reason.strip() in line for line in wide[1:])
+    detail = runner(site, "status", "ef56", env={"COLUMNS": "80"}).stdout
+    assert f"reason: {reason.strip()}" in detail
