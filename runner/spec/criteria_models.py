@@ -261,9 +261,9 @@ class Guard(Model):
     mode: Literal["min", "max"] = Field("min", description="For diverges: whether lower (min) or higher (max) is better.")
     non_finite: bool | None = Field(None, description="Trip on NaN or ±inf, at once.")
     diverges: Divergence | None = Field(None, description="Trip when the smoothed metric rises away from its smoothed best by a margin, sustained.")
-    stall: Duration | None = Field(None, description="Trip when no new step is logged for this long.")
+    stall: Duration | None = Field(None, gt=0, description="Trip when no new step is logged for this long.")
     missing: Missing | None = Field(None, description="Trip when the metric has not appeared within N steps of the phase's first step, or within a duration.")
-    timeout: Duration | None = Field(None, description="Trip after this much wall time.")
+    timeout: Duration | None = Field(None, gt=0, description="Trip after this much wall time.")
     max_steps: int | None = Field(None, description="Removed: use the phase's stop_at (a planned end is judged, not a failure).",
                                   json_schema_extra={"deprecated": True})
 

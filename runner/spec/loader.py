@@ -136,6 +136,11 @@ class _Builder:
         self.doc.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if len(path) > MAX_DEPTH:
             raise _TooDeep(node)
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and \
+                node.tag not in ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"):
+            # `!!python/object/apply:os.system [...]`, `!!python/tuple`, `!!set`: refused like a scalar's tag
+            self.problem(node, path, f"unsupported YAML tag {node.tag!r}: specs hold plain data only")
+            return None
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}
             for key_node, value_node in node.value:
@@ -280,14 +285,59 @@ REFUSED_FIELDS = {
 }
 
 
+# pydantic's wording, said the README's way (the one boundary where validation errors become spec errors)
+_PATTERNS = {
+    r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$": "lower-case letters, digits, '.', '_' or '-' (at most 63, starting and "
+                                               "ending with a letter or digit), e.g. indextts-phase1",
+    r"^[A-Za-z_][A-Za-z0-9_]*$": "a name of letters, digits and '_' (not starting with a digit)",
+}
+_KINDS = {"dict_type": "a mapping (KEY: value)", "list_type": "a list", "string_type": "text", "float_type": "a number",
+          "float_parsing": "a number", "int_type": "a whole number", "int_parsing": "a whole number", "bool_type": "true or false"}
+_GENERIC = ("dict_type", "list_type", "string_type", "float_type", "float_parsing", "int_type", "int_parsing", "bool_type",
+            "string_pattern_mismatch", "literal_error", "model_type", "model_attributes_type")
+
+
+def _what(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "text", bool: "true/false", type(None): "nothing"}.get(
+        type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
+
+
+def _plain(err: dict, path: Loc) -> str:
+    """A validation error in words: what is allowed, and what was given."""
+    kind, given = err["type"], err.get("input")
+    if kind == "string_pattern_mismatch":
+        pattern = (err.get("ctx") or {}).get("pattern", "")
+        if pattern in _PATTERNS:
+            return f"{_PATTERNS[pattern]}; got {given!r}"
+        if "${{" in pattern or "\\$\\{" in pattern:
+            return f"a value or a ${{{{ inputs.NAME }}}} reference; got {given!r}"
+        return f"does not have the allowed form ({pattern}); got {given!r}"
+    if kind == "dict_type" and path and path[-1] == "env" and isinstance(given, list):
+        return "a mapping NAME: value (e.g. env: {PYTHONUNBUFFERED: 1}), not a list of NAME=value"
+    bounds = {"greater_than_equal": ("at least", "ge"), "greater_than": ("more than", "gt"),
+              "less_than_equal": ("at most", "le"), "less_than": ("less than", "lt")}
+    if kind in bounds:
+        word, key = bounds[kind]
+        return f"should be {word} {(err.get('ctx') or {}).get(key)}, got {given!r}"
+    if kind in _KINDS:
+        return f"should be {_KINDS[kind]}, got {_what(given)}" + (f" {given!r}" if isinstance(given, (str, int, float)) else "")
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
 def problems_from_validation(exc: ValidationError, doc: Document, file: str, model: type[BaseModel]) -> list[Problem]:
     out: list[Problem] = []
     seen: set[tuple[str, str]] = set()
-    for err in exc.errors(include_url=False):
+    errors = exc.errors(include_url=False)
+    # A union (a number, or a ${{ }} reference; a mapping, or a shorthand) reports one error per member: where a
+    # field has a specific error, the members' generic "should be text/a number" lines are noise.
+    specific = {_data_path(doc.data, tuple(e["loc"]))[0] for e in errors if e["type"] not in _GENERIC}
+    for err in errors:
         loc = tuple(err["loc"])
         kind = err["type"]
         found, rest = _data_path(doc.data, loc)
-        message = str(err["msg"]).removeprefix("Value error, ")
+        if kind in _GENERIC and found in specific:
+            continue
+        message = _plain(err, found)
         if kind == "extra_forbidden":
             name = str(loc[-1])
             message = f"unknown field {name!r}"
@@ -307,6 +357,8 @@ def problems_from_validation(exc: ValidationError, doc: Document, file: str, mod
             line, col = doc.position(found)
             if kind == "literal_error" and isinstance(err.get("input"), str):
                 message = f"{message}, got {err['input']!r}"
+        if any(p.file == file and p.path == dotted(path) for p in out) and kind in _GENERIC:
+            continue  # one line per field: the first union member's complaint says it
         key = (dotted(path), message)
         if key in seen:
             continue
@@ -368,7 +420,8 @@ def load_spec_text(text: str, path: Path | str) -> LoadedSpec:
     try:
         phase = Phase.model_validate(doc.data)
     except ValidationError as exc:
-        problems += problems_from_validation(exc, doc, file, Phase)
+        said = {p.path for p in problems}  # a field whose YAML was refused is not also reported as the wrong type
+        problems += [p for p in problems_from_validation(exc, doc, file, Phase) if p.path not in said]
     if problems:
         problems.sort(key=lambda p: (p.line, p.col))
         raise SpecError(problems)

@@ -93,6 +93,13 @@ class Phase(Model):
                                 "from the vault's newest checkpoint if asked; each attempt is recorded. Never after a guard trip or a failed verdict.")
     next: list[NextRule] = Field(default_factory=list, description="Ordered rules; the first that matches the verdict or criteria chains the next spec.")
 
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v):
+        if v is not None and v <= 0:
+            raise ValueError("a timeout of 0 would fail the phase at once: give a duration such as 3h, or leave it out")
+        return v
+
     @field_validator("inputs")
     @classmethod
     def _input_names(cls, v: dict) -> dict:

@@ -53,7 +53,8 @@ def test_wrong_api_version_and_name(tmp_path):
     text = MINIMAL.lstrip("\n").replace("runner/v1", "runner/v2").replace("name: p1", "name: Bad Name")
     lines, f = problems(text, tmp_path)
     assert lines[0].startswith(f"{f}:1:13: apiVersion: Input should be 'runner/v1', got 'runner/v2'")
-    assert lines[1].startswith(f"{f}:3:7: name: String should match pattern")
+    assert lines[1] == f"{f}:3:7: name: lower-case letters, digits, '.', '_' or '-' (at most 63, starting and ending " \
+        "with a letter or digit), e.g. indextts-phase1; got 'Bad Name'"
 
 
 def test_duplicate_keys_are_rejected(tmp_path):
@@ -138,3 +139,24 @@ def test_deep_nesting_is_a_located_error_not_a_recursion_error(depth, where):
     with pytest.raises(SpecError, match="nested") as exc:
         load_spec_text(text, "bomb.yaml")
     assert where in str(exc.value)
+
+
+def test_validation_messages_say_what_is_allowed_one_line_per_field(tmp_path):
+    """pydantic's wording is rewritten at the one boundary: what is allowed and what was given, no union noise."""
+    text = MINIMAL.lstrip("\n") + "  env: [FOO=bar]\nstop_at: {steps: -5}\ntimeout: 0\nguards:\n  - {stall: 0}\n"
+    lines, f = problems(text, tmp_path)
+    assert lines == [
+        f"{f}:7:8: container.env: a mapping NAME: value (e.g. env: {{PYTHONUNBUFFERED: 1}}), not a list of NAME=value",
+        f"{f}:8:18: stop_at.steps: should be at least 1, got -5",
+        f"{f}:9:10: timeout: a timeout of 0 would fail the phase at once: give a duration such as 3h, or leave it out",
+        f"{f}:11:13: guards[0].stall: should be more than 0, got 0",
+    ], lines
+
+
+@pytest.mark.parametrize("tagged", ["!!python/object/apply:os.system [echo hi]", "!!python/tuple [a, b]",
+                                    "!!set {a: null}", "!!python/object/new:dict {x: 1}"])
+def test_yaml_tags_on_lists_and_mappings_are_refused_like_tags_on_scalars(tmp_path, tagged):
+    text = MINIMAL.lstrip("\n").replace('command: [python3, -c, "print(\'hi\')"]', f"command: {tagged}")
+    lines, f = problems(text, tmp_path)
+    assert len(lines) == 1 and lines[0].startswith(f"{f}:6:12: container.command: unsupported YAML tag '"), lines
+    assert lines[0].endswith("specs hold plain data only")
