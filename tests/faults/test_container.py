@@ -107,6 +107,7 @@ def test_row35_api_version_above_the_servers_is_negotiated(cli, spec_for, docker
 ], ids=["stop_at", "total_steps"])
 def test_row41_docker_stop_at_10_percent_is_stopped_from_outside_not_success(cli, spec_for, docker_client, planned):
     """The reference trainer (SIGTERM: save, exit 0) stopped by `docker stop` at ~10% of its planned steps."""
+    spec_for(["true"], name="after")  # the success branch: it must never run (the whole chain is checked first)
     spec = spec_for(["python3", "/app/train.py", "--max-steps", "400", "--save-every", "1000", "--step-delay", "0.05",
                      "--logdir", "${{ phase.dir }}/tb", "--output-dir", "${{ phase.dir }}/ckpt"],
                     image=TRAINER_IMAGE,
@@ -114,7 +115,7 @@ def test_row41_docker_stop_at_10_percent_is_stopped_from_outside_not_success(cli
                     extra=(planned +
                            "metrics:\n  tensorboard: {logdir: \"${{ phase.dir }}/tb\", tags: {loss: train/text_loss}}\n"
                            "  poll_interval: 0.2s\n  total_steps: 400\n"
-                           "next:\n  - {when: success, apply: nowhere.yaml}\n"))
+                           "next:\n  - {when: success, apply: after.yaml}\n"))
     proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "--state", str(cli.state), "apply", spec],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run, container = running_container(cli, docker_client)
