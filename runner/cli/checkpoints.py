@@ -17,11 +17,12 @@ FIELDS = ("step", "name", "state", "ever_best", "score", "sha256", "size", "vaul
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     ck = sub.add_parser("checkpoints", parents=parents,
-                        help="list checkpoints: step, score, sha256, state (best, kept, pruned)",
+                        help="list checkpoints: step, score, sha256, state (best, top-k, kept, pruned)",
                         description="List a run's vaulted checkpoints: step, state (best, kept, pruned), score, size, "
                                     "sha256, vault path. Without PHASE: every phase that has checkpoints, in run order.")
     ck.add_argument("run", metavar="RUN", help="run id or unique prefix")
     ck.add_argument("phase", nargs="?", metavar="PHASE", help="only this phase (default: every phase with checkpoints)")
+    ck.add_argument("--all", "-a", action="store_true", help="also list pruned checkpoints (no longer in the vault)")
     ck.add_argument("--output", "-o", choices=["table", "json"], default="table",
                     help="json: {run, phases: [{phase, checkpoints}]}, plus phase and checkpoints of the last listed "
                          "phase at the top level")
@@ -35,7 +36,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     run_id = store.resolve_run(args.run)
     found = checkpoint_phases(store, run_id, args.phase)
     if args.output == "json":
-        phases = [{"phase": row["name"], "checkpoints": [{k: c[k] for k in FIELDS} for c in cks]} for row, cks in found]
+        phases = [{"phase": row["name"], "checkpoints": [{**{k: c[k] for k in FIELDS}, "handed_over": c is handed_over(row, cks)}
+                                                         for c in cks]} for row, cks in found]
         # "phase"/"checkpoints" at the top: the last listed phase, as before PHASE became optional
         sys.stdout.write(json.dumps({"run": run_id, **phases[-1], "phases": phases}, indent=2) + "\n")
         return 0
@@ -45,10 +47,38 @@ def run(args: argparse.Namespace, console: Console) -> int:
         table = Table(box=None, pad_edge=False)
         for col in ("STEP", "STATE", "SCORE", "SIZE", "SHA256", "VAULT"):
             table.add_column(col, no_wrap=True)
+        best = handed_over(row, cks)
+        hidden = 0
         for c in cks:
-            add_row(table, str(c["step"]), c["state"] + (" (was best)" if c["ever_best"] and c["state"] != "best" else ""),
-                    "" if c["score"] is None else f"{c['score']:.5g}", str(c["size"] or ""), (c["sha256"] or "")[:16],
-                    c["vault_path"])
+            if c["state"] == "pruned" and not args.all:
+                hidden += 1
+                continue
+            add_row(table, str(c["step"]), state_text(c, best), "" if c["score"] is None else f"{c['score']:.5g}",
+                    str(c["size"] or ""), (c["sha256"] or "")[:16], "" if c["state"] == "pruned" else c["vault_path"])
         say(console, f"run {run_id}, phase {row['name']}")
         console.print(table)
+        if hidden:
+            say(console, f"({hidden} pruned checkpoint(s) not shown: --all lists them)")
     return 0
+
+
+def handed_over(row: dict, cks: list[dict]) -> dict | None:
+    """The one checkpoint that is (or, while the phase runs, would be) ${{ phase.best_checkpoint }}."""
+    path = (row.get("outputs") or {}).get("best_checkpoint")
+    if path:
+        return next((c for c in cks if c["vault_path"] == path), None)
+    scored = [c for c in cks if c["state"] == "best" and c["score"] is not None]
+    if not scored:
+        return None
+    keep = (json.loads(row.get("phase_json") or "{}").get("checkpoints") or {}).get("keep") or {}
+    sign = -1 if keep.get("mode") == "max" else 1
+    return min(scored, key=lambda c: (sign * c["score"], c["step"]))
+
+
+def state_text(c: dict, best: dict | None) -> str:
+    """best: the one handed over; top-k: kept among the best K (keep.best); pruned: gone from the vault."""
+    if best is not None and c is best:
+        return "best (handed over)"
+    if c["state"] == "best":
+        return "top-k"
+    return c["state"] + (" (was best)" if c["ever_best"] and c["state"] != "pruned" else "")

@@ -217,3 +217,33 @@ def test_status_is_one_line_per_phase_at_any_width_and_says_the_rest_in_full_els
     assert len(wide) == 1 + len(names) and all(reason.strip() in line for line in wide[1:])
     detail = runner(site, "status", "ef56", env={"COLUMNS": "80"}).stdout
     assert f"reason: {reason.strip()}" in detail
+
+
+def test_checkpoints_name_the_handed_over_best_once_and_hide_pruned_rows(tmp_path):
+    """keep: {best: 2} keeps two as best: the table marks the one handed over as `best (handed over)`, the other
+    `top-k`; a pruned row has no vault path and is listed only with --all."""
+    state = tmp_path / "runs" / "runner.db"
+    state.parent.mkdir()
+    store = Store(state)
+    store.create_run("gh78", GOOD)
+    pid = store.add_phase("gh78", "train", GOOD, "0" * 64, {},
+                          phase_json=json.dumps({"checkpoints": {"keep": {"mode": "min", "best": 2}}}))
+    vault = tmp_path / "runs" / "vault" / "gh78" / "train"
+    vault.mkdir(parents=True)
+    for step, score, st in ((10, 2.5, "pruned"), (20, 1.5, "best"), (30, 1.2, "best"), (40, 1.9, "kept")):
+        f = vault / f"model_step{step}.pth"
+        f.write_bytes(b"w")
+        store.checkpoint_intent(pid, step, f.name, str(f), str(f))
+        store.checkpoint_update(pid, f.name, state=st, score=score, ever_best=int(st == "best"))
+    finish(store, pid, "succeeded", "exit code 0")
+    store.update(pid, outputs_json=json.dumps({"best_checkpoint": str(vault / "model_step30.pth")}))
+    store.close()
+    out = runner(tmp_path, "checkpoints", "gh78").stdout
+    rows = {line.split()[0]: line for line in out.splitlines() if line[:1].isdigit()}
+    assert set(rows) == {"20", "30", "40"} and "1 pruned checkpoint(s) not shown" in out, out
+    assert "best (handed over)" in rows["30"] and "top-k" in rows["20"] and "best" not in rows["40"]
+    everything = runner(tmp_path, "checkpoints", "gh78", "--all").stdout
+    pruned = next(line for line in everything.splitlines() if line.startswith("10 "))
+    assert "pruned" in pruned and "model_step10" not in pruned
+    doc = json.loads(runner(tmp_path, "checkpoints", "gh78", "-o", "json").stdout)
+    assert [c["step"] for c in doc["checkpoints"] if c["handed_over"]] == [30]
