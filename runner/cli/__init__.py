@@ -70,6 +70,9 @@ def parser() -> argparse.ArgumentParser:
     common = [_global_options(False)]
     for module in COMMANDS.values():
         module.add_parser(sub, common)
+    for name, command in sub.choices.items():  # `runner CMD --help` opens with what the command does
+        if not command.description:
+            command.description = next((a.help for a in sub._choices_actions if a.dest == name), None)
     return p
 
 

@@ -14,7 +14,7 @@ from runner.cli._render import say
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     a = sub.add_parser("apply", parents=parents, help="run a phase spec in a container")
-    a.add_argument("file", metavar="FILE")
+    a.add_argument("file", metavar="FILE", help="the phase spec (YAML); every spec its next: rules reach is checked first")
     a.add_argument("--input", "-i", action="append", default=[], metavar="NAME=VALUE", help="set an input (repeatable)")
     a.add_argument("--detach", "-d", action="store_true", help="start the phase and return at once")
     a.add_argument("--priority", type=int, default=0, help="queue priority when a server runs (higher first; default 0)")

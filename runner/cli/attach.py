@@ -12,7 +12,7 @@ from runner.cli._foreground import foreground
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     at = sub.add_parser("attach", parents=parents,
                         help="re-adopt a detached phase: guards, verdict and chain continue where they were")
-    at.add_argument("run", metavar="RUN")
+    at.add_argument("run", metavar="RUN", help="run id or unique prefix")
 
 
 def run(args: argparse.Namespace, console: Console) -> int:

@@ -15,9 +15,10 @@ from runner.cli._render import add_row, say
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     m = sub.add_parser("metrics", parents=parents,
                        help="print the scalars runner reads from a logdir, event file or JSONL file")
-    m.add_argument("path", metavar="PATH")
+    m.add_argument("path", metavar="PATH", help="a TensorBoard event file, a logdir, or a JSONL metrics file")
     m.add_argument("--tag", action="append", default=[], help="only these tags (repeatable)")
-    m.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    m.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                   help="table (a summary per tag), csv or json (every point)")
 
 
 def run(args: argparse.Namespace, console: Console) -> int:

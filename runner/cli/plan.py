@@ -12,10 +12,11 @@ from runner.cli._render import say
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     pl = sub.add_parser("plan", parents=parents, help="validate a spec and every spec its next: rules reach; print the graph")
-    pl.add_argument("file", metavar="FILE")
+    pl.add_argument("file", metavar="FILE", help="the first phase spec of the chain (YAML)")
     pl.add_argument("--input", "-i", action="append", default=[], metavar="NAME=VALUE",
                     help="an input as `runner apply` would get it (repeatable); with any, required inputs are checked")
-    pl.add_argument("--format", choices=["text", "mermaid"], default="text")
+    pl.add_argument("--format", choices=["text", "mermaid"], default="text",
+                    help="text (a tree) or mermaid (a flowchart to paste into Markdown)")
 
 
 def run(args: argparse.Namespace, console: Console) -> int:

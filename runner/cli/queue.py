@@ -16,7 +16,7 @@ from runner.cli._render import add_row, say, server_line
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     q = sub.add_parser("queue", parents=parents, help="list the server's waiting work, in the order it will start")
-    q.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    q.add_argument("--output", "-o", choices=["table", "json"], default="table", help="table, or json for scripts")
 
 
 def run(args: argparse.Namespace, console: Console) -> int:

@@ -14,10 +14,10 @@ from runner.cli._render import say
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     rp = sub.add_parser("replay", parents=parents, help="run a spec's guards, criteria and next rules over an existing logdir")
-    rp.add_argument("file", metavar="FILE")
-    rp.add_argument("--logdir", required=True)
-    rp.add_argument("--input", "-i", action="append", default=[], metavar="NAME=VALUE")
-    rp.add_argument("--output", "-o", choices=["text", "json"], default="text")
+    rp.add_argument("file", metavar="FILE", help="the phase spec whose guards, criteria and next rules are replayed")
+    rp.add_argument("--logdir", required=True, metavar="DIR", help="the finished run's TensorBoard logdir")
+    rp.add_argument("--input", "-i", action="append", default=[], metavar="NAME=VALUE", help="set an input (repeatable)")
+    rp.add_argument("--output", "-o", choices=["text", "json"], default="text", help="text, or json for scripts")
 
 
 def run(args: argparse.Namespace, console: Console) -> int:

@@ -12,7 +12,7 @@ from runner.cli._render import say
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     st = sub.add_parser("stop", parents=parents, help="stop a run's running phases (SIGTERM, grace period, SIGKILL)")
-    st.add_argument("run", metavar="RUN")
+    st.add_argument("run", metavar="RUN", help="run id or unique prefix")
 
 
 def run(args: argparse.Namespace, console: Console) -> int:

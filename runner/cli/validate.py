@@ -13,7 +13,7 @@ from runner.errors import SpecError
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("validate", parents=parents, help="check spec files; every problem is listed with file:line:col")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE", help="phase spec files (YAML)")
 
 
 def run(args: argparse.Namespace, console: Console) -> int:

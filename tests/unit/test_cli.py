@@ -247,3 +247,24 @@ def test_checkpoints_name_the_handed_over_best_once_and_hide_pruned_rows(tmp_pat
     assert "pruned" in pruned and "model_step10" not in pruned
     doc = json.loads(runner(tmp_path, "checkpoints", "gh78", "-o", "json").stdout)
     assert [c["step"] for c in doc["checkpoints"] if c["handed_over"]] == [30]
+
+
+def test_every_command_and_option_has_help_text():
+    import argparse
+
+    from runner.cli import parser
+
+    missing = []
+
+    def walk(p, name):
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for n, sp in a.choices.items():
+                    if not sp.description:
+                        missing.append(f"{n}: no description")
+                    walk(sp, n)
+            elif not isinstance(a, argparse._HelpAction) and (not a.help or a.help == argparse.SUPPRESS):
+                missing.append(f"{name}: {a.option_strings or a.dest}")
+
+    walk(parser(), "runner")
+    assert not missing, missing
