@@ -182,6 +182,21 @@ def next_action(phase: PhaseView | None, container: Container | None = None) -> 
     return Act.DONE
 
 
+def chain_outcome(phases: list[dict]) -> str:
+    """Pure: how a run's chain ended, from its phase rows in order.  ``succeeded``: its planned success path
+    (every phase succeeded, apart from attempts that failed by an accident and were retried); ``recovered``:
+    its last phase succeeded after an earlier one failed or was inconclusive (a failure branch ran); otherwise
+    the last phase's status (``failed``, ``running``...)."""
+    if not phases:
+        return ""
+    last = phases[-1]["status"]
+    if last != S.SUCCEEDED:
+        return str(last)
+    branched = any(p["status"] != S.SUCCEEDED and not (p.get("failure_kind") in ACCIDENTS and nxt["name"] == p["name"])
+                   for p, nxt in zip(phases, phases[1:]))
+    return "recovered" if branched else "succeeded"
+
+
 def failure_names(row: dict) -> set[str]:
     """The names a `retry.on` or a `next:` rule's `when: {failed: [...]}` can match for an ended phase:
     its recorded failure kind (decided where it happened, never read back from the reason's words),

@@ -5,6 +5,7 @@ import datetime as dt
 import json
 from typing import Any
 
+from runner.lifecycle import chain_outcome
 from runner.store import Store, run_status
 
 SLURM_PENDING = " PENDING ("  # in a phase's reason while its Slurm job waits: "Slurm job 12 PENDING (Resources)"
@@ -21,6 +22,8 @@ def run_view(store: Store, run_id: str, events: bool = False) -> dict[str, Any]:
         "id": run_id,
         "spec": run["spec_path"],
         "status": run_status(phases),
+        # succeeded (the planned success path) | recovered (succeeded through a failure branch) | the last status
+        "outcome": chain_outcome(phases),
         "created_at": iso(run["created_at"]),
         "phases": [
             {

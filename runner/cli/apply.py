@@ -18,6 +18,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     a.add_argument("--input", "-i", action="append", default=[], metavar="NAME=VALUE", help="set an input (repeatable)")
     a.add_argument("--detach", "-d", action="store_true", help="start the phase and return at once")
     a.add_argument("--priority", type=int, default=0, help="queue priority when a server runs (higher first; default 0)")
+    a.add_argument("--strict", action="store_true",
+                    help="exit 5 when the chain succeeded only through a failure branch (an earlier phase failed)")
     a.add_argument("--local", action="store_true",
                    help="run in this terminal even if a server (runner serve) runs for this run store")
 

@@ -14,6 +14,7 @@ from runner.errors import SpecError
 from runner.metrics.series import MetricSet
 from runner.spec.criteria_models import Criterion, Group
 from runner.spec.models import Phase
+from runner.lifecycle import chain_outcome
 from runner.store import Store, run_status
 
 TENSORBOARD_WEIGHT = 0.6  # TensorBoard's default smoothing, for metrics no divergence guard watches
@@ -239,5 +240,8 @@ def chain_of(store: Store, run_id: str, phases: list[dict]) -> tuple[ChainNode |
 def run_report(store: Store, run_id: str) -> RunReport:
     phases = store.phases(run_id)
     chain, problem = chain_of(store, run_id, phases)
-    return RunReport(store.run(run_id), run_status(phases), [phase_report(store, p) for p in phases],
+    status = run_status(phases)
+    if chain_outcome(phases) == "recovered":
+        status = "succeeded after a failure branch"
+    return RunReport(store.run(run_id), status, [phase_report(store, p) for p in phases],
                      store.events(run_id), chain, problem)

@@ -30,9 +30,13 @@ def test_success_branch_runs_phase2_from_the_best_checkpoint(cli):
 
 
 def test_divergence_guard_stops_phase1_and_the_failure_branch_runs(cli):
-    out = cli("apply", str(REPO / "specs/demo/pipeline-diverge.yaml"), timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+    # --strict: a chain that succeeded only through its failure branch exits 5 (without it: 0, and stderr says so)
+    out = cli("apply", "--strict", str(REPO / "specs/demo/pipeline-diverge.yaml"), timeout=600)
+    assert out.returncode == 5, out.stderr[-3000:]
+    assert "succeeded after a failure branch" in out.stderr
     run = status(cli)["runs"][0]
+    assert (run["status"], run["outcome"]) == ("succeeded", "recovered")
+    assert run["phases"][0]["failure_kind"] == "diverged"
     p1, p2 = run["phases"]
     assert (p1["status"], p1["verdict"]) == ("failed", "failure")
     assert p1["reason"].startswith("guard tripped (text_loss diverges)")

@@ -45,3 +45,19 @@ def test_every_action_lands_on_an_allowed_transition():
 def test_phase_view_from_a_store_row():
     row = {"status": "failed", "container_id": "c1", "verdict": "failure", "decision": "rule 2 fired"}
     assert PhaseView.of(row, "/s/next.yaml") == PhaseView(S.FAILED, "c1", "failure", True, "/s/next.yaml")
+
+
+def test_a_chain_outcome_tells_the_planned_path_from_a_recovery():
+    from runner.lifecycle import chain_outcome
+
+    def p(name, status, kind=None):
+        return {"name": name, "status": status, "failure_kind": kind}
+
+    assert chain_outcome([p("a", "succeeded"), p("b", "succeeded")]) == "succeeded"
+    # a crash retried (the same phase again) is not a failure branch
+    assert chain_outcome([p("ft", "failed", "crashed"), p("ft", "succeeded")]) == "succeeded"
+    # a divergence that took the recovery branch, which then succeeded
+    assert chain_outcome([p("ft", "failed", "diverged"), p("p1", "succeeded"), p("p2", "succeeded")]) == "recovered"
+    assert chain_outcome([p("p1", "inconclusive"), p("restart", "succeeded")]) == "recovered"
+    assert chain_outcome([p("ft", "failed", "diverged"), p("p1", "failed", "criteria")]) == "failed"
+    assert chain_outcome([]) == ""
