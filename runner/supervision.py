@@ -26,6 +26,10 @@ def build_sources(phase: Phase, folder: Path | str) -> Sources:
     return Sources(tb, js, so)
 
 
+NO_METRICS_HINT = ("no metrics: block, so no progress, guards or criteria — the trainer's own lines can give them, e.g. "
+                   "metrics: {stdout: {step: 'step (\\d+)', patterns: {loss: 'loss[= ]([-+.\\deE]+)'}}, total_steps: N}")
+
+
 def new_guards(phase: Phase) -> Guards:
     """The phase's guards, told its planned length (stop_at, else metrics.total_steps) so that a divergence
     guard's windows fit inside a short phase."""
@@ -163,4 +167,5 @@ class Supervision:
             "guards": [{"guard": st.label, "state": "TRIPPED: " + st.tripped.reason if st.tripped else (st.distance or "waiting for data")}
                        for st in self.guards.states],
             "criteria": self.standing.lines() if self.standing else [],
+            "hint": "" if self.phase.metrics is not None else NO_METRICS_HINT,
         }

@@ -103,7 +103,9 @@ def render_view(phase: str, view: dict[str, Any]) -> Group:
     table.add_column("trend")
     for m in view.get("metrics", []):
         add_row(table, Text(m["name"]), str(m["step"]), f"{m['value']:.5g}", m["trend"])
-    parts: list[RenderableType] = [head, table]
+    parts: list[RenderableType] = [head, table] if view.get("metrics") else [head]
+    if view.get("hint"):
+        parts.append(Text(view["hint"], style="dim"))
     for g in view.get("guards", []):
         style = "red" if g["state"].startswith("TRIPPED") else "dim"
         parts.append(Text(f"guard {g['guard']}: {g['state']}", style=style))

@@ -54,3 +54,24 @@ def test_cli_writes_html_and_pngs(finished, tmp_path, capsys):
     assert "01-p1-diverge-text_loss.png" in names and all((pngs / n).read_bytes()[:4] == b"\x89PNG" for n in names)
     assert f"report of run {run_id}" in capsys.readouterr().out
     assert main(["--state", str(state), "report", "nope"]) == 1
+
+
+def test_the_live_view_of_a_phase_without_metrics_says_how_to_get_progress(tmp_path):
+    """No metrics: block: no empty metric table, a one-line hint that the trainer's own lines can give progress,
+    guards and criteria."""
+    from rich.console import Console
+
+    from runner.cli._render import render_view
+    from runner.spec.models import Phase
+    from runner.supervision import Supervision
+
+    bare = Phase.model_validate({"apiVersion": "runner/v1", "kind": "Phase", "name": "p1",
+                                 "container": {"image": "x", "command": ["train"]}})
+    view = Supervision(bare, tmp_path).view()
+    console = Console(width=200, record=True)
+    console.print(render_view("p1", {**view, "state": "running"}))
+    text = console.export_text()
+    assert "no metrics: block" in text and "metric" not in text.split("no metrics")[0]
+    with_metrics = Phase.model_validate({**bare.model_dump(by_alias=True, exclude_none=True),
+                                         "metrics": {"stdout": {"step": r"step (\d+)", "patterns": {}}}})
+    assert Supervision(with_metrics, tmp_path).view()["hint"] == ""
