@@ -268,3 +268,18 @@ def test_every_command_and_option_has_help_text():
 
     walk(parser(), "runner")
     assert not missing, missing
+
+
+def test_tensorboard_prints_the_command_for_a_runs_phases(tmp_path):
+    state = tmp_path / "runs" / "runner.db"
+    state.parent.mkdir()
+    store = Store(state)
+    store.create_run("ij90", GOOD)
+    store.add_phase("ij90", "train", GOOD, "0" * 64, {},
+                    phase_json=json.dumps({"metrics": {"tensorboard": {"logdir": "/data/runs/ij90/train/tb"}}}))
+    store.add_phase("ij90", "tune", GOOD, "0" * 64, {}, phase_json=json.dumps({"metrics": {"stdout": {"step": "s"}}}))
+    store.close()
+    out = runner(tmp_path, "tensorboard", "ij90")
+    assert out.returncode == 0, out.stderr
+    assert "tensorboard --logdir_spec ij90/train:/data/runs/ij90/train/tb --port 6006" in out.stdout
+    assert "# ij90/tune: metrics from stdout/JSONL, not TensorBoard files" in out.stdout
