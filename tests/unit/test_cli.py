@@ -283,3 +283,20 @@ def test_tensorboard_prints_the_command_for_a_runs_phases(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "tensorboard --logdir_spec ij90/train:/data/runs/ij90/train/tb --port 6006" in out.stdout
     assert "# ij90/tune: metrics from stdout/JSONL, not TensorBoard files" in out.stdout
+
+
+@pytest.mark.parametrize("words, expect", [
+    (["runner", "ap"], {"apply"}),
+    (["runner", "apply", "--de"], {"--debug", "--detach"}),
+    (["runner", "--state", "x.db", "status", "--w"], {"--wide"}),
+    (["runner", "checkpoints", "--a"], {"--all"}),
+])
+def test_bash_completion_completes_commands_and_their_options(tmp_path, words, expect):
+    out = runner(tmp_path, "completion", "bash", state=False)
+    assert out.returncode == 0, out.stderr
+    (tmp_path / "comp.sh").write_text(out.stdout)
+    words_text = " ".join(f"'{w}'" for w in words)
+    probe = (f"source {tmp_path / 'comp.sh'}; COMP_WORDS=({words_text}); COMP_CWORD={len(words) - 1}; "
+             '_runner_complete; printf "%s\\n" "${COMPREPLY[@]}"')
+    got = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert set(got) == expect, got
