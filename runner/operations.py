@@ -2,10 +2,11 @@
 tests and the server call it the same way. Rendering stays in runner/cli."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from runner.errors import EngineUnavailable, NotFound, RunnerError
+from runner.errors import ContainerNotFound, EngineUnavailable, NotFound, RunnerError
 from runner.queries import needs_reconcile, pick_phase
 from runner.store import ACTIVE, Store
 from runner.views import run_view
@@ -79,3 +80,98 @@ def phase_log(engine: Engine, run_id: str, phase: str | None, follow: bool = Fal
     if not log.is_file():
         raise NotFound(f"no logs for phase {row['name']} of run {run_id} (it never started)")
     yield log.read_bytes()
+
+
+@dataclass
+class Removal:
+    """What `runner rm`/`prune` removed (or, with dry_run, would remove) of one run."""
+
+    run_id: str
+    containers: list[str] = field(default_factory=list)
+    folders: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # best checkpoints left in the vault (prune --keep-best)
+    refused: str = ""  # why nothing was removed (an active phase)
+
+
+def remove_run(engine: Engine, run_id: str, dry_run: bool = False, keep_best: bool = False) -> Removal:
+    """Remove a finished run: its containers (phases and validation runs), its folder and its vault copies, then its
+    records.  Never a run with an active phase (a chain still to run needs its handed-over checkpoint).  With
+    ``keep_best`` the vault's best checkpoint of each phase stays, and so do the records (`checkpoints`,
+    `export --best` still work).  The engine is asked first: when it cannot be, nothing is removed."""
+    from runner.plan import LABEL_RUN, vault_root
+
+    phases = engine.store.phases(run_id)
+    out = Removal(run_id)
+    active = [p["name"] for p in phases if p["status"] in ACTIVE]
+    if active or engine.store.submission_state(run_id) == "queued":
+        out.refused = f"run {run_id} is not finished ({', '.join(active) or 'queued'}): `runner stop {run_id}` first"
+        return out
+    found = engine.backend.find({LABEL_RUN: run_id})
+    running = [c.name for c in found if c.running]
+    if running:  # recorded as ended, yet still running (a stop that failed): never killed by a clean-up
+        out.refused = f"run {run_id}: container(s) {', '.join(running)} still running; stop them first"
+        return out
+    out.containers = sorted({c.id for c in found} | {p["container_id"] for p in phases if p["container_id"]})
+    runs_dir = Path(engine.runs_dir)
+    best = {p["outputs"].get("best_checkpoint") for p in phases if (p["outputs"] or {}).get("best_checkpoint")} \
+        if keep_best else set()
+    vault = vault_root(runs_dir) / run_id
+    out.folders = [str(f) for f in (runs_dir / run_id,) if f.exists()]
+    if vault.exists():
+        if best:
+            out.kept = sorted(b for b in best if Path(b).exists())
+            out.folders += [str(f) for f in sorted(vault.rglob("*")) if f.is_file() and str(f) not in best
+                            and not any(str(f).startswith(b + "/") for b in best)]
+        else:
+            out.folders.append(str(vault))
+    if dry_run:
+        return out
+    for cid in out.containers:
+        try:
+            engine.backend.remove(cid)
+        except (NotFound, ContainerNotFound):
+            pass  # already gone
+    for f in out.folders:
+        _remove_tree(Path(f))
+    if keep_best:
+        for p in phases:
+            for c in engine.store.checkpoints(p["id"]):
+                if c["vault_path"] not in best and c["state"] in ("kept", "best", "trash"):
+                    engine.store.checkpoint_update(p["id"], c["name"], state="pruned")
+    else:
+        engine.store.delete_run(run_id)
+    return out
+
+
+def prunable(engine: Engine, older_than_s: float, now: float | None = None) -> list[str]:
+    """Finished runs whose last phase ended (or that were created, if none ran) more than ``older_than_s`` ago."""
+    import time
+
+    now = time.time() if now is None else now
+    out = []
+    for run in engine.store.runs(limit=1_000_000):
+        phases = engine.store.phases(run["id"])
+        if any(p["status"] in ACTIVE for p in phases):
+            continue
+        ended = max([p["finished_at"] or 0.0 for p in phases] + [run["created_at"]])
+        if now - ended > older_than_s:
+            out.append(run["id"])
+    return out
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a file or folder, vaulted read-only copies included; never follows a link out of it."""
+    import os
+    import shutil
+    import stat
+
+    def writable(func: Any, p: str, _exc: Any) -> None:
+        os.chmod(os.path.dirname(p), stat.S_IRWXU)
+        if not os.path.islink(p) and os.path.isdir(p):
+            os.chmod(p, stat.S_IRWXU)
+        func(p)
+
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.is_dir():
+        shutil.rmtree(path, onerror=writable)

@@ -481,6 +481,17 @@ class Store:
             raise NotFound(f"no run {ref!r} in {self.path}")
         raise NotFound(f"run {ref!r} is ambiguous: {', '.join(ids[:5])}")
 
+    def delete_run(self, run_id: str) -> None:
+        """Forget a run: its phases, events, metric points, offsets, checkpoint records and submission, in one
+        transaction (`runner rm`; the caller removed its containers and files first)."""
+        with self.tx() as db:
+            ids = [r[0] for r in db.execute("SELECT id FROM phases WHERE run_id = ?", (run_id,))]
+            for table in ("metric_points", "source_offsets", "checkpoints"):
+                db.executemany(f"DELETE FROM {table} WHERE phase_id = ?", [(i,) for i in ids])
+            for table in ("events", "phases", "submissions"):
+                db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
     def run(self, run_id: str) -> dict[str, Any]:
         with self._lock:
             row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()

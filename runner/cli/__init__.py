@@ -22,8 +22,8 @@ from typing import Sequence
 from rich.console import Console
 
 from runner import __version__
-from runner.cli import (apply, attach, checkpoints, completion, export, logs, metrics, plan, queue, replay, report,
-                        schema, serve, status, stop, tensorboard, validate)
+from runner.cli import (apply, attach, checkpoints, completion, export, logs, metrics, plan, prune, queue, replay,
+                        report, rm, schema, serve, status, stop, tensorboard, validate)
 from runner.cli._render import say
 from runner.errors import RunnerError, SpecError
 from runner.paths import DEFAULT_STATE
@@ -34,7 +34,8 @@ OK, FAILED, USAGE, INFRASTRUCTURE, INTERNAL, CANCELLED = 0, 1, 2, 3, 4, 130
 COMMANDS: dict[str, ModuleType] = {
     "validate": validate, "schema": schema, "apply": apply, "serve": serve, "queue": queue, "status": status,
     "logs": logs, "stop": stop, "attach": attach, "checkpoints": checkpoints, "export": export, "metrics": metrics,
-    "plan": plan, "report": report, "replay": replay, "tensorboard": tensorboard, "completion": completion,
+    "plan": plan, "report": report, "replay": replay, "rm": rm, "prune": prune, "tensorboard": tensorboard,
+    "completion": completion,
 }
 
 

@@ -110,3 +110,38 @@ def test_detach_then_status_sees_the_end(cli, spec_for):
     final = wait_until(lambda: (s := status_json(cli, run_id))["status"] == "succeeded" and s)
     assert final["phases"][0]["exit_code"] == 0
     assert cli("logs", run_id).stdout == "bye\n"
+
+
+def test_rm_and_prune_clean_up_finished_runs_never_a_running_one(cli, docker_client, spec_for, tmp_path):
+    """`runner rm` removes a finished run's containers (real engine), folders and records; a running run is refused
+    and keeps running; `prune --dry-run` lists without removing."""
+    import docker.errors
+
+    done = cli("apply", spec_for(["sh", "-c", "echo trained"], name="done"), timeout=120)
+    assert done.returncode == 0, done.stderr
+    (finished,) = status_json(cli)["runs"]
+    cid = finished["phases"][0]["container_id"]
+    docker_client.containers.get(cid)  # still there after the phase: its logs saved, kept until removed
+    live = cli("apply", "--detach", spec_for(["sleep", "300"], name="live"), timeout=120)
+    assert live.returncode == 0, live.stderr
+    running = live.stdout.strip().splitlines()[-1]
+
+    dry = cli("prune", "--older-than", "0s", "--dry-run")
+    assert dry.returncode == 0 and f"run {finished['id']}: would remove 1 container(s)" in dry.stdout, dry.stdout
+    assert running not in dry.stdout  # a running run is never a candidate
+    docker_client.containers.get(cid)
+
+    refused = cli("rm", running)
+    assert refused.returncode == 1 and "not finished" in refused.stdout, refused.stdout
+    assert docker_client.containers.get(status_json(cli, running)["phases"][0]["container_id"]).status == "running"
+
+    out = cli("rm", finished["id"])
+    assert out.returncode == 0 and "removed 1 container(s)" in out.stdout, out.stdout + out.stderr
+    try:
+        docker_client.containers.get(cid)
+        raise AssertionError("the finished run's container is still there")
+    except docker.errors.NotFound:
+        pass
+    assert not (tmp_path / "runs" / finished["id"]).exists()
+    assert [r["id"] for r in status_json(cli)["runs"]] == [running]
+    cli("stop", running, timeout=120)
