@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runner.criteria import GuardState, metrics_origin, parse_window, reduce, smoothed, window_points
+from runner.criteria import Guards, metrics_origin, parse_window, reduce, smoothed, window_points
 from runner.errors import SpecError
 from runner.metrics.series import MetricSet
 from runner.spec.criteria_models import Criterion, Group
@@ -162,15 +162,18 @@ def phase_report(store: Store, row: dict) -> PhaseReport:
             plots[name] = MetricPlot(row["name"], name, f"{row['name']}: {name}", s.steps, s.values,
                                      np.where(np.isfinite(sm), sm, np.nan), f"weight {TENSORBOARD_WEIGHT}")
     if phase is not None:
-        for i, g in enumerate(phase.guards):
+        for g in phase.guards:
             if g.kind != "diverges" or g.metric not in plots:
                 continue
-            # The guard's own smoothing and threshold, fed the stored points as the live guard was.
-            st, s = GuardState(g, i), ms.series[g.metric]
+            # The guard's own level and threshold, fed the stored points as the live guard was (through Guards, so
+            # that a short phase's windows are scaled to its planned length as they were live).
+            total = phase.metrics.total_steps if phase.metrics is not None else None
+            guards = Guards([g], phase.stop_at, None, int(total) if isinstance(total, (int, float)) else None)
+            st, s = guards.states[0], ms.series[g.metric]
             sign = 1.0 if g.mode == "min" else -1.0
             sm_values, limits = [], []
             for step, value, wall in zip(s.steps.tolist(), s.values.tolist(), s.walls.tolist()):
-                st.point(int(step), float(value), float(wall))
+                guards.point(int(step), g.metric, float(value), float(wall))
                 v = st.smoother.value
                 sm_values.append(v * sign if v is not None and math.isfinite(v) else math.nan)
                 margin = st.margin()[0] if st.best is not None else None
