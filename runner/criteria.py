@@ -16,6 +16,7 @@ import numpy as np
 from runner.lifecycle import GUARD_FAILURE, FailureKind
 from runner.metrics.series import MetricSet, Series
 from runner.spec.criteria_models import Criterion, Expect, Group, Guard, StopAt
+from runner.spec.models import Phase
 from runner.spec.windows import Window, parse_window
 
 # ---------------------------------------------------------------------------- windows and reductions
@@ -699,6 +700,15 @@ class ExpectCheck:
         return (f"the trainer runs at {value:.3g} (step {step:,}); the spec asked for {asked:.3g} — {why} than asked: it "
                 "restored its scheduler from the checkpoint (a --resume keeps the checkpoint's LR schedule and ignores "
                 "--learning-rate; start from --base-checkpoint to train at a new LR)")
+
+
+def total_steps_of(phase: Phase) -> int | None:
+    """The phase's metrics.total_steps as a number (resolved from its spec), None when not given."""
+    total = phase.metrics.total_steps if phase.metrics is not None else None
+    try:
+        return int(total) if total is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def run_guards(guards: list[Guard], stop_at: StopAt | None, metrics: MetricSet, clock_from_walls: bool = True,

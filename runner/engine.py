@@ -883,6 +883,8 @@ class Engine:
         # Vault and validate everything first (also for cancelled phases): the verdict is taken on
         # every validation, including the last checkpoint's.
         vaulted = sup.vault_all() if sup is not None else {}
+        # the metrics checkpoint validation produced, and the last checkpoint they must be of (one store read)
+        validated = sup.ckpt.validated_until() if sup and sup.ckpt else {}
         if row["stop_requested"]:
             status, reason, v = "cancelled", "stopped on request", None
             fields.update(failure_kind=str(F.CANCELLED))
@@ -925,7 +927,7 @@ class Engine:
             v = judge_verdict(exit_ok, exit_reason, trip, success, sup.metrics if sup else MetricSet(),
                               met_early=bool(sup and sup.met_early), end_reached=end_reached,
                               planned_end=_planned_end(phase, sup), exit_kind=exit_kind, exit_detail=exit_detail,
-                              evidence=Evidence(sup.ckpt.validated_until()) if sup and sup.ckpt else None)
+                              evidence=Evidence(validated) if sup and sup.ckpt else None)
             status = STATUS_OF_VERDICT[v.verdict]
             reason = v.reasons[0]
             fields.update(failure_kind=v.failure_kind and str(v.failure_kind), failure_detail=v.failure_detail or None)
@@ -946,7 +948,7 @@ class Engine:
                 best_step = next((c["step"] for c in self.store.checkpoints(phase_id)
                                   if outputs.get("best_checkpoint") and c["vault_path"] == outputs["best_checkpoint"]), None)
                 if best_step is not None:  # what the next phase is handed: ${{ best.step }}, ${{ best.NAME }}
-                    outputs["best"] = at_checkpoint(sup.metrics, best_step, set(sup.ckpt.validated_until()))
+                    outputs["best"] = at_checkpoint(sup.metrics, best_step, set(validated))
             fields.update(verdict=v.verdict, explanation=v.explanation() + ("\n" + missed if missed else ""),
                           outputs_json=json.dumps(outputs),
                           judgement_json=json.dumps(v.judgement.as_dict() if v.judgement else None))

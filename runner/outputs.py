@@ -62,15 +62,16 @@ def phase_outputs(phase_dir: str, verdict: str, metrics: MetricSet, checkpoints:
     return out
 
 
-def _smoothed_last(series) -> float | None:
-    """The last value of the series smoothed as TensorBoard's slider would show it (running median of
-    3, then a debiased EMA over ~1,000 steps or 25 logging intervals): a noisy last point is not the
-    phase's standing."""
+def _smoothed_last(series, upto: int | None = None) -> float | None:
+    """The series' value at its last step (or at ``upto``) smoothed as TensorBoard's slider would show it
+    (running median of 3, then a debiased EMA over ~1,000 steps or 25 logging intervals): a noisy last point
+    is not the phase's standing."""
     from runner.criteria import DEFAULT_MIN_POINTS, Smoother
 
     sm = Smoother(tau_steps=1000.0, min_points=DEFAULT_MIN_POINTS)
+    keep = slice(None) if upto is None else series.steps <= upto
     value = None
-    for step, v in zip(series.steps.tolist(), series.values.tolist()):
+    for step, v in zip(series.steps[keep].tolist(), series.values[keep].tolist()):
         value = sm.push(int(step), float(v))
     return value if value is not None and math.isfinite(value) else None
 
@@ -79,19 +80,11 @@ def at_checkpoint(metrics: MetricSet, step: int, validated: set[str]) -> dict:
     """Pure: what the phase's metrics say of the checkpoint at ``step`` (the ``best`` namespace a next rule hands
     over): a validation metric's value for that checkpoint (the newest at or before it), a training metric's
     smoothed value up to it — where the model was, not one noisy point."""
-    from runner.criteria import DEFAULT_MIN_POINTS, Smoother
-
     out: dict = {"step": int(step)}
     for name, s in metrics.series.items():
         if not len(s):
             continue
-        if name in validated:
-            value = score_at(metrics, name, step)
-        else:
-            sm, value = Smoother(tau_steps=1000.0, min_points=DEFAULT_MIN_POINTS), None
-            keep = s.steps <= step
-            for st, v in zip(s.steps[keep].tolist(), s.values[keep].tolist()):
-                value = sm.push(int(st), float(v))
+        value = score_at(metrics, name, step) if name in validated else _smoothed_last(s, upto=step)
         if value is not None and math.isfinite(value):
             out[name] = value
     return out

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner import chain
-from runner.criteria import run_guards, verdict
+from runner.criteria import run_guards, total_steps_of, verdict
 from runner.lifecycle import failure_names
 from runner.metrics.series import MetricSet
 from runner.metrics.sources import LogdirReader
@@ -45,9 +45,7 @@ def replay(spec_path: str | Path, logdir: str | Path, inputs: dict[str, str] | N
     metrics = MetricSet()
     for name, (s, v, w) in points.items():
         metrics.add(name, s, v, w)
-    total = phase.metrics.total_steps if phase.metrics is not None else None
-    guards = run_guards(phase.guards, phase.stop_at, metrics, expect=phase.expect,
-                        total_steps=int(total) if isinstance(total, (int, float)) or str(total or "").isdigit() else None)
+    guards = run_guards(phase.guards, phase.stop_at, metrics, expect=phase.expect, total_steps=total_steps_of(phase))
     reports = [GuardReport(st.label, st.tripped.step if st.tripped else None,
                            st.tripped.reason if st.tripped else "would not trip") for st in guards.states]
     trip = guards.tripped

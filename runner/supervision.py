@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runner.criteria import Guards, Judgement, Trip, judge
+from runner.criteria import Guards, Judgement, Trip, judge, total_steps_of
 from runner.metrics.sources import JsonlReader, LogdirReader, Sources, StdoutParser
 from runner.metrics.series import MetricSet
 from runner.preconditions import abs_path
@@ -33,15 +33,7 @@ NO_METRICS_HINT = ("no metrics: block, so no progress, guards or criteria — th
 def new_guards(phase: Phase) -> Guards:
     """The phase's guards, told its planned length (stop_at, else metrics.total_steps) so that a divergence
     guard's windows fit inside a short phase."""
-    return Guards(phase.guards, phase.stop_at, phase.expect, total_steps(phase))
-
-
-def total_steps(phase: Phase) -> int | None:
-    total = phase.metrics.total_steps if phase.metrics is not None else None
-    try:
-        return int(total) if total is not None else None
-    except (TypeError, ValueError):
-        return None
+    return Guards(phase.guards, phase.stop_at, phase.expect, total_steps_of(phase))
 
 
 def sparkline(values: np.ndarray, width: int = 16) -> str:
@@ -141,9 +133,7 @@ class Supervision:
     # ------------------------------------------------------------------ live view data
 
     def total_steps(self) -> int | None:
-        if self.phase.metrics and self.phase.metrics.total_steps:
-            return int(self.phase.metrics.total_steps)
-        return self.guards.planned_end
+        return total_steps_of(self.phase) or self.guards.planned_end
 
     def view(self) -> dict:
         step = self.guards.last_step

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runner.criteria import Guards, metrics_origin, parse_window, reduce, smoothed, window_points
+from runner.criteria import Guards, metrics_origin, total_steps_of, parse_window, reduce, smoothed, window_points
 from runner.errors import SpecError
 from runner.metrics.series import MetricSet
 from runner.spec.criteria_models import Criterion, Group
@@ -167,8 +167,7 @@ def phase_report(store: Store, row: dict) -> PhaseReport:
                 continue
             # The guard's own level and threshold, fed the stored points as the live guard was (through Guards, so
             # that a short phase's windows are scaled to its planned length as they were live).
-            total = phase.metrics.total_steps if phase.metrics is not None else None
-            guards = Guards([g], phase.stop_at, None, int(total) if isinstance(total, (int, float)) else None)
+            guards = Guards([g], phase.stop_at, None, total_steps_of(phase))
             st, s = guards.states[0], ms.series[g.metric]
             sign = 1.0 if g.mode == "min" else -1.0
             sm_values, limits = [], []

@@ -145,3 +145,17 @@ def test_rm_and_prune_clean_up_finished_runs_never_a_running_one(cli, docker_cli
     assert not (tmp_path / "runs" / finished["id"]).exists()
     assert [r["id"] for r in status_json(cli)["runs"]] == [running]
     cli("stop", running, timeout=120)
+
+
+def test_apply_with_a_missing_bind_source_exits_1_and_creates_nothing(cli, docker_client, spec_for, tmp_path):
+    """On the real engine: a bind source that does not exist is a located spec error at launch (exit 1), nothing is
+    created; once the folder is there the same spec runs."""
+    path = spec_for(["true"], name="m", container_extra="mounts: [{source: ./data, target: /data}]\n")
+    out = cli("apply", path, timeout=120)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"container.mounts[0].source: mount source {tmp_path}/data does not exist" in out.stderr, out.stderr
+    (run,) = status_json(cli)["runs"]
+    assert run["phases"][0]["container_id"] is None
+    assert docker_client.containers.list(all=True, filters={"label": f"runner.run-id={run['id']}"}) == []
+    (tmp_path / "data").mkdir()
+    assert cli("apply", path, timeout=120).returncode == 0

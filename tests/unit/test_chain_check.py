@@ -20,7 +20,7 @@ import pytest
 
 from runner import graph
 from runner.backends.fake import FakeBackend
-from runner.cli import exit_code, main
+from runner.cli import exit_code
 from runner.daemon import Server
 from runner.engine import Engine
 from runner.errors import SpecError
@@ -62,6 +62,15 @@ def assert_nothing_ran(eng):
     assert eng.fake.launched == [] and eng.fake.containers == {}
 
 
+def refused(eng, first: Path):
+    """`apply` of ``first`` refused with exactly one problem, before anything ran: that problem."""
+    with pytest.raises(SpecError) as exc:
+        eng.apply(first)
+    (problem,) = exc.value.problems
+    assert_nothing_ran(eng)
+    return problem
+
+
 # ---------------------------------------------------------------------- the chain, at the rule
 
 
@@ -101,11 +110,8 @@ def test_a_submission_to_the_server_is_refused_the_same_way(engine, missing_next
 def test_a_missing_spec_two_rules_away_is_named_at_the_rule_that_names_it(engine, tmp_path):
     mid = spec(tmp_path, "mid.yaml", "mid", "next:\n  - {when: always, apply: gone.yaml}\n")
     first = spec(tmp_path, "first.yaml", "first", "next:\n  - {when: success, apply: mid.yaml}\n")
-    with pytest.raises(SpecError) as exc:
-        engine.apply(first)
-    (problem,) = exc.value.problems
+    problem = refused(engine, first)
     assert (problem.file, problem.line, problem.path) == (str(mid), line_of(mid, "gone.yaml"), "next[0].apply")
-    assert_nothing_ran(engine)
 
 
 def test_an_invalid_next_spec_is_listed_in_its_file_and_pointed_at_from_the_rule(engine, tmp_path):
@@ -128,13 +134,10 @@ def loop(tmp_path):
 
 def test_apply_refuses_a_loop_without_max_iterations(engine, loop):
     first, back = loop
-    with pytest.raises(SpecError) as exc:
-        engine.apply(first)
-    (problem,) = exc.value.problems
+    problem = refused(engine, first)
     assert (problem.file, problem.line, problem.path) == (str(back), line_of(back, "a.yaml"), "next[0].apply")
     assert "loops back to an earlier phase; set max_iterations" in problem.message
-    assert exit_code(exc.value) == 1
-    assert_nothing_ran(engine)
+    assert exit_code(SpecError([problem])) == 1
 
 
 def test_a_bounded_loop_runs(engine, loop):
@@ -147,13 +150,10 @@ def test_a_bounded_loop_runs(engine, loop):
 def test_apply_refuses_a_rule_passing_an_undeclared_input(engine, tmp_path):
     target = spec(tmp_path, "b.yaml", "b", "inputs: {x: 1}\n")
     first = spec(tmp_path, "a.yaml", "a", "next:\n  - {when: success, apply: b.yaml, with: {x: 2, y: 3}}\n")
-    with pytest.raises(SpecError) as exc:
-        engine.apply(first)
-    (problem,) = exc.value.problems
+    problem = refused(engine, first)
     assert (problem.file, problem.line, problem.path) == (str(first), line_of(first, "with"), "next[0].with.y")
     assert problem.message == "b.yaml declares no input 'y' (declared: x)"
     assert target.exists()
-    assert_nothing_ran(engine)
 
 
 def test_retry_with_sets_only_the_specs_own_inputs(engine, tmp_path):
@@ -326,24 +326,6 @@ def test_a_missing_bind_source_at_launch_is_a_located_spec_error(engine, tmp_pat
     (phase,) = engine.store.phases(run["run_id"])
     assert phase["status"] == "error" and "does not exist" in phase["reason"]  # refused before it ran
     assert engine.fake.launched == [] and engine.fake.containers == {}
-
-
-def test_cli_apply_with_a_missing_bind_source_exits_1(tmp_path, monkeypatch, capsys):
-    """The command line on the fake backend (the launch is reached): exit 1, the located line, no container."""
-    import runner.backends.select as select
-
-    fake = FakeBackend()
-    monkeypatch.setattr(select, "docker_factory", lambda: fake)
-    monkeypatch.chdir(tmp_path)
-    path = mounting(tmp_path, "m.yaml", "m", "{source: ./data, target: /data}")
-    code = main(["--state", str(tmp_path / "runs" / "runner.db"), "apply", "m.yaml"])
-    err = capsys.readouterr().err
-    assert code == 1, err
-    assert f"{path}:{line_of(path, './data')}:16: container.mounts[0].source: mount source {tmp_path}/data does not exist" in err
-    assert fake.launched == []
-    (tmp_path / "data").mkdir()  # once it is there, the same spec runs
-    assert main(["--state", str(tmp_path / "runs" / "runner.db"), "apply", "m.yaml"]) == 0
-    assert len(fake.launched) == 1
 
 
 # ---------------------------------------------------------------------- the inbox
