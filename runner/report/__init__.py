@@ -97,7 +97,8 @@ def _phase(p: PhaseReport, with_plots: bool) -> str:
 
 def render_body(rep: RunReport, with_plots: bool = True) -> str:
     run = rep.run
-    out = [f"<h1>Run {e(run['id'])} {_status(rep.status)}</h1>",
+    after = " after a failure branch" if rep.outcome == "recovered" else ""
+    out = [f"<h1>Run {e(run['id'])} {_status(rep.status)}{after}</h1>",
            f"<p>spec <code>{e(run['spec_path'])}</code>, created {e(when(run['created_at']))}; "
            f"{len(rep.phases)} phase(s)</p>"]
     if any(p.row["status"] in ("pending", "launching", "running", "detached") for p in rep.phases):

@@ -95,6 +95,7 @@ class RunReport:
     events: list[dict]
     chain: ChainNode | None
     chain_problem: str
+    outcome: str = ""  # lifecycle.chain_outcome: "recovered" when a failure branch led to the success
 
 
 def _metric_set(points: dict) -> MetricSet:
@@ -242,8 +243,5 @@ def chain_of(store: Store, run_id: str, phases: list[dict]) -> tuple[ChainNode |
 def run_report(store: Store, run_id: str) -> RunReport:
     phases = store.phases(run_id)
     chain, problem = chain_of(store, run_id, phases)
-    status = run_status(phases)
-    if chain_outcome(phases) == "recovered":
-        status = "succeeded after a failure branch"
-    return RunReport(store.run(run_id), status, [phase_report(store, p) for p in phases],
-                     store.events(run_id), chain, problem)
+    return RunReport(store.run(run_id), run_status(phases), [phase_report(store, p) for p in phases],
+                     store.events(run_id), chain, problem, chain_outcome(phases) or "")

@@ -96,7 +96,7 @@ def test_a_person_sees_the_report_in_chromium(site, tmp_path):
     assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000
     dom = subprocess.run([*common, f"--user-data-dir={tmp_path / 'profile2'}", "--dump-dom", url],
                          capture_output=True, text=True, timeout=90, check=True).stdout
-    assert re.search(r"<h1>Run \S+ <span class=\"status succeeded\">succeeded</span></h1>", dom)
+    assert re.search(r"<h1>Run \S+ <span class=\"status succeeded\">succeeded</span> after a failure branch</h1>", dom)
     assert re.search(r'<figure class="plot" data-metric="text_loss"><svg', dom)
     assert 'class="taken"' in dom and "tripped at step 185" in dom
     assert "<img" not in dom  # the store's text stayed text
