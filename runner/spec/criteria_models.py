@@ -137,6 +137,7 @@ class Checkpoints(Model):
     polling: bool = Field(False, description="Watch the folder by polling (network filesystems send no events). Rescans run either way.")
     settle: Duration = Field(2.0, description="A checkpoint without a completion mark and not seen closed or renamed into place counts as complete once its size is stable this long (and it loads).")
     validate_: Validate | None = Field(None, alias="validate", description="Run a validation command against each new checkpoint; its metrics (e.g. val_loss) are usable everywhere, scoring included (at the checkpoint's exact step).")
+    on_missed_best: Literal["warn", "fail"] = Field("warn", description="What losing the best checkpoint does to the verdict: when a checkpoint that would have been the best (its keep.by value at its step, known when it was saved, or by validation, beats every vaulted one) was missed — deleted before it was complete and vaulted — warn keeps a success but marks it degraded (runner status shows it; apply exits with a code of its own), fail makes the phase fail. The explanation names it either way.")
 
     @model_validator(mode="after")
     def _defaults(self) -> "Checkpoints":
