@@ -4,8 +4,8 @@ not read and no code in it runs, and it works with any torch (or none).
 * torch's zip format (every torch.save since 1.6; Lightning's .ckpt, HF's pytorch_model.bin, optimizer.pt):
   the archive's central directory, written last, lists the pickle.
 * safetensors: the 8-byte header length, the JSON header, and the file exactly as long as the last tensor's end.
-* a Hugging Face folder: config.json, the weights (single file or every shard of an index), the completion mark,
-  each weight file whole.
+* a Hugging Face folder: config.json, the weights (single file or every shard of an index; shards without
+  their index are a save still going), the completion mark, each weight file whole.
 * a DeepSpeed folder (global_stepN/): at least one model-states file, each .pt whole.
 * any other folder: every .pt/.pth/.bin/.ckpt/.safetensors file in it whole.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import struct
 import zipfile
@@ -22,6 +23,7 @@ from runner.safefs import open_regular, read_bytes, walk_files
 
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 WEIGHT_SUFFIXES = TORCH_SUFFIXES + (".safetensors",)
+HF_SHARD = re.compile(r"^(model|pytorch_model|adapter_model)-\d+-of-\d+\.(safetensors|bin)$")
 
 
 def torch_zip_whole(path: Path) -> bool | None:
@@ -111,6 +113,9 @@ def why_not_loadable(path: Path, fmt: str | None = None, mark: str | None = None
                         return f"shards missing: {', '.join(missing[:3])}"
                     break
             else:
+                loose = sorted(n for n in names if HF_SHARD.match(n))
+                if loose:  # save_pretrained writes the index after the shards
+                    return f"shards without their index yet ({loose[0]}, ...)"
                 if not names & {"model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin"}:
                     return "no weights (model.safetensors, pytorch_model.bin or a sharded index)"
         if fmt == "deepspeed" and not any("model_states" in n and n.endswith(".pt") for n in names):

@@ -9,6 +9,15 @@ Store before side effect: a checkpoint row is written ('vaulting') before the
 link, updated after; ``recover`` repairs whatever a crash left between the two.
 Pruning is two-phase: moved to vault/.trash, deleted when the phase ends; a
 checkpoint that is or has ever been among the best K is never pruned.
+
+Complete is decided by a rule (checkpoints.layouts): the spec's mark or preset
+when it gives one, else the rule of the layout recognised from the files (a
+Hugging Face Trainer folder is complete once trainer_state.json is there; a
+folder of unknown layout once stable for settle and a second scan agrees).
+Until its rule says complete a checkpoint is recorded 'incomplete': never
+vaulted, scored, best, handed over or exported, and never counted by retention.
+A vaulted folder the trainer writes again is brought into the vault only when
+its rule says it is complete again.
 """
 from __future__ import annotations
 
@@ -27,6 +36,8 @@ import numpy as np
 
 from runner.checkpoints import retention
 from runner.checkpoints.formats import why_not_loadable
+from runner.checkpoints.layouts import Layout, detect, inner_latest_names_a_folder, latest_names, mark_present
+from runner.checkpoints.lost import MissedBest, judge_missed
 from runner.checkpoints.vault import DiskFull, copy_file, file_hashes, privatize, protect, refresh, sha256_of, size_of
 from runner.checkpoints.watch import Watcher
 from runner.errors import Temporary
@@ -40,6 +51,7 @@ if TYPE_CHECKING:
     from runner.checkpoints.validation import Validator
 
 RESCAN_S = 1.0
+VAULTED = ("kept", "best", "trash", "pruned")  # states of a checkpoint that is (or was) complete in the vault
 
 
 def _real_dir(path: Path) -> bool:
@@ -50,6 +62,10 @@ def _real_dir(path: Path) -> bool:
         return False
 
 
+def _lexists(path: Path) -> bool:
+    return os.path.lexists(path)
+
+
 def loadable(path: Path, fmt: str | None = None, mark: str | None = None) -> bool:
     """Whole in its format (metadata only: see checkpoints.formats)."""
     return why_not_loadable(path, fmt, mark) is None
@@ -57,7 +73,8 @@ def loadable(path: Path, fmt: str | None = None, mark: str | None = None) -> boo
 
 class CheckpointGuard:
     def __init__(self, store: Store, run_id: str, phase_id: int, spec: Checkpoints, folder: Path, vault: Path,
-                 say: Callable[[str], None] = lambda m: None, rescan_s: float = RESCAN_S):
+                 say: Callable[[str], None] = lambda m: None, rescan_s: float = RESCAN_S,
+                 clock: Callable[[], float] = time.time):
         self.store = store
         self.run_id = run_id
         self.phase_id = phase_id
@@ -67,6 +84,7 @@ class CheckpointGuard:
         self.trash = vault / ".trash"
         self.say = say
         self.rescan_s = rescan_s
+        self.clock = clock  # what "stable for settle" is measured with (tests drive it)
         # inotify where it works; the rescans every rescan_s are the polling that finds what no event announced
         # (a trainer on another host writing to a network filesystem: inotify sees only this host's writes).
         # A polling observer would add nothing to them, and lose the close events that mark a file complete
@@ -82,6 +100,10 @@ class CheckpointGuard:
         self.untrusted: set[str] = set()  # names reported once as symlinks or special files (never followed)
         self.rewrites: dict[str, int] = {}  # name → versions of a vaulted file the trainer wrote again
         self.rewriting: dict[str, tuple[tuple, float]] = {}  # name → (new signature, stable since) of a rewrite
+        self.refreshing: dict[str, tuple[tuple, float]] = {}  # vaulted folder → (changed signature, stable since)
+        self.first_seen: dict[str, float] = {}  # name → when it was first seen incomplete
+        self.waiting: dict[str, str] = {}  # name → why it is incomplete (said once in an event when the wait is long)
+        self.why: dict[str, str] = {}  # name → why it was incomplete at the last scan
         self._hashes: queue.Queue = queue.Queue()
         self._hasher: threading.Thread | None = None
         self._stop = threading.Event()
@@ -206,71 +228,119 @@ class CheckpointGuard:
                 out.add(rel.parts[0])
         return out
 
-    def _marked(self, name: str, step: int, path: Path) -> bool | None:
-        """Whether the completion mark says the checkpoint is complete; None when the spec has no mark."""
-        cw = self.spec.complete_when
-        if cw is None:
-            return None
-        if cw.file is not None:
-            return (path / cw.file).is_file()
+    def layout(self, path: Path) -> Layout:
+        """The rule that decides when ``path`` is complete: the spec's mark (complete_when, or its preset's),
+        a preset's own rule, else the layout recognised from its files (checkpoints.layouts)."""
+        detected, _names = detect(path)
+        cw, preset = self.spec.complete_when, self.spec.preset
+        if cw is not None:
+            what = f"complete_when: {cw.file}" if cw.file else f"complete_when: `{cw.latest}` names it"
+            return Layout(preset or "complete_when", self.spec.format or detected.fmt,
+                          what + (f" ({preset} preset)" if preset else " (spec)"), mark=cw.file, latest=cw.latest is not None)
+        if preset:
+            return Layout(preset, self.spec.format, f"{preset} preset: closed or renamed into place, or stable for settle",
+                          settle=True)
+        return detected
+
+    def _completion(self, name: str, step: int, path: Path, sig: tuple, stable_for: float, closed: bool,
+                    final: bool) -> tuple[bool, Layout, str]:
+        """(complete by its rule, the rule, why not or how it was decided).  ``final``: the container has ended,
+        nothing writes any more, so only a rule's mark (never time) can still say no."""
+        layout = self.layout(path)
+        if layout.mark is not None and not mark_present(path, layout.mark):
+            return False, layout, f"{layout.mark} not written yet"
+        if layout.latest:
+            latest = self.spec.complete_when.latest if self.spec.complete_when and self.spec.complete_when.latest else "latest"
+            if latest_names(self.folder, latest, name, step, lambda t: step_from_name(t, self.spec.pattern)) or \
+                    (self.spec.complete_when is None and _real_dir(path) and inner_latest_names_a_folder(path)):
+                return True, layout, layout.rule
+            if not (final and self.spec.complete_when is None and not _lexists(self.folder / latest)
+                    and not _lexists(path / "latest")):
+                return False, layout, f"`{latest}` does not name it yet"
+            # A DeepSpeed layout recognised, no `latest` anywhere, and the trainer has ended: as complete as it gets.
+        if final:
+            return True, layout, layout.rule + " (decided after the container ended: nothing was writing it)"
+        if not layout.settle and (layout.mark is not None or layout.latest):
+            return True, layout, layout.rule
+        if closed and not _real_dir(path):
+            return True, layout, layout.rule + " (closed or renamed into place)"
+        if stable_for < self.spec.settle:
+            return False, layout, f"still being written (stable for {stable_for:.1f}s of {self.spec.settle:g}s)"
+        # A second scan must agree: a listing taken now, after the settle time, is the one that is vaulted.
         try:
-            latest = (self.folder / cw.latest).read_text().strip()
-        except (OSError, UnicodeDecodeError):
-            return False
-        named = step_from_name(latest, self.spec.pattern)
-        return latest == name or (named is not None and named >= step)
+            again = self._signature(path)
+        except FileNotFoundError:
+            return False, layout, "vanished"
+        if again != sig:
+            return False, layout, "changed on a second scan"
+        return True, layout, layout.rule
+
+    def _incomplete(self, name: str, step: int, path: Path, state: str | None, why: str, layout: Layout, now: float) -> None:
+        """Recorded 'incomplete' (never vaulted, best, handed over or exported until its rule says complete); a
+        wait longer than settle (a sharded save's pause, a save cut short) is said once in an event."""
+        if not self.spec.vault:
+            return
+        if state != "incomplete":
+            self.store.checkpoint_intent(self.phase_id, step, name, str(path), str(self.vault / name))
+            self.store.checkpoint_update(self.phase_id, name, state="incomplete")
+        self.why[name] = f"{why} [{layout.rule}]"
+        since = self.first_seen.setdefault(name, now)
+        if name not in self.waiting and now - since > max(self.spec.settle, 1.0):
+            self.waiting[name] = why
+            self._event("checkpoint.waiting", f"{name} (step {step}) is incomplete: {why} [{layout.rule}]; it is not "
+                        "vaulted, listed, handed over or exported until it is complete",
+                        {"name": name, "step": step, "why": why, "layout": layout.name, "rule": layout.rule})
 
     def scan(self, final: bool = False) -> list[str]:
-        """Vault every complete checkpoint not vaulted yet, bring vaulted folders the trainer still writes up to
-        date, and report checkpoints that vanished before they could be vaulted; returns the names vaulted now."""
+        """Vault every checkpoint complete by its rule and not vaulted yet (the others recorded 'incomplete'),
+        bring vaulted folders the trainer still writes up to date once complete again, and report checkpoints
+        that vanished before they could be vaulted; returns the names vaulted now."""
         with self._lock:
             touched = self._touched()
             known = {c["name"]: c for c in self.store.checkpoints(self.phase_id)}
-            now = time.time()
+            now = self.clock()
             done = []
             entries = self.entries()
+            for name, c in known.items():  # recorded incomplete (before a restart too): gone now means missed
+                if c["state"] == "incomplete" and name not in entries:
+                    self.seen.setdefault(name, c["step"])
             for name, step in list(self.seen.items()):
-                if name not in entries and (name not in known or known[name]["state"] == "vaulting"):
+                if name not in entries and (name not in known or known[name]["state"] in ("vaulting", "incomplete")):
                     self._missed(name, step)
             for name, (step, path) in sorted(entries.items(), key=lambda kv: kv[1][0]):
-                if name in known and known[name]["state"] not in ("vaulting", "missed"):
-                    if _real_dir(path) and self.spec.vault and known[name]["state"] in ("kept", "best"):
-                        self._refresh(name, path, Path(known[name]["vault_path"]))
-                    elif self.spec.vault and known[name]["state"] in ("kept", "best", "trash"):
+                state = known[name]["state"] if name in known else None
+                if state is not None and state not in ("vaulting", "missed", "incomplete"):
+                    if _real_dir(path) and self.spec.vault and state in ("kept", "best"):
+                        self._refresh(name, step, path, Path(known[name]["vault_path"]), touched, now, final)
+                    elif self.spec.vault and state in ("kept", "best", "trash"):
                         self._rewritten(name, path, Path(known[name]["vault_path"]), touched, now)
                     continue
                 self.seen[name] = step
                 try:
                     sig = self._signature(path)
+                    prev = self.pending.get(name)
+                    stable_since = prev[1] if prev and prev[0] == sig and name not in touched else now
+                    self.pending[name] = (sig, stable_since)
+                    complete, layout, why = self._completion(name, step, path, sig, now - stable_since, name in touched, final)
                 except FileNotFoundError:
                     continue
-                prev = self.pending.get(name)
-                stable_since = prev[1] if prev and prev[0] == sig and name not in touched else now
-                self.pending[name] = (sig, stable_since)
-                marked = self._marked(name, step, path)
-                if marked is not None:
-                    complete = marked
-                elif final:
-                    # The final scan runs once the container has ended: no writer is left, so whatever
-                    # loads (checked below) is complete — also for a guard that never watched it being
-                    # written (a detached phase judged by `status`, `stop` or a restarted server).
-                    complete = True
-                elif _real_dir(path):  # a folder's files close one by one: only stability says it is done
-                    complete = now - stable_since >= self.spec.settle
-                else:
-                    complete = name in touched or now - stable_since >= self.spec.settle
-                if not complete or self.disk_full or not self.spec.vault:
+                if not complete:
+                    self._incomplete(name, step, path, state, why, layout, now)
                     continue
-                why = why_not_loadable(path, self.spec.format, self.spec.complete_when.file if self.spec.complete_when else None)
-                if why is not None:
+                if self.disk_full or not self.spec.vault:
+                    continue
+                unloadable = why_not_loadable(path, layout.fmt, layout.mark)
+                if unloadable is not None:
                     if name not in self.unloadable:
                         self.unloadable.add(name)
-                        self._event("checkpoint.unloadable", f"{name} does not load yet ({why}); waiting")
+                        self._event("checkpoint.unloadable", f"{name} does not load yet ({unloadable}); waiting")
+                    self._incomplete(name, step, path, state, unloadable, layout, now)
                     continue
-                if self._vault(name, step, path, sig):
+                if self._vault(name, step, path, sig, layout, why):
                     done.append(name)
                     self.pending.pop(name, None)
                     self.seen.pop(name, None)
+                    self.first_seen.pop(name, None)
             return done
 
     @staticmethod
@@ -281,13 +351,24 @@ class CheckpointGuard:
             return tuple((rel, f.st_size, f.st_mtime_ns) for rel, f in walk_files(path)[0])
         return ((path.name, st.st_size, st.st_mtime_ns),)
 
-    def _refresh(self, name: str, path: Path, dst: Path) -> None:
-        """A vaulted folder the trainer still writes: new or rewritten files follow it into the vault."""
+    def _refresh(self, name: str, step: int, path: Path, dst: Path, touched: set[str], now: float, final: bool) -> None:
+        """A vaulted folder the trainer still writes: new or rewritten files follow it into the vault, but only
+        once the folder is complete by its rule again and loads (a half-rewritten file never enters the vault)."""
         try:
             sig = self._signature(path)
         except FileNotFoundError:
             return
         if self.signatures.get(name) == sig or not dst.is_dir():
+            self.refreshing.pop(name, None)
+            return
+        prev = self.refreshing.get(name)
+        stable_since = prev[1] if prev and prev[0] == sig and name not in touched else now
+        self.refreshing[name] = (sig, stable_since)
+        try:
+            complete, layout, _why = self._completion(name, step, path, sig, now - stable_since, name in touched, final)
+        except FileNotFoundError:
+            return
+        if not complete or why_not_loadable(path, layout.fmt, layout.mark) is not None:
             return
         try:
             changed = refresh(path, dst)
@@ -297,6 +378,7 @@ class CheckpointGuard:
             self.say(f"ERROR: {exc}")
             return
         self.signatures[name] = sig
+        self.refreshing.pop(name, None)
         if changed:
             self._event("checkpoint.updated", f"{name}: {len(changed)} file(s) written after it was vaulted brought into the vault "
                         f"({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''})", {"files": changed})
@@ -324,8 +406,11 @@ class CheckpointGuard:
         self.rewriting[name] = (sig, stable_since)
         if name not in touched and now - stable_since < self.spec.settle:
             return
-        why = why_not_loadable(path, self.spec.format)
-        if why is not None:
+        try:
+            layout = self.layout(path)
+        except FileNotFoundError:
+            return
+        if why_not_loadable(path, layout.fmt) is not None:
             return
         n = self.rewrites.get(name, 1) + 1
         keep = self.vault / ".rewritten" / f"{name}.{n}"
@@ -349,6 +434,7 @@ class CheckpointGuard:
         """Seen in the folder, gone before it was complete and vaulted: loud, never silent."""
         self.seen.pop(name, None)
         self.pending.pop(name, None)
+        self.first_seen.pop(name, None)
         self.store.checkpoint_intent(self.phase_id, step, name, str(self.folder / name), str(self.vault / name))
         self.store.checkpoint_update(self.phase_id, name, state="missed")
         self.missed.append({"name": name, "step": step})
@@ -356,9 +442,10 @@ class CheckpointGuard:
                     "never vaulted (the trainer removed it, or its save was cut short)", {"name": name, "step": step})
         self.say(f"WARNING: checkpoint {name} (step {step}) was deleted before it could be vaulted")
 
-    def _vault(self, name: str, step: int, path: Path, sig: tuple = ()) -> bool:
+    def _vault(self, name: str, step: int, path: Path, sig: tuple = (), layout: Layout | None = None, rule: str = "") -> bool:
         dst = self.vault / name
         self.store.checkpoint_intent(self.phase_id, step, name, str(path), str(dst))
+        self.store.checkpoint_update(self.phase_id, name, state="vaulting")  # a row recorded 'incomplete' before
         t0 = time.perf_counter()
         try:
             dst, how = protect(path, self.vault)
@@ -386,8 +473,9 @@ class CheckpointGuard:
         self.store.checkpoint_update(self.phase_id, name, state="kept", how=how, vaulted_at=time.time())
         if sig:
             self.signatures[name] = sig  # what was vaulted: a later write under the same name is a rewrite
-        self._event("checkpoint.vaulted", f"vaulted {name} (step {step}) by {how} in {took * 1000:.1f} ms",
-                    {"step": step, "ms": took * 1000})
+        self._event("checkpoint.vaulted", f"vaulted {name} (step {step}) by {how} in {took * 1000:.1f} ms"
+                    + (f"; complete by: {rule}" if rule else ""),
+                    {"name": name, "step": step, "ms": took * 1000, "layout": layout.name if layout else None, "rule": rule})
         self._hash_later(name, dst)
         if self.validator is not None:
             self.validator.offer(step, str(dst))
@@ -443,9 +531,11 @@ class CheckpointGuard:
     def retain(self, metrics: MetricSet, final: bool = False) -> None:
         """Score unscored checkpoints; mark best, ever-best; move prunable ones to the trash."""
         with self._lock:
-            rows = [c for c in self.store.checkpoints(self.phase_id) if c["state"] in ("kept", "best", "trash")]
+            rows = [c for c in self.store.checkpoints(self.phase_id) if c["state"] in ("kept", "best", "trash", "incomplete")]
             latest_step = metrics.latest_step()
             for c in rows:
+                if c["state"] == "incomplete":
+                    continue  # scored once complete and vaulted: its value must not make it best before that
                 # Score once the metric has reached the checkpoint's step (later values may still arrive before).
                 ready = final or (latest_step is not None and latest_step >= c["step"]) or self.spec.validate_ is not None
                 if c["score"] is None and ready:
@@ -456,10 +546,11 @@ class CheckpointGuard:
                 return
             k = self.spec.keep
             policy = retention.Policy(best=k.best, latest=k.latest, every=k.every, mode=k.mode)
-            cands = [retention.Candidate(c["step"], c["score"], c["ever_best"]) for c in rows if c["state"] != "trash"]
+            cands = [retention.Candidate(c["step"], c["score"], c["ever_best"], complete=c["state"] != "incomplete")
+                     for c in rows if c["state"] != "trash"]
             best, keep_steps, prune = retention.decide(cands, policy, final=final)
             for c in rows:
-                if c["state"] == "trash":
+                if c["state"] in ("trash", "incomplete"):
                     continue
                 if c["step"] in best:
                     if not c["ever_best"] or c["state"] != "best":
@@ -483,8 +574,9 @@ class CheckpointGuard:
         self.stop()
         self.scan(final=True)
         for name, step in sorted(self.seen.items(), key=lambda kv: kv[1]):
-            self._event("checkpoint.incomplete", f"{name} (step {step}) was still incomplete when the phase ended; not vaulted",
-                        {"name": name, "step": step})
+            why = self.why.get(name, "")
+            self._event("checkpoint.incomplete", f"{name} (step {step}) was still incomplete when the phase ended"
+                        + (f" ({why})" if why else "") + "; not vaulted, never handed over", {"name": name, "step": step, "why": why})
         self.wait_hashed()
         if self.validator is not None:
             last = self._last_vaulted()
@@ -496,6 +588,7 @@ class CheckpointGuard:
             if merge is not None:
                 merge()
         self.retain(metrics, final=True)
+        self._score_missed(metrics)
         for c in self.store.checkpoints(self.phase_id):
             if c["state"] == "trash":
                 target = self.trash / Path(c["vault_path"]).name
@@ -524,25 +617,38 @@ class CheckpointGuard:
     def _validation_events(self) -> list[dict]:
         return [e for e in self.store.events(self.run_id) if e["phase_id"] == self.phase_id and e["kind"] == "validation.done"]
 
+    def _score_missed(self, metrics: MetricSet) -> None:
+        """Record each missed checkpoint's keep metric at its step (known when it was saved): what the verdict
+        weighs it by (missed_best) and what `runner checkpoints` shows."""
+        if self.spec.keep is None:
+            return
+        for c in self.store.checkpoints(self.phase_id):
+            if c["state"] == "missed" and c["score"] is None:
+                value, snap = self.score(metrics, c["step"])
+                if value is not None:
+                    self.store.checkpoint_update(self.phase_id, c["name"], score=value, metrics_json=json.dumps(snap))
+
+    def missed_best(self, metrics: MetricSet) -> MissedBest | None:
+        """Whether the best checkpoint was lost (checkpoints.lost.judge_missed over this phase's rows): None when
+        nothing was missed or left incomplete, or without keep.by."""
+        keep = self.spec.keep
+        if keep is None:
+            return None
+        rows = self.store.checkpoints(self.phase_id)
+        values = {c["name"]: self.score(metrics, c["step"])[0] for c in rows if c["state"] == "missed" and c["score"] is None}
+        return judge_missed(rows, keep.by, keep.mode, self.spec.on_missed_best, values)
+
     def missed_explanation(self, metrics: MetricSet) -> str:
-        """Lines for the verdict: checkpoints missed that could have been the best by the metrics at their step."""
+        """Lines for the verdict: the best checkpoint lost (a missed one better than every vaulted one), every
+        checkpoint missed, every one still incomplete at the end."""
+        decision = self.missed_best(metrics)
+        if decision is not None:
+            return "\n".join(decision.lines())
         missed = [c for c in self.store.checkpoints(self.phase_id) if c["state"] == "missed"]
         if not missed:
             return ""
-        lines = []
-        kept = [c["score"] for c in self.store.checkpoints(self.phase_id) if c["state"] in ("kept", "best") and c["score"] is not None]
-        sign = 1 if self.spec.keep is None or self.spec.keep.mode == "min" else -1
-        best = min((sign * v for v in kept), default=None)
-        for c in missed:
-            value = self.score(metrics, c["step"])[0] if self.spec.keep is not None else None
-            if value is not None and (best is None or sign * value < best):
-                lines.append(f"✗ checkpoint {c['name']} (step {c['step']}, {self.spec.keep.by} {value:.5g}) could have been the "
-                             f"best but was deleted before it was vaulted (best kept: "
-                             f"{'none' if best is None else f'{sign * best:.5g}'})")
-        if len(missed) > len(lines):
-            lines.append(f"note: {len(missed)} checkpoint(s) missed in all (deleted before they were vaulted): "
-                         + ", ".join(c["name"] for c in missed[:6]) + (", ..." if len(missed) > 6 else ""))
-        return "\n".join(lines)
+        return (f"note: {len(missed)} checkpoint(s) missed in all (deleted before they were complete and vaulted): "
+                + ", ".join(c["name"] for c in missed[:6]) + (", ..." if len(missed) > 6 else ""))
 
     def unprotected_best(self, metrics: MetricSet) -> tuple[dict, str]:
         """After vaulting stopped (a full disk): if a checkpoint still in the trainer's folder scores
@@ -569,9 +675,12 @@ class CheckpointGuard:
             "copy it somewhere safe before the trainer's rotation deletes it")
 
     def outputs(self) -> dict:
+        """phase.best_checkpoint / phase.last_checkpoint: vault paths of complete checkpoints only.  While the
+        vault works, none vaulted means none to hand over ("" overrides the trainer's own newest file, which
+        may be a half save); after a full disk stopped vaulting, {} leaves the trainer's files named."""
         rows = [c for c in self.store.checkpoints(self.phase_id) if c["state"] in ("kept", "best")]
         if not rows:
-            return {}
+            return {} if self.disk_full or not self.spec.vault else {"best_checkpoint": "", "last_checkpoint": ""}
         last = max(rows, key=lambda c: c["step"])
         out = {"last_checkpoint": last["vault_path"], "best_checkpoint": last["vault_path"]}
         best = [c for c in rows if c["state"] == "best" and c["score"] is not None]

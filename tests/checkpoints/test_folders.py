@@ -92,7 +92,7 @@ def test_files_written_after_vaulting_follow_into_the_vault(store, tmp_path):
 
 
 def test_a_folder_deleted_before_it_was_complete_is_a_missed_event(store, tmp_path):
-    """FAULTS 45: seen, then gone before vaulting: loud, in the verdict's explanation when it could have been best."""
+    """FAULTS 45: seen, then gone before vaulting: loud, in the verdict's explanation when it would have been best."""
     guard = make_guard(store, tmp_path, preset="huggingface", keep={"by": "loss"})
     guard.start()
     try:
@@ -110,7 +110,7 @@ def test_a_folder_deleted_before_it_was_complete_is_a_missed_event(store, tmp_pa
     states = {c["name"]: c["state"] for c in store.checkpoints(1)}
     assert states == {"checkpoint-30": "missed", "checkpoint-40": "best"}
     text = guard.missed_explanation(m)
-    assert "checkpoint-30" in text and "could have been the best" in text
+    assert "the best checkpoint was lost: checkpoint-30" in text and "would have been the best" in text
 
 
 def test_deepspeed_folder_completes_when_latest_names_it(store, tmp_path):
@@ -121,7 +121,9 @@ def test_deepspeed_folder_completes_when_latest_names_it(store, tmp_path):
         d.mkdir(parents=True)
         torch.save({"module": {}}, d / "mp_rank_00_model_states.pt")
         time.sleep(0.6)
-        assert not store.checkpoints(1)  # stable, loadable, but no `latest` yet
+        # stable, loadable, but no `latest` yet: recorded incomplete, nothing in the vault
+        assert [c["state"] for c in store.checkpoints(1)] == ["incomplete"]
+        assert not (tmp_path / "vault" / "global_step100").exists()
         (tmp_path / "ckpt" / "latest").write_text("global_step100")
         assert wait_for(lambda: any(c["state"] == "kept" for c in store.checkpoints(1)), timeout=5)
     finally:

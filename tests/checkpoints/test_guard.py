@@ -22,9 +22,10 @@ def store(tmp_path):
     return s
 
 
-def make_guard(store, tmp_path, **spec):
+def make_guard(store, tmp_path, clock=time.time, **spec):
     spec = {"dir": str(tmp_path / "ckpt"), "keep": {"by": "loss", "best": 1, "latest": 1}, "settle": 0.3, **spec}
-    return CheckpointGuard(store, "r", 1, Checkpoints.model_validate(spec), tmp_path / "ckpt", tmp_path / "vault", rescan_s=0.2)
+    return CheckpointGuard(store, "r", 1, Checkpoints.model_validate(spec), tmp_path / "ckpt", tmp_path / "vault", rescan_s=0.2,
+                           clock=clock)
 
 
 def save(folder: Path, step: int, rename: bool = True) -> str:

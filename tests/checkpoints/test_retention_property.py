@@ -93,3 +93,18 @@ def test_kept_set_is_exact_and_best_survives(scenario):
         assert overall in kept
     # NaN-scored checkpoints are never "best".
     assert not any(store[s]["ever_best"] for s in steps if store[s]["score"] is not None and math.isnan(store[s]["score"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios(), st.data())
+def test_incomplete_checkpoints_change_nothing(scenario, data):
+    """Issue 24: an incomplete checkpoint (any score, newest or not) is never best, never one of the newest N,
+    never kept or pruned: the decision is exactly the one taken without it."""
+    values, _late, _crashes, policy = scenario
+    cands = [Candidate((i + 1) * 10, v) for i, v in enumerate(values)]
+    extra = data.draw(st.lists(st.tuples(st.integers(1, 300), scores), max_size=5))
+    half = [Candidate(step * 10 + 5, value, complete=False) for step, value in extra]
+    final = data.draw(st.booleans())
+    mixed = data.draw(st.permutations(cands + half))
+    assert decide(mixed, policy, final=final) == decide(cands, policy, final=final)
+    assert set(best_k(mixed, policy)) == set(best_k(cands, policy))
