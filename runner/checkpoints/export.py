@@ -1,4 +1,10 @@
-"""The best checkpoint of a phase and its export out of the vault: what `runner export` (and any other caller) does."""
+"""The best checkpoint of a phase and its export out of the vault: what `runner export` (and any other caller) does.
+
+Only a complete checkpoint is exported: the best is chosen among the vaulted ones (a checkpoint recorded
+'incomplete' is never best), and the vaulted copy itself is checked against its layout's rule before it is
+copied (a folder vaulted half by an older runner, or recovered after a crash: a Hugging Face Trainer folder
+without trainer_state.json, a torch file without its zip directory).  An incomplete one is refused with the
+reason; ``force`` copies it anyway and says what it lacks."""
 from __future__ import annotations
 
 import json
@@ -7,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.checkpoints.layouts import why_incomplete
 from runner.checkpoints.vault import export as copy_verified
 from runner.errors import NotFound, Refused
 from runner.queries import checkpoint_phases
@@ -20,6 +27,8 @@ class Exported:
     dest: Path
     sha256: str
     files: int  # files checked one by one (a folder checkpoint); 0 for one file
+    incomplete: str | None = None  # what the copy lacks, when it was exported incomplete on purpose (force)
+    pending: tuple[str, ...] = ()  # later checkpoints still incomplete (being written): not candidates yet
 
 
 def best_checkpoint(store: Store, run_id: str, phase: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -28,7 +37,10 @@ def best_checkpoint(store: Store, run_id: str, phase: str | None = None) -> tupl
     row, cks = checkpoint_phases(store, run_id, phase)[-1]
     best = [c for c in cks if c["state"] == "best" and c["score"] is not None]
     if not best:
-        raise NotFound(f"phase {row['name']} of run {run_id} has no scored best checkpoint")
+        waiting = [c["name"] for c in cks if c["state"] == "incomplete"]
+        raise NotFound(f"phase {row['name']} of run {run_id} has no scored best checkpoint"
+                       + (f" ({', '.join(waiting[:4])} incomplete: never a candidate until complete and vaulted)"
+                          if waiting else ""))
     mode = json.loads(row["phase_json"] or "{}").get("checkpoints", {}).get("keep", {}).get("mode", "min")
     sign = 1 if mode == "min" else -1
     return row, min(best, key=lambda c: (sign * c["score"], c["step"]))
@@ -52,12 +64,19 @@ def destination(dest: str | os.PathLike[str], name: str) -> Path:
     return path
 
 
-def export_best(store: Store, run_id: str, phase: str | None, dest: str | os.PathLike[str]) -> Exported:
-    """Copy the best checkpoint out of the vault to ``dest`` (see ``destination``) and verify every file's sha256."""
+def export_best(store: Store, run_id: str, phase: str | None, dest: str | os.PathLike[str], force: bool = False) -> Exported:
+    """Copy the best checkpoint out of the vault to ``dest`` (see ``destination``) and verify every file's sha256.
+    Refused when the vaulted copy is not a whole checkpoint of its layout, unless ``force``."""
     row, c = best_checkpoint(store, run_id, phase)
     src = Path(c["vault_path"])
     if not src.exists():
         raise NotFound(f"{src} is not in the vault any more")
+    _layout, why = why_incomplete(src)
+    if why is not None and not force:
+        raise Refused(f"{c['name']} (step {c['step']}), the best checkpoint of phase {row['name']}, is incomplete in the "
+                      f"vault: {why}; not exported (runner export --force copies it anyway)")
     target = destination(dest, src.name)
     got = copy_verified(src, target, c["sha256"], c["files"])
-    return Exported(row["name"], c, target, got, len(c["files"]) if c["files"] and src.is_dir() else 0)
+    pending = tuple(x["name"] for x in checkpoint_phases(store, run_id, row["name"])[-1][1]
+                    if x["state"] == "incomplete" and x["step"] > c["step"])
+    return Exported(row["name"], c, target, got, len(c["files"]) if c["files"] and src.is_dir() else 0, why, pending)
