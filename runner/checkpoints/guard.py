@@ -247,6 +247,8 @@ class CheckpointGuard:
         """(complete by its rule, the rule, why not or how it was decided).  ``final``: the container has ended,
         nothing writes any more, so only a rule's mark (never time) can still say no."""
         layout = self.layout(path)
+        if not sig:  # a folder made before its first file (a ZeRO gather can take seconds): nothing yet
+            return False, layout, "no file in it yet"
         if layout.mark is not None and not mark_present(path, layout.mark):
             return False, layout, f"{layout.mark} not written yet"
         if layout.latest:
