@@ -39,11 +39,13 @@ from runner.policy import StatePaths
 from runner.scheduler import Scheduler
 from runner.spec.loader import load_spec_bytes
 from runner.store import Store
+from runner.supervisor import Role
 
 HEARTBEAT_S = 2.0
 NOTIFY_KINDS = ("phase.succeeded", "phase.failed", "phase.inconclusive", "phase.lost", "phase.error", "phase.blocked",
                 "guard.tripped", "checkpoint.missed")
 RETRY_DRIVE_S = 30.0  # a run whose thread ended on an error while its phase is active is carried on after this
+HANDOVER_WAIT_S = 15.0
 SERVER_SOURCES_SKIPPED = ("apply",)  # runs a foreground `runner apply` owns (re-adopt them with `runner attach`)
 
 
@@ -171,7 +173,9 @@ class Server:
 
     def engine(self, prefix: str = "") -> Engine:
         """An engine for one thread (its own Docker client), sharing the store, slots and policy."""
-        engine = Engine(self.store, self.backend_factory, self.runs_dir, LogReporter(self.say, prefix))
+        # waits for a terminal that is handing a run over to leave (runner.handover)
+        engine = Engine(self.store, self.backend_factory, self.runs_dir, LogReporter(self.say, prefix),
+                        role=Role.SERVER, lock_wait_s=HANDOVER_WAIT_S)
         engine.detach_requested = self.stopping
         if not getattr(self.backend_factory, "remote", False):  # under Slurm, Slurm queues and allocates
             engine.slots = self.scheduler

@@ -42,11 +42,14 @@ from runner.lifecycle import NOT_FOUND, STATUS_OF_VERDICT, Act, Container, F, Ph
 from runner.outputs import context
 from runner.spec import interpolate
 from runner.store import ACTIVE, Store
+from runner.supervisor import Role, SupervisorLock
 from runner.preconditions import abs_path
 from runner.session import PhaseSession
 from runner.units import format_duration
 
 POLL_S = 0.5
+STOP_CHECK_S = 0.5  # how often a supervisor looks for a `runner stop` recorded by another process
+EARLY_STOP_S = 60.0  # a stop this soon after the start may come before the trainer installed its SIGTERM handler
 ENGINE_RETRY_S = 120.0  # how long supervision rides out an unreachable engine before detaching
 
 
@@ -250,8 +253,13 @@ class LaunchChecked:
 
 class Engine:
     def __init__(self, store: Store, backend: Backend | Callable[[], Backend], runs_dir: str | Path,
-                 reporter: Reporter | None = None, poll_s: float = POLL_S):
+                 reporter: Reporter | None = None, poll_s: float = POLL_S, role: str = Role.TERMINAL,
+                 lock_wait_s: float = 0.0):
         self.store = store
+        # Who this engine supervises as (runner status shows it), and how long `drive` waits for a supervisor
+        # that is leaving (a background supervisor attach takes over from, a terminal handing over to the server).
+        self.role = role
+        self.lock_wait_s = lock_wait_s
         self._backend = backend
         self.runs_dir = Path(runs_dir).resolve()
         self.reporter = reporter or QuietReporter()
@@ -317,7 +325,22 @@ class Engine:
         The one entry for `apply`, `attach` and the daemon (also after a restart): each
         step reads the recorded state and does the next thing, and every step is
         recorded before its side effect, so a runner killed anywhere resumes here
-        without launching anything twice or deciding a chain twice."""
+        without launching anything twice or deciding a chain twice.
+
+        One supervisor per run: the run's supervisor lock is held throughout (``Refused`` when another
+        process supervises it)."""
+        lock = SupervisorLock(self.runs_dir, run_id, self.role)
+        other = lock.acquire(self.lock_wait_s)
+        if other is not None:
+            hint = (f"`runner attach {run_id}` takes over from it" if other.role == Role.BACKGROUND
+                    else f"`runner status {run_id}` and `runner logs {run_id} -f` show how it goes")
+            raise Refused(f"run {run_id} is supervised by {other.describe()}; one supervisor at a time", hint)
+        try:
+            return self._drive_locked(run_id, detach)
+        finally:
+            lock.release()
+
+    def _drive_locked(self, run_id: str, detach: bool) -> RunResult:
         try:
             return self._drive(run_id, detach)
         except KeyboardInterrupt:
@@ -768,6 +791,7 @@ class Engine:
         queued = ""  # the cluster's reason while a Slurm job waits in its queue
         remote = getattr(self.backend, "remote", False)
         dated = not remote  # a remote job's clocks are set from its scheduler's start time, once
+        next_stop_check = 0.0
         while True:
             if self._interrupt_pending:
                 self._interrupt_pending = False
@@ -797,6 +821,15 @@ class Engine:
                 return self._result(phase_id)
             if state.ended:
                 break
+            if not stopping and time.monotonic() >= next_stop_check:
+                # `runner stop` from another terminal asks the supervisor through the store: the one process that
+                # follows the container stops it and records the end (vault, validation) with its own session.
+                next_stop_check = time.monotonic() + STOP_CHECK_S
+                if self.store.phase(phase_id)["stop_requested"]:
+                    stopping = True
+                    self.reporter.info(f"runner stop: stopping {plan.container_name} (SIGTERM, up to "
+                                       f"{plan.stop_grace:g}s grace, then SIGKILL)")
+                    self._stop_async(container_id, plan.stop_grace)
             if state.status == "queued":
                 # Waiting in the cluster's queue (Slurm PENDING): nothing runs yet, so the timeout does not
                 # count; status and queue show Slurm's reason.
@@ -886,7 +919,7 @@ class Engine:
         # the metrics checkpoint validation produced, and the last checkpoint they must be of (one store read)
         validated = sup.ckpt.validated_until() if sup and sup.ckpt else {}
         if row["stop_requested"]:
-            status, reason, v = "cancelled", "stopped on request", None
+            status, reason, v = "cancelled", self._stopped_reason(row, state), None
             fields.update(failure_kind=str(F.CANCELLED))
         else:
             exit_ok = state.exit_code == 0 and not state.oom_killed
@@ -1077,8 +1110,7 @@ class Engine:
     def cancel(self, phase_id: int, wait: bool = True) -> None:
         """Stop a phase's container on request (SIGTERM, grace period, SIGKILL); records *cancelled*."""
         row = self.store.phase(phase_id)
-        self.store.update(phase_id, stop_requested=1)
-        self.store.event(row["run_id"], phase_id, "phase.stop-requested", f"stop requested for phase {row['name']}")
+        request_stop(self.store, row)
         if not row["container_id"] and row["status"] == "launching":
             # The runner that launched it may have died between create and record: the container
             # may exist (and train) under its deterministic name.  Stop that one, never nothing.
@@ -1094,6 +1126,25 @@ class Engine:
         self.backend.stop(row["container_id"], float(plan.get("stop_grace", 30)))
         if wait:
             self.finish(phase_id, self.backend.inspect(row["container_id"]))
+
+    def _stopped_reason(self, row: dict, state: ContainerState) -> str:
+        """How a phase stopped on request ended: on its own after SIGTERM, or killed after the grace period, and
+        then whether the stop came so soon after the start that the trainer may not have had its handler yet."""
+        if state.exit_code != 137 or state.oom_killed:
+            return "stopped on request" + (f" (exit {state.exit_code})" if state.exit_code is not None else "")
+        grace = float(json.loads(row["plan_json"] or "{}").get("stop_grace", 30))
+        reason = f"stopped on request: no exit within {grace:g}s of SIGTERM, killed (exit 137)"
+        asked = [e["at"] for e in self.store.events(row["run_id"])
+                 if e["kind"] == "phase.stop-requested" and e["phase_id"] == row["id"]]
+        if asked and row["started_at"] and asked[0] - row["started_at"] < EARLY_STOP_S:
+            reason += (f"; the stop came {asked[0] - row['started_at']:.0f}s after the start, probably before the "
+                       "trainer installed its SIGTERM handler (as a container's first process, a program without one "
+                       "ignores SIGTERM)")
+        return reason
+
+    def result(self, phase_id: int) -> PhaseResult:
+        """How a phase stands, as recorded."""
+        return self._result(phase_id)
 
     def stop_run(self, run_id: str) -> list[PhaseResult]:
         """Cancel a run: its queued submission (nothing more starts) and every active phase."""
@@ -1179,6 +1230,13 @@ def _stored_plan(row: dict) -> LaunchPlan | None:
 def _phase_of(row: dict) -> Phase:
     """The resolved phase recorded when it was planned (the spec file may have changed since)."""
     return Phase.model_validate(json.loads(row["phase_json"]))
+
+
+def request_stop(store: Store, row: dict) -> None:
+    """Record that a person asked to stop a phase (once): whichever process supervises it acts on it."""
+    if not row["stop_requested"]:
+        store.update(row["id"], stop_requested=1)
+        store.event(row["run_id"], row["id"], "phase.stop-requested", f"stop requested for phase {row['name']}")
 
 
 def _folder(row: dict) -> Path:

@@ -2,6 +2,7 @@
 tests and the server call it the same way. Rendering stays in runner/cli."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -9,19 +10,22 @@ from typing import TYPE_CHECKING, Any, Iterator
 from runner.errors import ContainerNotFound, EngineUnavailable, NotFound, RunnerError
 from runner.queries import needs_reconcile, pick_phase
 from runner.store import ACTIVE, Store
+from runner.supervisor import Holder, Role, holder
 from runner.views import run_view
 
 if TYPE_CHECKING:
     from runner.engine import Engine, PhaseResult, Reporter
 
 
-def open_engine(state: Path, reporter: Reporter | None = None) -> Engine:
+def open_engine(state: Path, reporter: Reporter | None = None, role: str = Role.TERMINAL,
+                lock_wait_s: float = 0.0) -> Engine:
     """An engine for the run store at ``state`` (runs live in its folder), on the backend its folder's
-    backend.yaml names (default: the local Docker engine)."""
+    backend.yaml names (default: the local Docker engine), supervising as ``role``."""
     from runner.backends.select import backend_factory
     from runner.engine import Engine
 
-    return Engine(Store(state), backend_factory(state.parent), state.parent, reporter)
+    return Engine(Store(state), backend_factory(state.parent), state.parent, reporter, role=role,
+                  lock_wait_s=lock_wait_s)
 
 
 def reconcile(engine: Engine, run_ids: list[str], server_running: bool) -> str | None:
@@ -55,10 +59,55 @@ def run_document(engine: Engine, run_id: str) -> dict[str, Any]:
     return doc
 
 
-def stop(engine: Engine, run_id: str) -> tuple[bool, list[PhaseResult]]:
-    """Cancel a run: (whether it was still queued, the phases stopped)."""
+@dataclass
+class Stopping:
+    """What `runner stop` set going: whether the run was still queued, the phases being stopped, and who stops them
+    (the run's supervisor, or this process when nobody supervises it)."""
+
+    queued: bool
+    phases: list[dict]
+    by: Holder | None
+
+
+def request_stop(engine: Engine, run_id: str) -> Stopping:
+    """Cancel a run: nothing more starts, and each active phase is asked to stop.  A phase whose run has a supervisor
+    (a terminal, a background supervisor, the server) is stopped by it: the request is recorded and the supervisor
+    acts on it within a second, ending the phase with its own session (vault, validation).  A phase that never got
+    a container is cancelled here.  Returns at once; ``finish_stop`` waits for the ends."""
+    from runner.engine import request_stop as record
+
     queued = engine.store.submission_state(run_id) == "queued"
-    return queued, engine.stop_run(run_id)
+    engine.store.cancel_submission(run_id)
+    by = holder(engine.runs_dir, run_id)
+    rows = [r for r in engine.store.phases(run_id) if r["status"] in ACTIVE]
+    for row in rows:
+        if by is not None and row["status"] != "pending":
+            record(engine.store, row)
+        elif not row["container_id"] and row["status"] == "pending":
+            engine.cancel(row["id"])
+    return Stopping(queued, rows, by)
+
+
+def finish_stop(engine: Engine, stopping: Stopping, poll_s: float = 0.3) -> list[PhaseResult]:
+    """Wait until every phase ``request_stop`` asked to stop has ended, and return how each ended.  Phases nobody
+    supervises (or whose supervisor left meanwhile) are stopped here: SIGTERM, the grace period, SIGKILL."""
+    ids = [r["id"] for r in stopping.phases]
+    while True:
+        active = [r for r in (engine.store.phase(i) for i in ids) if r["status"] in ACTIVE]
+        if not active:
+            break
+        if holder(engine.runs_dir, active[0]["run_id"]) is None:
+            for row in active:
+                engine.cancel(row["id"])
+            break
+        time.sleep(poll_s)
+    return [engine.result(i) for i in ids]
+
+
+def stop(engine: Engine, run_id: str) -> tuple[bool, list[PhaseResult]]:
+    """Cancel a run and wait for its phases to end: (whether it was still queued, how the phases ended)."""
+    stopping = request_stop(engine, run_id)
+    return stopping.queued, finish_stop(engine, stopping)
 
 
 def phase_log(engine: Engine, run_id: str, phase: str | None, follow: bool = False) -> Iterator[bytes]:

@@ -5,6 +5,7 @@ from typing import Any
 
 from runner.errors import NotFound
 from runner.store import ACTIVE, Store
+from runner.supervisor import holder
 
 
 def pick_phase(store: Store, run_id: str, name: str | None) -> dict[str, Any]:
@@ -33,5 +34,7 @@ def checkpoint_phases(store: Store, run_id: str, name: str | None = None) -> lis
 
 def needs_reconcile(store: Store, run_id: str, server_running: bool) -> bool:
     """Whether reading a run's status should first ask the engine how its active phases stand: not while a live
-    server supervises the run store (it judges its own phases), and only when a phase is still active."""
-    return not server_running and any(p["status"] in ACTIVE for p in store.phases(run_id))
+    server supervises the run store or a supervisor holds the run (they judge their own phases), and only when a
+    phase is still active."""
+    return (not server_running and any(p["status"] in ACTIVE for p in store.phases(run_id))
+            and holder(store.path.parent, run_id) is None)  # a live supervisor judges its own phases

@@ -298,6 +298,12 @@ class Store:
             db.execute("UPDATE submissions SET state = ?, note = ? WHERE run_id = ?", (state, note, run_id))
             _event(db, run_id, None, f"run.{state}", f"run {run_id}: {state}" + (f": {note}" if note else ""))
 
+    def set_submission_source(self, run_id: str, source: str, note: str) -> None:
+        """Change who carries a run on (``apply`` → ``handed-over``: a server of this store takes it), with an event."""
+        with self.tx() as db:
+            db.execute("UPDATE submissions SET source = ? WHERE run_id = ?", (source, run_id))
+            _event(db, run_id, None, "run.handed-over", f"run {run_id}: {note}")
+
     def submission_state(self, run_id: str) -> str | None:
         with self._lock:
             row = self.db.execute("SELECT state FROM submissions WHERE run_id = ?", (run_id,)).fetchone()

@@ -6,7 +6,8 @@ import json
 from typing import Any
 
 from runner.lifecycle import chain_outcome
-from runner.store import Store, run_status
+from runner.store import ACTIVE, Store, run_status
+from runner.supervisor import holder
 
 SLURM_PENDING = " PENDING ("  # in a phase's reason while its Slurm job waits: "Slurm job 12 PENDING (Resources)"
 
@@ -18,6 +19,9 @@ def iso(ts: float | None) -> str | None:
 def run_view(store: Store, run_id: str, events: bool = False) -> dict[str, Any]:
     run = store.run(run_id)
     phases = store.phases(run_id)
+    # who follows the run's active phase: the holder of its supervisor lock (runner.supervisor), "nobody" said
+    # as such (a phase left --unsupervised, a supervisor that died)
+    watched = holder(store.path.parent, run_id) if any(p["status"] in ACTIVE for p in phases) else None
     view = {
         "id": run_id,
         "spec": run["spec_path"],
@@ -42,6 +46,7 @@ def run_view(store: Store, run_id: str, events: bool = False) -> dict[str, Any]:
                 "inputs": p["inputs"],
                 "verdict": p["verdict"],
                 "failure_kind": p.get("failure_kind"),  # how it failed, recorded when decided (see FailureKind)
+                "supervisor": (watched.describe() if watched else "nobody") if p["status"] in ACTIVE else None,
                 "explanation": p["explanation"],
                 "judgement": p["judgement"],
                 "decision": p["decision"],

@@ -21,10 +21,11 @@ def existing_state(args: argparse.Namespace) -> Path:
     return existing_store(state(args))
 
 
-def engine(args: argparse.Namespace, reporter: Any = None, existing: bool = False) -> Engine:
+def engine(args: argparse.Namespace, reporter: Any = None, existing: bool = False, role: str = "terminal",
+           lock_wait_s: float = 0.0) -> Engine:
     from runner.operations import open_engine
 
-    return open_engine(existing_state(args) if existing else state(args), reporter)
+    return open_engine(existing_state(args) if existing else state(args), reporter, role, lock_wait_s)
 
 
 def parse_inputs(pairs: Sequence[str]) -> dict[str, str]:

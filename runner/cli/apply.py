@@ -16,7 +16,12 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     a = sub.add_parser("apply", parents=parents, help="run a phase spec in a container")
     a.add_argument("file", metavar="FILE", help="the phase spec (YAML); every spec its next: rules reach is checked first")
     a.add_argument("--input", "-i", action="append", default=[], metavar="NAME=VALUE", help="set an input (repeatable)")
-    a.add_argument("--detach", "-d", action="store_true", help="start the phase and return at once")
+    a.add_argument("--detach", "-d", action="store_true",
+                   help="start the phase and return at once; the run stays supervised (by the server of this run "
+                        "store, else a background supervisor: guards, checkpoint vault, verdict and chain go on)")
+    a.add_argument("--unsupervised", action="store_true",
+                   help="with --detach: leave the phase with nobody watching it (no guards, no vault, no verdict "
+                        "until `runner attach`); checkpoints the trainer deletes meanwhile are lost")
     a.add_argument("--priority", type=int, default=0, help="queue priority when a server runs (higher first; default 0)")
     a.add_argument("--strict", action="store_true",
                     help="exit 5 when the chain succeeded only through a failure branch (an earlier phase failed)")

@@ -22,7 +22,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help="one line per phase with every cell in full (reasons and progress not cut)")
 
 
-COLUMNS = ("RUN", "PHASE", "STATUS", "VERDICT", "EXIT", "STARTED", "PROGRESS", "REASON")
+COLUMNS = ("RUN", "PHASE", "STATUS", "SUPERVISOR", "VERDICT", "EXIT", "STARTED", "PROGRESS", "REASON")
 OPTIONAL = ("STARTED", "EXIT", "PROGRESS", "VERDICT")  # left out, in this order, when the reason would get < 24 columns
 
 
@@ -82,7 +82,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
             stored = rows.get(p["name"])
             progress = progress_text(engine, stored) if stored and stored["status"] in ("running", "detached") else ""
             verdict = (p.get("verdict") or "") + (f" ({p['failure_kind']})" if p.get("failure_kind") and p.get("verdict") else "")
-            lines.append({"RUN": view["id"], "PHASE": p["name"], "STATUS": p["status"], "VERDICT": verdict,
+            # who follows an active phase (runner.supervisor): "nobody" is said, never implied
+            supervisor = (p.get("supervisor") or "").replace(" (pid ", " ").rstrip(")")
+            lines.append({"RUN": view["id"], "PHASE": p["name"], "STATUS": p["status"], "SUPERVISOR": supervisor,
+                          "VERDICT": verdict,
                           "EXIT": "" if p["exit_code"] is None else str(p["exit_code"]), "STARTED": short_time(p["started_at"]),
                           "PROGRESS": progress if width is None else progress[:36], "REASON": p["reason"]})
     console.print(status_table(lines, width))
@@ -98,9 +101,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
                     say(console, f"  {line}")
                 if p["decision"]:
                     say(console, f"  next: {p['decision']}")
-        for row in store.phases(views[0]["id"]):
+        for p, row in zip(views[0]["phases"], store.phases(views[0]["id"])):
             if row["status"] in ACTIVE:
                 console.print()
+                say(console, f"phase {row['name']}: supervised by {p.get('supervisor') or 'nobody'}"
+                    + (f" (`runner attach {views[0]['id']}` supervises it here)" if p.get("supervisor") == "nobody" else ""))
                 console.print(render_view(row["name"], {**engine.view(row["id"]), "state": row["status"]}))
         console.print()
         for e in views[0]["events"]:

@@ -39,7 +39,7 @@ def test_row6_external_docker_kill_is_killed_from_outside_not_oom_or_success(cli
 def test_row7_exit_0_while_runner_is_down_is_done_and_chained_once(cli, spec_for, docker_client, tmp_path):
     spec_for(["sh", "-c", "echo second"], name="p2")
     spec = spec_for(["sh", "-c", "sleep 2; exit 0"], extra="next:\n  - {when: success, apply: p2.yaml}\n")
-    out = cli("apply", spec, "--detach")
+    out = cli("apply", spec, "--detach", "--unsupervised")
     assert out.returncode == 0, out.stderr
     run = only_run(cli)
     (container,) = run_containers(docker_client, run)
@@ -66,7 +66,7 @@ def test_row7_exit_0_seen_first_by_status_then_attach_chains_once(cli, spec_for,
     """The same, but `runner status` sees the end first (and judges the phase): attach still carries the chain on."""
     spec_for(["sh", "-c", "echo second"], name="p2")
     spec = spec_for(["sh", "-c", "sleep 2; exit 0"], extra="next:\n  - {when: success, apply: p2.yaml}\n")
-    out = cli("apply", spec, "--detach")
+    out = cli("apply", spec, "--detach", "--unsupervised")
     assert out.returncode == 0, out.stderr
     run = only_run(cli)
     wait_for("status to judge the ended phase", lambda: status(cli, run)["phases"][0]["status"] == "succeeded",
@@ -80,7 +80,7 @@ def test_row7_exit_0_seen_first_by_status_then_attach_chains_once(cli, spec_for,
 
 def test_row8_container_removed_while_runner_is_down_is_lost_never_relaunched(cli, spec_for, docker_client):
     spec = spec_for(["sh", "-c", "sleep 300"], container_extra=GRACE)
-    out = cli("apply", spec, "--detach")
+    out = cli("apply", spec, "--detach", "--unsupervised")
     assert out.returncode == 0, out.stderr
     run = only_run(cli)
     (container,) = run_containers(docker_client, run)

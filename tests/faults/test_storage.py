@@ -100,7 +100,7 @@ def test_row38_status_after_an_unwatched_end_vaults_what_the_trainer_left(cli, t
     """`apply --detach`; the keep-last-2 trainer runs to its end while nobody watches; `runner status` judges the
     phase, and every checkpoint the trainer left is vaulted (complete = loads), the best a vault path."""
     spec = REPO / "specs/demo/checkpoint-guard.yaml"
-    out = cli("apply", str(spec), "--detach", "--input", "max_steps=100")
+    out = cli("apply", str(spec), "--detach", "--unsupervised", "--input", "max_steps=100")
     assert out.returncode == 0, out.stderr
     run = only_run(cli)
     (container,) = run_containers(docker_client, run)
@@ -156,7 +156,7 @@ checkpoints:
   pattern: "model_step{{step}}.pth"
   keep: {{by: text_loss, mode: min, best: 100, latest: 1}}
 """)
-    out = cli("apply", str(spec), "--detach")
+    out = cli("apply", str(spec), "--detach", "--unsupervised")
     assert out.returncode == 0, out.stderr
     run = only_run(cli)
     first = wait_for("the first checkpoint", lambda: sorted(ckpt.glob("model_step*.pth")), timeout=60, every=0.1)[0]

@@ -119,12 +119,32 @@ def _remove_containers_of_runs(state) -> None:
     except (sqlite3.Error, docker.errors.DockerException):
         return
     for run_id in runs:
+        _stop_background_supervisor(state.parent, run_id)
         for c in client.containers.list(all=True, filters={"label": f"runner.run-id={run_id}"}):
             try:
                 c.remove(force=True)
             except docker.errors.DockerException:
                 pass
     client.close()
+
+
+def _stop_background_supervisor(runs_dir, run_id) -> None:
+    """A background supervisor a test's `apply --detach` started: stopped by its PID (it leaves its container, which
+    the caller removes next)."""
+    import signal
+
+    from runner.supervisor import Role, holder
+
+    h = holder(runs_dir, run_id)
+    if h is None or h.role != Role.BACKGROUND or h.pid <= 0:
+        return
+    try:
+        os.kill(h.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and holder(runs_dir, run_id) is not None:
+        time.sleep(0.1)
 
 
 def wait_for(what, check, timeout=240.0, every=0.5):

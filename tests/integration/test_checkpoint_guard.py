@@ -123,7 +123,7 @@ def test_stop_of_a_detached_phase_vaults_what_the_trainer_left(cli, tmp_path):
     """`apply --detach`, then `runner stop`: nobody watched the trainer, yet the phase is judged by a
     guard rebuilt from the store; its final scan (the container has ended) vaults every checkpoint that
     loads — copies of the trainer's files that its rotation would delete next."""
-    out = cli("apply", str(SPEC), "--detach", "--input", "max_steps=100000")
+    out = cli("apply", str(SPEC), "--detach", "--unsupervised", "--input", "max_steps=100000")
     assert out.returncode == 0, out.stderr
     (run,) = status(cli)["runs"]
     ckpt_dir = tmp_path / "runs" / run["id"] / "demo-keep-best" / "ckpt"

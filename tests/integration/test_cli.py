@@ -81,14 +81,15 @@ def _foreground(cli, spec):
     return proc, run["id"], phase
 
 
-def test_sighup_never_stops_the_container(cli, spec_for, docker_client):
+def test_sighup_never_stops_the_container_and_hands_it_to_a_background_supervisor(cli, spec_for, docker_client):
     proc, run_id, phase = _foreground(cli, spec_for(["sleep", "300"]))
     proc.send_signal(signal.SIGHUP)
-    assert proc.wait(timeout=30) == 0
+    assert proc.wait(timeout=60) == 0
     assert docker_client.containers.get(phase["container_id"]).status == "running"
-    assert status_json(cli, run_id)["phases"][0]["status"] == "detached"
+    p = status_json(cli, run_id)["phases"][0]
+    assert p["status"] == "running" and p["supervisor"].startswith("background"), p
     out = cli("stop", run_id, timeout=60)
-    assert out.returncode == 0 and "cancelled" in out.stdout
+    assert out.returncode == 0 and "cancelled" in out.stdout, out.stdout + out.stderr
     assert status_json(cli, run_id)["phases"][0]["status"] == "cancelled"
 
 
