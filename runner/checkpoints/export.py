@@ -1,10 +1,11 @@
 """The best checkpoint of a phase and its export out of the vault: what `runner export` (and any other caller) does.
 
 Only a complete checkpoint is exported: the best is chosen among the vaulted ones (a checkpoint recorded
-'incomplete' is never best), and the vaulted copy itself is checked against its layout's rule before it is
-copied (a folder vaulted half by an older runner, or recovered after a crash: a Hugging Face Trainer folder
-without trainer_state.json, a torch file without its zip directory).  An incomplete one is refused with the
-reason; ``force`` copies it anyway and says what it lacks."""
+'incomplete' is never best), and a vaulted folder is checked against its layout's rule before it is copied (one
+vaulted half by an older runner, or found in the vault after a crash: a Hugging Face Trainer folder without
+trainer_state.json, shards without their index, a half weight file).  A single file is not checked again: it was
+vaulted only once whole in its format, and the vault's copy is private.  An incomplete folder is refused with
+the reason; ``force`` copies it anyway and says what it lacks."""
 from __future__ import annotations
 
 import json
@@ -71,7 +72,7 @@ def export_best(store: Store, run_id: str, phase: str | None, dest: str | os.Pat
     src = Path(c["vault_path"])
     if not src.exists():
         raise NotFound(f"{src} is not in the vault any more")
-    _layout, why = why_incomplete(src)
+    why = why_incomplete(src)[1] if src.is_dir() and not src.is_symlink() else None
     if why is not None and not force:
         raise Refused(f"{c['name']} (step {c['step']}), the best checkpoint of phase {row['name']}, is incomplete in the "
                       f"vault: {why}; not exported (runner export --force copies it anyway)")
