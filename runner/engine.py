@@ -41,6 +41,7 @@ from runner.logfile import ContainerLog, LineSplitter
 from runner.lifecycle import NOT_FOUND, STATUS_OF_VERDICT, Act, Container, F, PhaseView, failure_names, next_action
 from runner.outputs import context
 from runner.spec import interpolate
+from runner.settings import load_settings
 from runner.store import ACTIVE, Store
 from runner.supervisor import Role, SupervisorLock
 from runner.preconditions import abs_path
@@ -886,18 +887,38 @@ class Engine:
                 self._stop_async(container_id, plan.stop_grace)
             self.reporter.progress(f"{format_duration(elapsed)}  {plan.phase}  {state.status}")
             time.sleep(self.poll_s)
-        self._join_pump(pump)
+        saved = self._join_pump(pump)
         self._poll_metrics(plan, phase_id, sup)  # what was written just before the end
-        return self.finish(phase_id, state, sup)
+        result = self.finish(phase_id, state, sup)
+        if saved:
+            self._remove_finished(plan, phase_id, container_id)
+        return result
 
-    def _join_pump(self, pump: threading.Thread, quiet_s: float = 10.0) -> None:
+    def _remove_finished(self, plan: LaunchPlan, phase_id: int, container_id: str) -> None:
+        """Remove an ended phase's container once its outcome is recorded and its whole log saved (so `docker ps -a`
+        does not fill up), unless backend.yaml says ``keep_containers: true``.  A Slurm job has no container here."""
+        if getattr(self._backend, "remote", False):
+            return
+        try:
+            if load_settings(self.runs_dir).keep_containers:
+                return
+            self.backend.remove(container_id)
+        except (RunnerError, SpecError) as exc:  # the engine went away, or a bad backend.yaml: kept, and said
+            self.store.event(plan.run_id, phase_id, "container.kept", f"container {container_id[:12]} kept: {exc}")
+            return
+        self.store.event(plan.run_id, phase_id, "container.removed",
+                         f"container {plan.container_name} ({container_id[:12]}) removed; its log is "
+                         f"{Path(plan.phase_dir) / 'container.log'} (keep_containers: true in backend.yaml keeps it)")
+
+    def _join_pump(self, pump: threading.Thread, quiet_s: float = 10.0) -> bool:
         """Wait for the log pump to read the ended container's output to its end: as long as it makes progress
-        (a flood still being read), and at most ``quiet_s`` seconds without any."""
+        (a flood still being read), and at most ``quiet_s`` seconds without any.  True when it read to the end."""
         self._pumped = time.monotonic()
         while pump.is_alive():
             pump.join(timeout=1.0)
             if time.monotonic() - self._pumped > quiet_s:
-                return
+                return False
+        return True
 
     def _poll_metrics(self, plan: LaunchPlan, phase_id: int, sup: PhaseSession) -> None:
         sup.record_poll(self.reporter.info)

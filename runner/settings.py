@@ -64,6 +64,9 @@ class Settings(Model):
     backend: Literal["docker", "slurm"] = Field("docker", description="Where phases run: the local Docker engine "
                                                 "(default), or Slurm jobs that run the container on an allocated node.")
     slurm: SlurmSettings = Field(default_factory=lambda: SlurmSettings.model_validate({}), description="Slurm settings (backend: slurm).")
+    keep_containers: bool = Field(False, description="Keep a finished phase's container (docker ps -a) instead of "
+                                  "removing it once its supervisor has saved its whole log to the phase folder "
+                                  "(container.log; `runner logs` reads it). `runner rm`/`prune` remove kept ones.")
 
 
 def settings_path(runs_dir: Path | str) -> Path:

@@ -48,6 +48,7 @@ class FakeBackend:
         self.script = script or {}
         self.containers: dict[str, _Container] = {}
         self.launched: list[LaunchPlan] = []
+        self.removed: list[_Container] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -109,7 +110,7 @@ class FakeBackend:
                 if all(k in c.plan.labels if v is None else c.plan.labels.get(k) == v for k, v in labels.items())]
 
     def remove(self, cid: str) -> None:
-        self._get(cid)
+        self.removed.append(self._get(cid))  # gone from the engine, as with Docker; tests can still look at it
         del self.containers[cid]
 
     def never_started(self, cid: str) -> None:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from tests.faults.conftest import check_invariants, only_run, run_containers, status, wait_for
+from tests.integration.conftest import keep_containers
 
 
 def _db(cli):
@@ -26,6 +27,7 @@ def test_row46_a_stored_plan_that_mounts_the_host_root_is_refused_where_the_cont
     # While phase 1 runs, a *pending* phase is added to runner.db (as a container that could write the store
     # would) whose stored plan mounts `/` at /host and the run store itself: when phase 1 ends, the run's
     # driver must refuse to create it.
+    keep_containers(cli.state.parent)  # every container created is looked at after the end: none mounts the host
     proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "--state", str(cli.state), "apply",
                              spec_for(["sh", "-c", "sleep 6; echo first"])], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

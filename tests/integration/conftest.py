@@ -147,6 +147,15 @@ def _stop_background_supervisor(runs_dir, run_id) -> None:
         time.sleep(0.1)
 
 
+def keep_containers(runs_dir) -> None:
+    """backend.yaml ``keep_containers: true``: a test that looks at an ended phase's container after its end (by
+    default runner removes it once its log is saved)."""
+    from pathlib import Path
+
+    Path(runs_dir).mkdir(parents=True, exist_ok=True)
+    (Path(runs_dir) / "backend.yaml").write_text("keep_containers: true\n")
+
+
 def wait_for(what, check, timeout=240.0, every=0.5):
     """Poll ``check`` until it returns something true (returned), or fail naming ``what``."""
     deadline = time.monotonic() + timeout

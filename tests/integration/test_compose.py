@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from tests.conftest import REPO
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import keep_containers, wait_for
 
 
 def free_port() -> int:
@@ -32,6 +32,7 @@ def project(tmp_path, docker_client):
     home = tmp_path / "srv"
     shutil.copytree(REPO / "specs", home / "specs")
     (home / "runs").mkdir()
+    keep_containers(home / "runs")  # the training container is looked at after compose down
     name = "rt" + uuid.uuid4().hex[:8]
     port = free_port()
     env = {**os.environ, "PWD": str(home), "RUNNER_TB_PORT": str(port), "RUNNER_GPUS": "none",

@@ -9,11 +9,12 @@ from runner.plan import build_plan
 from runner.spec import load_spec
 from runner.store import Store
 
-from .conftest import TEST_LABEL
+from .conftest import TEST_LABEL, keep_containers
 
 
 @pytest.fixture
 def engine(tmp_path, backend):
+    keep_containers(tmp_path / "runs")  # these tests look at the ended containers
     return Engine(Store(tmp_path / "runs" / "runner.db"), backend, tmp_path / "runs", poll_s=0.2)
 
 

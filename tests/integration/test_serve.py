@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 from tests.conftest import REPO
-from tests.integration.conftest import stop_server, wait_for
+from tests.integration.conftest import keep_containers, stop_server, wait_for
 
 
 class Hook(http.server.BaseHTTPRequestHandler):
@@ -40,6 +40,7 @@ def test_server_inbox_sigkill_readopt_and_apply_submit(cli, tmp_path, docker_cli
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     notify = f"http://127.0.0.1:{hook.server_address[1]}/hook"
     runs = cli.state.parent
+    keep_containers(runs)  # phase 1's container is looked at after its end: the same one, never restarted
     inbox = runs / "inbox"
     log = tmp_path / "serve.log"
     server = serve(cli.state, inbox, notify, log)

@@ -42,8 +42,10 @@ def test_success_is_recorded_with_logs(make, write_spec, tmp_path):
     log = tmp_path / "runs" / result.run_id / "p1" / "container.log"
     assert log.read_text() == "step 1\ndone\n"
     kinds = [e["kind"] for e in engine.store.events(result.run_id)]
-    assert kinds == ["run.created", "phase.pending", "phase.launching", "phase.running", "phase.succeeded", "chain.decision",
-                     "run.done"]
+    assert kinds == ["run.created", "phase.pending", "phase.launching", "phase.running", "phase.succeeded",
+                     "container.removed", "chain.decision", "run.done"]
+    # removed once its log was saved (docker ps -a does not fill up); `runner logs` reads the saved copy
+    assert backend.containers == {} and len(backend.removed) == 1
 
 
 def test_failure_and_oom(make, write_spec):
@@ -191,7 +193,7 @@ def test_stop_when_met_ends_the_run_early_with_success(make, write_spec):
     result = engine.apply(write_spec(spec)).last
     assert (result.status, result.verdict) == ("succeeded", "success")
     assert result.reason.startswith("criteria met, run stopped early")
-    (container,) = backend.containers.values()
+    (container,) = backend.removed
     assert container.stop_grace is not None  # stopped by runner, gracefully
     kinds = [e["kind"] for e in engine.store.events(result.run_id)]
     assert "criteria.met" in kinds

@@ -229,7 +229,8 @@ def test_a_created_but_never_started_container_is_removed_and_launched_again(mak
     backend.never_started(phase["container_id"])
     engine.store.as_if_crashed(phase["id"], "launching", container_id=None)
     run = make(backend).drive(run_id)
-    assert run.last.status == "succeeded" and len(backend.launched) == 2 and len(backend.containers) == 1
+    assert run.last.status == "succeeded" and len(backend.launched) == 2 and len(backend.removed) == 2
+    assert backend.containers == {}  # the never-started one removed before the relaunch, the second after its end
     assert "was created but never started" in json.dumps(engine.store.events(run_id))
 
 

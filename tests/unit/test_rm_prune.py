@@ -40,6 +40,7 @@ def vaulted(engine, run, names=("model_step10.pth", "model_step20.pth"), best="m
 def test_rm_removes_containers_folders_vault_and_records(engine, write_spec):
     backend = FakeBackend()
     e = engine(backend)
+    (e.runs_dir / "backend.yaml").write_text("keep_containers: true\n")  # ended containers kept: rm removes them
     run = e.apply(write_spec(MINIMAL))
     vault = vaulted(e, run)
     assert backend.containers and (e.runs_dir / run.run_id).is_dir()
