@@ -993,6 +993,17 @@ class Engine:
                                     sup.metrics if sup else MetricSet(), ckpt, abs_path(folder, ckpt.dir) if ckpt else None)
             outputs.update(vaulted)
             missed = sup.ckpt.missed_explanation(sup.metrics) if sup and sup.ckpt else ""
+            verdict = v.verdict
+            lost = sup.ckpt.missed_best(sup.metrics) if sup and sup.ckpt else None
+            if lost is not None and lost.best_lost:
+                # A checkpoint better than every vaulted one was missed: part of the verdict (on_missed_best).
+                outputs["lost_best"] = lost.as_dict()
+                if verdict == "success" and lost.fails:
+                    verdict, status, reason = "failure", "failed", lost.summary()
+                    fields.update(failure_kind=str(F.CHECKPOINT_LOST), failure_detail=None)
+                elif verdict == "success" and lost.degrades:
+                    outputs["degraded"] = lost.summary()
+                outputs["verdict"] = verdict
             if sup and sup.ckpt:
                 override, warning = sup.ckpt.unprotected_best(sup.metrics)
                 outputs.update(override)
@@ -1003,12 +1014,13 @@ class Engine:
                                   if outputs.get("best_checkpoint") and c["vault_path"] == outputs["best_checkpoint"]), None)
                 if best_step is not None:  # what the next phase is handed: ${{ best.step }}, ${{ best.NAME }}
                     outputs["best"] = at_checkpoint(sup.metrics, best_step, set(validated))
-            fields.update(verdict=v.verdict, explanation=v.explanation() + ("\n" + missed if missed else ""),
+            fields.update(verdict=verdict, explanation=v.explanation() + ("\n" + missed if missed else ""),
                           outputs_json=json.dumps(outputs),
                           judgement_json=json.dumps(v.judgement.as_dict() if v.judgement else None))
         self.store.transition(phase_id, status, reason, expect=ACTIVE, **fields)
         if v is not None:
-            self.reporter.info(f"verdict: {v.verdict}\n" + fields["explanation"])
+            self.reporter.info(f"verdict: {fields['verdict']}" + (" (degraded)" if "degraded" in outputs else "")
+                               + "\n" + fields["explanation"])
         return self._result(phase_id)
 
     def _poll_metrics_quiet(self, sup: PhaseSession) -> None:

@@ -60,7 +60,7 @@ class FailureKind(str, Enum):
     criteria) — the recovery branches act on those — and accidents of the machine (crashed, oom, killed,
     stopped, ended_early, infrastructure, and stall: a hung data loader or collective) — which say
     nothing about the learning rate: retry from the latest checkpoint.  The rest (missing, misconfigured,
-    timeout, cancelled, precondition, refused) need a person."""
+    timeout, cancelled, precondition, refused, checkpoint_lost) need a person."""
 
     DIVERGED = "diverged"              # a divergence guard tripped
     NON_FINITE = "non_finite"          # NaN/inf in a guarded metric
@@ -78,6 +78,7 @@ class FailureKind(str, Enum):
     CANCELLED = "cancelled"            # `runner stop`
     PRECONDITION = "precondition"      # a precondition was not met; nothing launched
     REFUSED = "refused"                # the launch was refused (mount policy) or impossible; nothing launched
+    CHECKPOINT_LOST = "checkpoint_lost"  # the best checkpoint was missed (checkpoints.on_missed_best: fail)
 
     def __str__(self) -> str:
         return self.value

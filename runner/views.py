@@ -48,6 +48,9 @@ def run_view(store: Store, run_id: str, events: bool = False) -> dict[str, Any]:
                 "failure_kind": p.get("failure_kind"),  # how it failed, recorded when decided (see FailureKind)
                 "supervisor": (watched.describe() if watched else "nobody") if p["status"] in ACTIVE else None,
                 "explanation": p["explanation"],
+                # a success whose best checkpoint was lost (checkpoints.on_missed_best: warn), and what was lost
+                "degraded": (p["outputs"] or {}).get("degraded") or None,
+                "lost_best": (p["outputs"] or {}).get("lost_best"),
                 "judgement": p["judgement"],
                 "decision": p["decision"],
                 "outputs": p["outputs"],

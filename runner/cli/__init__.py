@@ -9,7 +9,9 @@ Exit codes (README, "Exit codes") — the error's type decides:
   lost phase, something named that does not exist (NotFound), a request that conflicts with what exists
   (Refused); 2 usage (argparse, UsageError); 3 infrastructure (any other RunnerError: engine unreachable, image
   missing, no GPU runtime, the engine refusing a container, nvidia-smi; an OSError such as a full disk);
-  4 internal error (a bug in runner); 130 cancelled (Ctrl-C, or a phase recorded cancelled).
+  4 internal error (a bug in runner); 5 (apply/attach --strict) succeeded only through a failure branch;
+  6 (apply/attach) succeeded, degraded: a phase's best checkpoint was lost; 130 cancelled (Ctrl-C, or a phase
+  recorded cancelled).
 """
 from __future__ import annotations
 

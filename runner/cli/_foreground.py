@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 # a run's last phase status → exit code (README, "Exit codes")
 RECOVERED = 5  # --strict: the chain succeeded only through a failure branch
+DEGRADED = 6  # the chain succeeded, but a phase's best checkpoint was lost (checkpoints.on_missed_best: warn)
 EXIT = {"succeeded": 0, "detached": 0, "running": 0, "failed": 1, "blocked": 1, "lost": 1, "error": 3, "cancelled": 130}
 TAKE_OVER_S = 60.0  # how long attach waits for a background supervisor it asked to leave
 
@@ -68,6 +69,13 @@ def foreground(args: argparse.Namespace, console: Console, work: Callable[[Engin
         say(console, run.run_id)
     if code == 0 and run.last.status == "succeeded":
         from runner.lifecycle import chain_outcome
+
+        degraded = [(p["name"], p["outputs"]["degraded"]) for p in engine.store.phases(run.run_id)
+                    if (p["outputs"] or {}).get("degraded")]
+        for name, summary in degraded:
+            say(err, f"run {run.run_id}: succeeded, degraded: phase {name}: {summary}; exit {DEGRADED}")
+        if degraded:
+            return DEGRADED
 
         if chain_outcome(engine.store.phases(run.run_id)) == "recovered":
             say(err, f"run {run.run_id}: succeeded after a failure branch (an earlier phase failed; `runner status "

@@ -3,13 +3,16 @@ or (--background) start a background supervisor for it."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from runner.cli import _common
 from runner.cli._foreground import foreground, take_over
 from runner.cli._render import say
+
+if TYPE_CHECKING:
+    from runner.engine import Engine, RunResult
 
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         say(console, f"run {run_id}: supervised by {done.by.describe()}; its log: {done.log}")
         return 0
 
-    def work(engine):
+    def work(engine: Engine) -> RunResult:
         run_id = engine.store.resolve_run(args.run)
         engine.lock_wait_s = max(engine.lock_wait_s, take_over(engine, run_id, console))
         return engine.attach(run_id)

@@ -82,6 +82,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
             stored = rows.get(p["name"])
             progress = progress_text(engine, stored) if stored and stored["status"] in ("running", "detached") else ""
             verdict = (p.get("verdict") or "") + (f" ({p['failure_kind']})" if p.get("failure_kind") and p.get("verdict") else "")
+            verdict += " (degraded)" if p.get("degraded") else ""
             # who follows an active phase (runner.supervisor): "nobody" is said, never implied
             supervisor = (p.get("supervisor") or "").replace(" (pid ", " ").rstrip(")")
             lines.append({"RUN": view["id"], "PHASE": p["name"], "STATUS": p["status"], "SUPERVISOR": supervisor,
@@ -95,6 +96,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 console.print()
                 kind = f" ({p['failure_kind']})" if p.get("failure_kind") else ""
                 say(console, f"phase {p['name']}: verdict {p['verdict'] or '-'}{kind}")
+                if p.get("degraded"):
+                    say(console, f"  degraded: {p['degraded']}")
                 if p["reason"] and p["reason"] not in (p["explanation"] or ""):
                     say(console, f"  reason: {p['reason']}")
                 for line in (p["explanation"] or "").splitlines():

@@ -44,6 +44,6 @@ def run(args: argparse.Namespace, console: Console) -> int:
             spawn(_common.existing_state(args), ["stop", run_id], log_path(engine.runs_dir, run_id))
         say(console, f"run {run_id}: stopping; `runner status {run_id}` shows when it is cancelled")
         return 0
-    for r in finish_stop(engine, stopping):
-        say(console, f"run {run_id}: phase {r.phase} {r.status}" + (f" ({r.reason})" if r.reason else ""))
+    for ended in finish_stop(engine, stopping):
+        say(console, f"run {run_id}: phase {ended.phase} {ended.status}" + (f" ({ended.reason})" if ended.reason else ""))
     return 0

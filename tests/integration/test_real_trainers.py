@@ -147,12 +147,12 @@ NO_PRESET = 'pattern: "checkpoint-{step}"'
 HF_TAGS = ", tags: {loss: train/loss, eval_loss: eval/loss}"
 
 
-def hf_watched(cli, tmp_path, *extra):
+def hf_watched(cli, tmp_path, *extra, checkpoints=NO_PRESET):
     """`runner apply` without a preset, and meanwhile, as a user would, `runner checkpoints` and `runner export
     --best` again and again: every folder listed as kept or best, and every export, must be whole."""
     cmd = ["python3", "/app/hf_train.py", "--out", "${{ phase.dir }}/ckpt", "--logdir", "${{ phase.dir }}/tb",
            "--max-steps", "100", "--save-steps", "10", "--step-delay", "0.12", *extra]
-    path = spec(tmp_path, cmd, NO_PRESET, "eval_loss", HF_TAGS)
+    path = spec(tmp_path, cmd, checkpoints, "eval_loss", HF_TAGS)
     proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "--state", str(cli.state), "apply", path],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     half_listed, exports, seen_incomplete = set(), [], set()
@@ -211,7 +211,8 @@ def test_hf_trainer_without_a_preset_fast_rotation_vaults_every_save_and_says_th
     and the verdict says the best checkpoint was lost; every other save is vaulted whole."""
     rc, err, run_id, run, cks, half_listed, exports, _incomplete = hf_watched(
         cli, tmp_path, "--abort-save-at", "50", "--diverge-after", "50")
-    assert rc != 1, err[-3000:]  # success (0), or the degraded success code once the engine gives one
+    assert rc == 6, err[-3000:]  # succeeded, degraded: the best checkpoint was lost
+    assert "succeeded, degraded: phase" in err, err[-3000:]
     missed = [c for c in cks if c["state"] == "missed"]
     assert [c["step"] for c in missed] == [50]
     vaulted = [c for c in cks if c["state"] != "missed"]
@@ -223,5 +224,19 @@ def test_hf_trainer_without_a_preset_fast_rotation_vaults_every_save_and_says_th
     assert missed[0]["score"] is not None and missed[0]["score"] < min(c["score"] for c in vaulted if c["score"] is not None)
     (phase,) = run["phases"]
     assert "the best checkpoint was lost: checkpoint-50" in phase["explanation"], phase["explanation"]
+    assert (phase["verdict"], phase["lost_best"]["best_lost"]) == ("success", True) and phase["degraded"], phase
+    table = cli("status", run_id, env={"COLUMNS": "200"})
+    assert "success (degraded)" in table.stdout and "degraded: " in table.stdout, table.stdout
     best, exported = check_best(cli, run_id, cks, tmp_path)
     assert best["step"] != 50 and set(os.listdir(exported)) == HF_FILES
+
+
+def test_hf_trainer_fast_rotation_with_on_missed_best_fail_fails_the_phase(cli, tmp_path):
+    """The same lost best with `checkpoints.on_missed_best: fail`: the phase fails, its kind checkpoint_lost (a
+    person's call, never retried as an accident), `apply` exits 1."""
+    rc, err, run_id, run, cks, *_ = hf_watched(cli, tmp_path, "--abort-save-at", "50", "--diverge-after", "50",
+                                               checkpoints=NO_PRESET + "\n  on_missed_best: fail")
+    assert rc == 1, err[-3000:]
+    (phase,) = run["phases"]
+    assert (phase["status"], phase["verdict"], phase["failure_kind"]) == ("failed", "failure", "checkpoint_lost"), phase
+    assert "checkpoint-50" in phase["reason"] and not phase["degraded"], phase
