@@ -49,6 +49,7 @@ from runner.session import PhaseSession
 from runner.units import format_duration
 
 POLL_S = 0.5
+WAKE_MIN_S = 0.05  # the most often new data makes a supervisor read its sources and run its guards
 STOP_CHECK_S = 0.5  # how often a supervisor looks for a `runner stop` recorded by another process
 EARLY_STOP_S = 60.0  # a stop this soon after the start may come before the trainer installed its SIGTERM handler
 ENGINE_RETRY_S = 120.0  # how long supervision rides out an unreachable engine before detaching
@@ -793,6 +794,9 @@ class Engine:
         remote = getattr(self.backend, "remote", False)
         dated = not remote  # a remote job's clocks are set from its scheduler's start time, once
         next_stop_check = 0.0
+        next_inspect = 0.0  # the engine is asked how the container stands on the timer, not on every data wake
+        last_poll, pending = 0.0, False  # a wake (new data) not read yet
+        state = None
         while True:
             if self._interrupt_pending:
                 self._interrupt_pending = False
@@ -801,7 +805,9 @@ class Engine:
                 self.store.transition(phase_id, "detached", "runner left; the container keeps running", expect=ACTIVE)
                 return self._result(phase_id)
             try:
-                state = self.backend.inspect(container_id)
+                if state is None or time.monotonic() >= next_inspect:
+                    next_inspect = time.monotonic() + self.poll_s
+                    state = self.backend.inspect(container_id)
                 if unreachable_since is not None and sup.engine_outages:
                     sup.engine_outages[-1][1] = time.time()  # the engine answers again
                 unreachable_since = None
@@ -858,8 +864,10 @@ class Engine:
                     sup.set_started(began_at)
                     self.store.update(phase_id, started_at=began_at)
             elapsed = time.monotonic() - started
-            if time.monotonic() >= next_poll:
-                next_poll = time.monotonic() + interval
+            now = time.monotonic()
+            if now >= next_poll or (pending and now - last_poll >= WAKE_MIN_S):
+                next_poll, last_poll, pending = now + interval, now, False
+                sup.watch_data()  # a logdir that appeared since the last poll
                 self._poll_metrics(plan, phase_id, sup)
                 if not stopping and sup.clock():
                     stopping = True
@@ -886,7 +894,12 @@ class Engine:
                 self.store.update(phase_id, reason=f"timeout after {format_duration(plan.timeout)}", failure_kind=str(F.TIMEOUT))
                 self._stop_async(container_id, plan.stop_grace)
             self.reporter.progress(f"{format_duration(elapsed)}  {plan.phase}  {state.status}")
-            time.sleep(self.poll_s)
+            # Wait for new data (a metric file changed, a stdout line: guards react to it at once, at most every
+            # WAKE_MIN_S), or the timer (the container's state, sources that send no events).
+            wait_s = self.poll_s if not pending else max(0.0, last_poll + WAKE_MIN_S - time.monotonic())
+            if sup.wake.wait(wait_s):
+                sup.wake.clear()
+                pending = True
         saved = self._join_pump(pump)
         self._poll_metrics(plan, phase_id, sup)  # what was written just before the end
         result = self.finish(phase_id, state, sup)

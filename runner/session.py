@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from runner.backends.base import Backend
+from runner.checkpoints.watch import DataWatch
 from runner.errors import StoreFull
 from runner.plan import LaunchPlan, vault_of
 from runner.preconditions import abs_path
@@ -36,6 +37,7 @@ class PhaseSession(Supervision):
         self.store = store
         self.run_id = run_id
         self.phase_id = phase_id
+        self.data_watch: DataWatch | None = None  # started by start()
 
     # ------------------------------------------------------------------ building
 
@@ -71,13 +73,25 @@ class PhaseSession(Supervision):
     # ------------------------------------------------------------------ running
 
     def start(self) -> None:
-        """Watch the checkpoint folder (a recovered guard first repairs its vault and rescans)."""
+        """Watch the checkpoint folder (a recovered guard first repairs its vault and rescans) and the metric
+        files' folders (a change wakes the supervisor: ``wake``)."""
         if self.ckpt is not None:
             self.ckpt.start()
+        folders = ([self.sources.tensorboard.logdir] if self.sources.tensorboard is not None else []) + \
+                  ([self.sources.jsonl.path.parent] if self.sources.jsonl is not None else [])
+        self.data_watch = DataWatch(folders, self.wake) if folders else None
+        self.watch_data()
+
+    def watch_data(self) -> None:
+        """Watch the metric folders that exist by now (called on every timer poll: a logdir appears late)."""
+        if self.data_watch is not None:
+            self.data_watch.ensure()
 
     def stop(self) -> None:
         if self.ckpt is not None:
             self.ckpt.stop()
+        if self.data_watch is not None:
+            self.data_watch.stop()
 
     def record_poll(self, say: Callable[[str], None]) -> None:
         """Read new metric points, feed the guards, record points and problems; apply retention."""
@@ -118,6 +132,8 @@ class PhaseSession(Supervision):
     def vault_all(self) -> dict:
         """At the end (the container has ended): vault every complete checkpoint, wait for queued
         validations and merge their results, final retention; the vault's outputs ({} without a guard)."""
+        if self.data_watch is not None:  # the phase has ended: nothing more to wake for
+            self.data_watch.stop()
         if self.ckpt is None:
             return {}
 

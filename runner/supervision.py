@@ -68,6 +68,9 @@ class Supervision:
         self.engine_outages: list[list] = []  # [wall time unreachable, wall time back (None: still away)]
         self.last_new_step_at = time.monotonic()
         self._rate_marks: list[tuple[float, int]] = []
+        # Set when new data may be there (a stdout line fed here; a metric file changed: PhaseSession's DataWatch):
+        # the supervisor wakes and reads at once instead of at its next timer tick.
+        self.wake = threading.Event()
 
     @property
     def metrics(self) -> MetricSet:
@@ -77,6 +80,7 @@ class Supervision:
         if self.sources.stdout is not None:
             with self.lock:
                 self.sources.stdout.feed(line)
+            self.wake.set()
 
     def poll(self) -> dict:
         """Read new points, feed guards; returns the new points (for the store)."""

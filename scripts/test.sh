@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
 # The test suite, as CI runs it: engine, images, install, the static checks (scripts/check.sh: ruff, mypy,
 # import-linter), then pytest (unit tests and integration tests against the real Docker engine).
+#   bash scripts/test.sh            # everything (CI)
+#   bash scripts/test.sh --quick    # the quick tier: unit tests and decisions, no Docker, no Slurm, no images
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--quick" ]; then
+  shift
+  bash scripts/install.sh
+  # No engine: a test that needs one is marked `integration` and left out; DOCKER_HOST points nowhere so that one
+  # that forgot its mark fails here instead of quietly using a local engine.
+  export DOCKER_HOST="unix:///nonexistent/runner-quick-tier.sock"
+  exec .venv/bin/python -m pytest -q -m "not integration" -n "${RUNNER_TEST_WORKERS:-auto}" "$@"
+fi
 bash scripts/ensure-docker.sh
 bash scripts/ensure-slurm.sh
 bash images/build-offline.sh

@@ -125,3 +125,50 @@ class Watcher:
             self._observer.stop()
             self._observer.join(timeout=5)
             self._observer = None
+
+
+class _Wake(FileSystemEventHandler):
+    def __init__(self, wake: threading.Event):
+        self.wake = wake
+
+    def on_any_event(self, event) -> None:  # a flush to an event file, a JSONL append: read now
+        if not event.is_directory or event.event_type == "created":
+            self.wake.set()
+
+
+class DataWatch:
+    """Wakes a phase's supervisor when its metric files change (a TensorBoard flush, a JSONL append), so guards
+    react to the data instead of the next timer tick.  A hint only: the timer poll stays (network filesystems send
+    no events, inotify can overflow), and a folder that does not exist yet is watched once it appears (``ensure``,
+    called on every timer poll); runner never creates it."""
+
+    def __init__(self, folders: list[Path], wake: threading.Event):
+        self.wanted = [Path(f) for f in folders]
+        self.wake = wake
+        self._observer = None
+        self._watched: set[Path] = set()
+
+    def ensure(self) -> None:
+        """Start watching the folders that exist now (cheap when all are watched)."""
+        missing = [f for f in self.wanted if f not in self._watched and f.is_dir()]
+        if not missing:
+            return
+        try:
+            if self._observer is None:
+                self._observer = Observer()
+                self._observer.daemon = True
+                self._observer.start()
+            for folder in missing:
+                self._observer.schedule(_Wake(self.wake), str(folder), recursive=True)
+                self._watched.add(folder)
+        except (OSError, RuntimeError):
+            self._watched.update(missing)  # e.g. the inotify watch limit: the timer poll alone reads them
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            try:
+                self._observer.stop()
+                self._observer.join(timeout=5)
+            except RuntimeError:
+                pass
+            self._observer = None
