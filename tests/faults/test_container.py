@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+from tests.integration.conftest import keep_containers
 from tests.faults.conftest import TRAINER_IMAGE, check_invariants, only_run, run_containers, status, wait_for
 
 GRACE = "stop_grace_period: 1s\n"
@@ -107,6 +108,7 @@ def test_row35_api_version_above_the_servers_is_negotiated(cli, spec_for, docker
 ], ids=["stop_at", "total_steps"])
 def test_row41_docker_stop_at_10_percent_is_stopped_from_outside_not_success(cli, spec_for, docker_client, planned):
     """The reference trainer (SIGTERM: save, exit 0) stopped by `docker stop` at ~10% of its planned steps."""
+    keep_containers(cli.state.parent)  # the ended container is looked at after the phase
     spec_for(["true"], name="after")  # the success branch: it must never run (the whole chain is checked first)
     spec = spec_for(["python3", "/app/train.py", "--max-steps", "400", "--save-every", "1000", "--step-delay", "0.05",
                      "--logdir", "${{ phase.dir }}/tb", "--output-dir", "${{ phase.dir }}/ckpt"],

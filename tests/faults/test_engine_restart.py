@@ -12,6 +12,7 @@ import docker
 
 import pytest
 
+from tests.integration.conftest import keep_containers
 from tests.faults.conftest import check_invariants, status, wait_for
 from tests.faults.private_engine import private_engine  # noqa: F401  (fixture)
 from tests.integration.gpu_engine import IMAGE
@@ -80,6 +81,7 @@ def test_row13_log_stream_broken_by_an_engine_restart_is_resumed_without_duplica
 # runner cannot tell this restart from a `docker stop`: dockerd stops its containers while its API still
 # answers.  The reason names both, the phase fails (never success), and `retry: {on: [stopped]}` may relaunch it.
 def test_row10_engine_restart_without_live_restore_is_an_infrastructure_interruption(cli, spec_for, private_engine):
+    keep_containers(cli.state.parent)  # the ended container is counted after the phase: never relaunched
     engine = private_engine(live_restore=False)
     ecli = on(engine, cli)
     proc, run, container = start_apply(ecli, engine, spec_for(TICKER, image=IMAGE))
@@ -118,6 +120,7 @@ def test_row12_api_stall_past_the_read_timeout_is_waited_out_never_a_kill(cli, s
     """The engine's answers are held back for 70 s (longer than the SDK's 60 s read timeout): supervision treats the
     engine as unreachable for a while and polls again; it never stops or kills the container, and the phase ends
     succeeded once the engine answers."""
+    keep_containers(cli.state.parent)  # the ended container is looked at after the phase
     from tests.faults.private_engine import StallingProxy
 
     engine = private_engine(live_restore=True)

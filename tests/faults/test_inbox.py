@@ -6,6 +6,7 @@ import shutil
 import time
 
 
+from tests.integration.conftest import keep_containers
 from tests.faults.conftest import TEST_LABEL, check_invariants, labelled_containers, serve, status, wait_for
 from tests.integration.conftest import stop_server
 
@@ -30,6 +31,7 @@ def drop(inbox, name, text):
 
 
 def test_rows23_to_31_hostile_drops_each_end_in_one_state_and_the_server_runs_on(cli, tmp_path, docker_client, test_id):
+    keep_containers(cli.state.parent)  # the ended container is looked at after the phase
     inbox = cli.state.parent / "inbox"
     library = tmp_path / "library"
     library.mkdir()

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests.integration.conftest import stop_server
+from tests.integration.conftest import keep_containers
 from tests.faults.conftest import check_invariants, labelled_containers, only_run, run_containers, serve, status, wait_for
 
 SHORT = ["sh", "-c", "sleep 3; echo done"]
@@ -21,6 +22,7 @@ def crash_apply(cli, spec, point):
 
 
 def test_row3_crash_after_create_before_the_record_adopts_the_container(cli, spec_for, docker_client):
+    keep_containers(cli.state.parent)  # the ended container is looked at after the phase
     run = crash_apply(cli, spec_for(SHORT), "post_create")
     (container,) = run_containers(docker_client, run)  # created and started, its id never recorded
     (p,) = status(cli, run)["phases"]  # status matches the launching phase to it by name

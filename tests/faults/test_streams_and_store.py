@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+from tests.integration.conftest import keep_containers
 from tests.faults.conftest import check_invariants, only_run, serve, status, wait_for
 from tests.faults.test_inbox import drop
 from tests.integration.conftest import stop_server
@@ -67,6 +68,7 @@ out.flush()
 
 
 def test_row51_a_flood_and_a_30mb_line_without_newline_reach_container_log_bounded(cli, spec_for, docker_client):
+    keep_containers(cli.state.parent)  # the ended container is looked at after the phase
     spec = spec_for(["python3", "-c", FLOOD])
     out = cli("apply", spec, timeout=300, env={"RUNNER_LOG_MAX_BYTES": str(24 * 1024 * 1024)})
     assert out.returncode == 0, out.stderr[-2000:]
