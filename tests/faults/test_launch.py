@@ -39,6 +39,7 @@ def test_row3_crash_after_create_before_the_record_adopts_the_container(cli, spe
 
 
 def test_row4_crash_before_create_launches_exactly_once(cli, spec_for, docker_client):
+    keep_containers(cli.state.parent)  # the containers are counted after the phase: launched exactly once
     run = crash_apply(cli, spec_for(SHORT), "pre_create")
     assert run_containers(docker_client, run) == []
     out = cli("attach", run, timeout=120)
@@ -51,6 +52,7 @@ def test_row4_crash_before_create_launches_exactly_once(cli, spec_for, docker_cl
 
 
 def test_row40_created_never_started_foreground_is_removed_and_relaunched(cli, spec_for, docker_client):
+    keep_containers(cli.state.parent)  # the containers are counted after the phase: launched exactly once
     run = crash_apply(cli, spec_for(SHORT), "created")
     (container,) = run_containers(docker_client, run)
     assert container.status == "created"
@@ -67,6 +69,7 @@ def test_row40_created_never_started_foreground_is_removed_and_relaunched(cli, s
 def test_row40_server_killed_between_create_and_start(cli, tmp_path, spec_for, docker_client):
     """The server dies between create and start; restarted, it removes the created container with a
     recorded reason and launches the phase again; the phase's timeout applies to the new container."""
+    keep_containers(cli.state.parent)  # the containers are counted after the phase: launched exactly once
     inbox = cli.state.parent / "inbox"
     log = tmp_path / "serve.log"
     spec = spec_for(["sh", "-c", "sleep 300"], extra="timeout: 6s\n", container_extra="stop_grace_period: 1s\n")
