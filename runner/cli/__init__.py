@@ -16,29 +16,35 @@ Exit codes (README, "Exit codes") — the error's type decides:
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import sys
 import traceback
 from types import ModuleType
-from typing import Sequence
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Sequence
 
 from runner import __version__
-from runner.cli import (apply, attach, checkpoints, completion, export, logs, metrics, plan, prune, queue, replay,
-                        report, rm, schema, serve, status, stop, tensorboard, validate)
-from runner.cli._render import say
 from runner.errors import RunnerError, SpecError
 from runner.paths import DEFAULT_STATE
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 OK, FAILED, USAGE, INFRASTRUCTURE, INTERNAL, CANCELLED = 0, 1, 2, 3, 4, 130
 
-# the order of `runner --help`
-COMMANDS: dict[str, ModuleType] = {
-    "validate": validate, "schema": schema, "apply": apply, "serve": serve, "queue": queue, "status": status,
-    "logs": logs, "stop": stop, "attach": attach, "checkpoints": checkpoints, "export": export, "metrics": metrics,
-    "plan": plan, "report": report, "replay": replay, "rm": rm, "prune": prune, "tensorboard": tensorboard,
-    "completion": completion,
-}
+# The order of `runner --help`.  A command's module (runner.cli.NAME) is imported only when it is needed: a run of
+# one command imports that command alone (`runner metrics FILE` never loads rich, pydantic or the engine), while
+# `runner --help`, a usage error and `runner completion` build the whole parser from every module.
+COMMANDS: tuple[str, ...] = (
+    "validate", "schema", "apply", "serve", "queue", "status", "logs", "stop", "attach", "checkpoints", "export",
+    "metrics", "plan", "report", "replay", "rm", "prune", "tensorboard", "completion",
+)
+
+
+def command_module(name: str) -> ModuleType:
+    """The module of command ``name`` (``add_parser`` + ``run``; ``LAZY_CONSOLE = True`` when its ``run`` takes
+    ``None`` and makes its console itself, only if it prints through rich)."""
+    return importlib.import_module(f"runner.cli.{name}")
 
 
 def exit_code(exc: BaseException) -> int:
@@ -63,7 +69,8 @@ def _global_options(defaults: bool) -> argparse.ArgumentParser:
     return p
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser: every command, or with ``only`` that one command (the same options and help)."""
     p = argparse.ArgumentParser(prog="runner", description="Declarative job-spec runner for long GPU training runs.",
                                 parents=[_global_options(True)],
                                 epilog="exit codes: 0 ok; 1 invalid spec, failed phase, not found or refused; 2 usage; "
@@ -71,15 +78,35 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"runner {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     common = [_global_options(False)]
-    for module in COMMANDS.values():
-        module.add_parser(sub, common)
+    for name in (only,) if only else COMMANDS:
+        command_module(name).add_parser(sub, common)
     for name, command in sub.choices.items():  # `runner CMD --help` opens with what the command does
         if not command.description:
             command.description = next((a.help for a in sub._choices_actions if a.dest == name), None)
     return p
 
 
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command named in ``argv`` when it can be told without the full parser: the first word after the global
+    options, spelled out (--state PATH, --state=PATH, --debug).  Anything else (--help, --version, an abbreviated or
+    unknown option, no command) is left to the full parser, which says what it says today."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--state":
+            i += 2
+        elif word.startswith("--state=") or word == "--debug":
+            i += 1
+        elif word.startswith("-"):
+            return None
+        else:
+            return word if word in COMMANDS else None
+    return None
+
+
 def _console() -> Console:
+    from rich.console import Console
+
     console = Console(highlight=False)
     if not console.is_terminal:
         # Piped: $COLUMNS when set (a script sizing its output), else 200 — never squeezed to 80 columns.
@@ -91,22 +118,32 @@ def _console() -> Console:
     return console
 
 
+def _say_err(text: str) -> None:
+    """One line on stderr, as every command writes its errors (made when there is one: rich loads only then)."""
+    from rich.console import Console
+
+    from runner.cli._render import say
+
+    say(Console(stderr=True, highlight=False), text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)  # usage errors: argparse prints them and exits 2
-    err = Console(stderr=True, highlight=False)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser(_command_in(argv)).parse_args(argv)  # usage errors: argparse prints them and exits 2
     try:
-        return int(COMMANDS[args.cmd].run(args, _console()))
+        module = command_module(args.cmd)
+        return int(module.run(args, None if getattr(module, "LAZY_CONSOLE", False) else _console()))
     except SpecError as exc:
         for problem in exc.problems:
-            say(err, str(problem))
+            _say_err(str(problem))
         return exit_code(exc)
     except RunnerError as exc:
         if args.debug:
             traceback.print_exc()
-        say(err, f"runner: {exc}")
+        _say_err(f"runner: {exc}")
         return exit_code(exc)
     except KeyboardInterrupt as exc:
-        say(err, "runner: interrupted")
+        _say_err("runner: interrupted")
         return exit_code(exc)
     except BrokenPipeError:
         return OK
@@ -114,5 +151,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         what = "error" if isinstance(exc, OSError) else "internal error"
-        say(err, f"runner: {what}: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
+        _say_err(f"runner: {what}: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
         return exit_code(exc)
