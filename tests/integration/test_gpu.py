@@ -24,7 +24,7 @@ import docker
 import pytest
 
 from runner.store import Store
-from tests.integration.conftest import stop_server, TEST_LABEL, nvidia_host, wait_for
+from tests.integration.conftest import stop_server, TEST_LABEL, keep_containers, nvidia_host, wait_for
 from tests.integration.gpu_engine import IMAGE, import_busybox
 
 pytestmark = pytest.mark.integration
@@ -74,6 +74,7 @@ def container_log(phase: dict) -> str:
     ("0", 0, "void"),  # CPU: the image's NVIDIA_VISIBLE_DEVICES=all is overridden, no hook runs
 ], ids=["ids", "count", "all", "cpu"])
 def test_apply_sends_the_planned_gpus_through_dockers_nvidia_driver(gpu_engine, cli, tmp_path, gpus, planned, visible):
+    keep_containers(cli.state.parent)  # its device requests are read from the ended container
     spec = tmp_path / "probe.yaml"
     spec.write_text(spec_text("probe", gpus, tmp_path.name))
     out = cli("apply", str(spec), env=gpu_engine.env, timeout=120)
