@@ -104,9 +104,9 @@ def test_three_two_gpu_phases_on_two_two_gpu_nodes(store, gpu_engine):  # noqa: 
     folder = store.runs.parent
     runs = []
     for i in range(3):
-        path = spec(folder, f"gpu{i}", ["sh", "-c", "echo visible=$NVIDIA_VISIBLE_DEVICES; sleep 8"],
+        path = spec(folder, f"gpu{i}", ["sh", "-c", "echo visible=$NVIDIA_VISIBLE_DEVICES; sleep 20"],
                     image=gpu_engine.image, container="gpus: 2\n")
-        out = store("apply", "--detach", path, timeout=60)
+        out = store("apply", "--detach", path, timeout=60)  # each handed to a background supervisor of its own
         assert out.returncode == 0, out.stderr
         runs.append(json.loads(store("status", "--output", "json").stdout)["runs"][0]["id"])
     waiting = wait_for("a phase waiting for resources", lambda: [
@@ -202,11 +202,11 @@ def test_a_failing_job_is_failed_with_its_exit_code_and_slurms_state(store):
 
 
 def test_slurms_time_limit_stops_the_container_and_the_phase_fails_with_timeout(store):
-    """runner detached (nobody to apply the phase's own timeout): Slurm's --time is the backstop.  Its
+    """runner detached --unsupervised (nobody to apply the phase's own timeout): Slurm's --time is the backstop.  Its
     TERM before the limit stops the container (the trainer gets its grace), and Slurm records TIMEOUT."""
     store.settings(poll_interval=0.5, time_margin=0)
     path = spec(store.runs.parent, "slow", ["sh", "-c", "echo started; sleep 600"], extra="timeout: 5s\n")
-    out = store("apply", "--detach", path, timeout=60)
+    out = store("apply", "--detach", "--unsupervised", path, timeout=60)
     assert out.returncode == 0, out.stderr
     run = only_run(store)
     name = store.phases(run)[0]["container_name"]
