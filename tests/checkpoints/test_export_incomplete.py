@@ -56,7 +56,7 @@ def site(tmp_path, best_whole=True):
 
 
 def runner(state, *args):
-    env = {**os.environ, "DOCKER_HOST": f"unix://{state.parent}/no-engine.sock", "RUNNER_STATE": ""}
+    env = {**os.environ, "DOCKER_HOST": f"unix://{state.parent}/no-engine.sock", "RUNNER_STATE": "", "COLUMNS": "250"}
     return subprocess.run([sys.executable, "-m", "runner.cli", "--state", str(state), *args], capture_output=True,
                           text=True, env=env, timeout=120, cwd=state.parent)
 

@@ -64,7 +64,9 @@ def site(tmp_path_factory):
 
 def runner(site, *args, state=True, env=None):
     cmd = [sys.executable, "-m", "runner.cli", *(["--state", str(site / "runs" / "runner.db")] if state else []), *args]
-    environ = {**os.environ, "DOCKER_HOST": f"unix://{site}/no-engine.sock", "RUNNER_STATE": "", **(env or {})}
+    # a wide pipe whatever the runner of the tests set (pytest-xdist workers): tables are not cut unless a test asks
+    environ = {**os.environ, "DOCKER_HOST": f"unix://{site}/no-engine.sock", "RUNNER_STATE": "", "COLUMNS": "250",
+               **(env or {})}
     return subprocess.run(cmd, capture_output=True, text=True, cwd=site, env=environ, timeout=120)
 
 
