@@ -2,7 +2,8 @@
 # The test suite, as CI runs it: engine, images, install, the static checks (scripts/check.sh: ruff, mypy,
 # import-linter), then pytest (unit tests and integration tests against the real Docker engine).
 #   bash scripts/test.sh            # everything (CI)
-#   bash scripts/test.sh --quick    # the quick tier: unit tests and decisions, no Docker, no Slurm, no images
+#   bash scripts/test.sh --quick    # the quick tier: unit tests and decisions, no Docker, no Slurm, no images,
+#                                   # not the trainers' own tests (tests/trainer)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--quick" ]; then
@@ -11,7 +12,8 @@ if [ "${1:-}" = "--quick" ]; then
   # No engine: a test that needs one is marked `integration` and left out; DOCKER_HOST points nowhere so that one
   # that forgot its mark fails here instead of quietly using a local engine.
   export DOCKER_HOST="unix:///nonexistent/runner-quick-tier.sock"
-  exec .venv/bin/python -m pytest -q -m "not integration" -n "${RUNNER_TEST_WORKERS:-auto}" "$@"
+  # tests/trainer (the trainers in the images, trained on the host's torch) is left to the full suite.
+  exec .venv/bin/python -m pytest -q -m "not integration" --ignore=tests/trainer -n "${RUNNER_TEST_WORKERS:-auto}" "$@"
 fi
 bash scripts/ensure-docker.sh
 bash scripts/ensure-slurm.sh
