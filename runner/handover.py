@@ -15,6 +15,7 @@ Unsupervised is possible only when asked for (``--unsupervised``), and said loud
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -44,8 +45,16 @@ def spawn(state: Path, argv: list[str], log: Path, role: str | None = None) -> s
     Ctrl-C reaches it), stdin closed, stdout and stderr appended to ``log``.  argv only: no shell."""
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **({ROLE_ENV: role} if role else {})}
+    if not role:
+        env.pop(ROLE_ENV, None)
     env.pop("COLUMNS", None)
-    with open(log, "ab") as out:
+    # The run folder is mounted into containers: the log is never a link or a FIFO put there (O_NOFOLLOW, no block).
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{log} is not a regular file (the run folder is mounted into its containers)")
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, "ab") as out:
         out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} runner {' '.join(argv)} (pid of the caller {os.getpid()})\n"
                   .encode())
         out.flush()

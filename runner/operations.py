@@ -79,6 +79,8 @@ def request_stop(engine: Engine, run_id: str) -> Stopping:
     queued = engine.store.submission_state(run_id) == "queued"
     engine.store.cancel_submission(run_id)
     by = holder(engine.runs_dir, run_id)
+    if by is not None and not by.named:
+        by = None  # nobody runner can ask: stopped here
     rows = [r for r in engine.store.phases(run_id) if r["status"] in ACTIVE]
     for row in rows:
         if by is not None and row["status"] != "pending":
@@ -96,7 +98,8 @@ def finish_stop(engine: Engine, stopping: Stopping, poll_s: float = 0.3) -> list
         active = [r for r in (engine.store.phase(i) for i in ids) if r["status"] in ACTIVE]
         if not active:
             break
-        if holder(engine.runs_dir, active[0]["run_id"]) is None:
+        by = holder(engine.runs_dir, active[0]["run_id"])
+        if by is None or not by.named:
             for row in active:
                 engine.cancel(row["id"])
             break

@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,14 @@ class Holder:
     host: str
     since: float
 
+    @property
+    def named(self) -> bool:
+        """A supervisor runner can talk to (not a lock file someone else put there, or one being written)."""
+        return self.pid > 0
+
     def describe(self) -> str:
+        if not self.named:
+            return "unknown (its lock file names no runner process)"
         return f"{self.role} (pid {self.pid}{'' if self.host == socket.gethostname() else ' on ' + self.host})"
 
 
@@ -66,10 +74,15 @@ def holder(runs_dir: Path | str, run_id: str) -> Holder | None:
     """Who supervises the run now, or None when nobody does.  Never blocks, never creates anything."""
     path = lock_path(runs_dir, run_id)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+        # the run folder is mounted into containers: never follow a link, never block on a FIFO put there
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
         return None  # no lock file: nobody ever supervised it from this store, or its folder is gone
+    except OSError:
+        return Holder("unknown", 0, "", 0.0)  # a link or something else put there: never taken for "nobody"
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return Holder("unknown", 0, "", 0.0)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -103,7 +116,11 @@ class SupervisorLock:
             self._depth += 1  # re-entrant in one process: attach → drive
             return None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(f"{self.path} is not a regular file (the run folder is mounted into its containers); "
+                          "runner does not use it")
         deadline = time.monotonic() + wait_s
         while True:
             try:

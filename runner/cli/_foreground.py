@@ -120,6 +120,14 @@ def take_over(engine: Engine, run_id: str, console: Console) -> float:
     h = holder(engine.runs_dir, run_id)
     if h is None or h.role != Role.BACKGROUND or h.host != socket.gethostname() or role() == Role.BACKGROUND:
         return 0.0
+    # The lock file lies in the run folder, which containers may write: the pid it names is signalled only when it
+    # is this run's background supervisor (`runner ... attach RUN`), never any process a container names.
+    try:
+        argv = open(f"/proc/{h.pid}/cmdline", "rb").read().split(b"\0")
+    except OSError:
+        return 0.0
+    if h.pid <= 1 or b"runner.cli" not in argv or b"attach" not in argv or run_id.encode() not in argv:
+        return 0.0
     say(Console(stderr=True, highlight=False), f"run {run_id}: taking over from the background supervisor "
         f"(pid {h.pid})")
     try:

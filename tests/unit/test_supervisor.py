@@ -61,3 +61,54 @@ def test_the_engine_refuses_to_drive_a_run_another_process_supervises(tmp_path, 
         other.release()
     assert engine.drive(run_id).last.status == "succeeded"
     assert holder(tmp_path / "runs", run_id) is None  # released when the drive ends
+
+
+def test_a_fifo_or_link_put_in_the_run_folder_never_blocks_or_reads_as_nobody(tmp_path):
+    """The run folder is mounted into containers: a FIFO or a symlink at the lock's path never blocks `runner status`
+    and is never taken for "nobody supervises" (which would let status judge a phase under a live supervisor)."""
+    (tmp_path / "r4").mkdir()
+    os.mkfifo(tmp_path / "r4" / "supervisor.lock")
+    assert holder(tmp_path, "r4").role == "unknown"  # returned at once, not blocked on the FIFO
+    with pytest.raises(OSError, match="not a regular file"):
+        SupervisorLock(tmp_path, "r4", Role.TERMINAL).acquire()
+    (tmp_path / "r5").mkdir()
+    (tmp_path / "r5" / "supervisor.lock").symlink_to(tmp_path / "nowhere")
+    assert holder(tmp_path, "r5").role == "unknown"
+
+
+def test_the_background_supervisors_log_is_never_a_link_put_there(tmp_path):
+    from runner.handover import spawn
+
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    (tmp_path / "RUN").mkdir()
+    (tmp_path / "RUN" / "supervisor.log").symlink_to(target)
+    with pytest.raises(OSError):
+        spawn(tmp_path / "runner.db", ["status"], tmp_path / "RUN" / "supervisor.log")
+    assert target.read_text() == "keep me"
+
+
+def test_attach_never_signals_a_pid_a_container_wrote_into_the_lock(tmp_path, write_spec):
+    """A container with the run folder mounted can hold the lock itself and name any pid (here: this test's own);
+    attach signals only a process that is this run's background supervisor."""
+    import fcntl
+    import json
+    import socket
+
+    from rich.console import Console
+
+    from runner.cli._foreground import take_over
+
+    store = Store(tmp_path / "runs" / "runner.db")
+    engine = Engine(store, FakeBackend(), tmp_path / "runs", QuietReporter(), poll_s=0.001)
+    lock = tmp_path / "runs" / "r9" / "supervisor.lock"
+    lock.parent.mkdir(parents=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, json.dumps({"role": "background", "pid": os.getpid(), "host": socket.gethostname(),
+                             "since": 0}).encode())
+    try:
+        assert holder(tmp_path / "runs", "r9").pid == os.getpid()
+        assert take_over(engine, "r9", Console(file=open(os.devnull, "w"))) == 0.0  # no SIGTERM sent: we are alive
+    finally:
+        os.close(fd)
