@@ -21,9 +21,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from runner.daemon import find_server
-from runner.store import Store
+from runner.store import ACTIVE, Store
 from runner.supervisor import Holder, Role, holder, log_path
 
 HANDED_OVER = "handed-over"  # a submission source the server owns (daemon.SERVER_SOURCES_SKIPPED lacks it)
@@ -64,7 +65,22 @@ def spawn(state: Path, argv: list[str], log: Path, role: str | None = None) -> s
 
 
 def _active(store: Store, run_id: str) -> bool:
-    return any(p["status"] in ("pending", "launching", "running", "detached") for p in store.phases(run_id))
+    return any(p["status"] in ACTIVE for p in store.phases(run_id))
+
+
+def _await(runs_dir: Path, run_id: str, taken: Callable[[Holder], bool], gone: Callable[[], bool],
+           wait_s: float) -> Holder | None:
+    """Poll the run's lock until the new supervisor holds it (``taken``), or ``gone`` says there is no point
+    waiting any longer, or ``wait_s`` passes.  The holder that took it, else None."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        h = holder(runs_dir, run_id)
+        if h is not None and taken(h):
+            return h
+        if gone():
+            break
+        time.sleep(0.1)
+    return None
 
 
 def _tail(path: Path, lines: int = 6) -> str:
@@ -79,14 +95,9 @@ def start_background(state: Path, run_id: str, wait_s: float = PICKUP_S) -> Hand
     runs_dir = state.parent
     log = log_path(runs_dir, run_id)
     proc = spawn(state, ["attach", run_id], log, role=Role.BACKGROUND)
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        h = holder(runs_dir, run_id)
-        if h is not None and h.pid == proc.pid:
-            return Handover(h, log)
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
+    took = _await(runs_dir, run_id, lambda h: h.pid == proc.pid, lambda: proc.poll() is not None, wait_s)
+    if took is not None:
+        return Handover(took, log)
     store = Store(state)
     try:
         if not _active(store, run_id):
@@ -106,13 +117,8 @@ def hand_over(store: Store, state: Path, run_id: str, wait_s: float = PICKUP_S) 
         return start_background(state, run_id, wait_s)
     store.set_submission_source(run_id, HANDED_OVER, f"handed over to the server (pid {server.get('pid')}) by "
                                 f"the terminal that started it (pid {os.getpid()})")
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        h = holder(state.parent, run_id)
-        if h is not None and h.role == Role.SERVER:
-            return Handover(h, None)
-        if not _active(store, run_id):
-            return Handover(None, None)
-        time.sleep(0.1)
+    took = _await(state.parent, run_id, lambda h: h.role == Role.SERVER, lambda: not _active(store, run_id), wait_s)
+    if took is not None or not _active(store, run_id):
+        return Handover(took, None)
     return Handover(holder(state.parent, run_id), None, note=f"the server (pid {server.get('pid')}) has not taken "
                     f"it yet; its log says why")

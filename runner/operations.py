@@ -69,6 +69,12 @@ class Stopping:
     by: Holder | None
 
 
+def _supervisor(engine: Engine, run_id: str) -> Holder | None:
+    """The run's supervisor that a stop can be asked of (None: nobody, or a lock naming no runner process)."""
+    by = holder(engine.runs_dir, run_id)
+    return by if by is not None and by.named else None
+
+
 def request_stop(engine: Engine, run_id: str) -> Stopping:
     """Cancel a run: nothing more starts, and each active phase is asked to stop.  A phase whose run has a supervisor
     (a terminal, a background supervisor, the server) is stopped by it: the request is recorded and the supervisor
@@ -78,9 +84,7 @@ def request_stop(engine: Engine, run_id: str) -> Stopping:
 
     queued = engine.store.submission_state(run_id) == "queued"
     engine.store.cancel_submission(run_id)
-    by = holder(engine.runs_dir, run_id)
-    if by is not None and not by.named:
-        by = None  # nobody runner can ask: stopped here
+    by = _supervisor(engine, run_id)
     rows = [r for r in engine.store.phases(run_id) if r["status"] in ACTIVE]
     for row in rows:
         if by is not None and row["status"] != "pending":
@@ -98,8 +102,7 @@ def finish_stop(engine: Engine, stopping: Stopping, poll_s: float = 0.3) -> list
         active = [r for r in (engine.store.phase(i) for i in ids) if r["status"] in ACTIVE]
         if not active:
             break
-        by = holder(engine.runs_dir, active[0]["run_id"])
-        if by is None or not by.named:
+        if _supervisor(engine, active[0]["run_id"]) is None:
             for row in active:
                 engine.cancel(row["id"])
             break
