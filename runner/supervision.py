@@ -116,6 +116,30 @@ class Supervision:
         if self.sources.tensorboard is not None:
             self.sources.tensorboard.since = wall
 
+    def started_now(self) -> None:
+        """The container started only now (a job that waited in the cluster's queue): the time guards (timeout,
+        stall) count from here, not from the submission."""
+        self.set_started(time.time())
+        self.last_new_step_at = time.monotonic()
+
+    def engine_unreachable(self) -> None:
+        """The engine stopped answering (once per outage): a container that ends now ended with the engine."""
+        if not self.engine_outages or self.engine_outages[-1][1] is not None:
+            self.engine_outages.append([time.time(), None])
+
+    def engine_back(self) -> None:
+        if self.engine_outages and self.engine_outages[-1][1] is None:
+            self.engine_outages[-1][1] = time.time()
+
+    def ended_with_the_engine(self, finished_at: float | None) -> bool:
+        """Whether the container, ended at ``finished_at`` (unix time), ended during an outage of the engine seen
+        while supervising (runner did not stop it: no guard, no criteria met early, no planned end)."""
+        if not self.engine_outages or self.trip or self.met_early or self.end_reached is not None or finished_at is None:
+            return False
+        # Ended while the engine was away (or as it came back up): a live-restored container that ends
+        # later, on its own, is not an interruption.
+        return any(down - 1.0 <= finished_at <= (back or time.time()) + 2.0 for down, back in self.engine_outages)
+
     def clock(self) -> Trip | None:
         # Monotonic: a wall-clock jump (NTP, a VM resumed, a changed date) never fires or delays a time guard.
         now = time.monotonic()
