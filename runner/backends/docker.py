@@ -116,6 +116,8 @@ def _translate(exc: Exception) -> Exception:
 class DockerBackend:
     """Backend implementation for a local (or DOCKER_HOST) Docker engine."""
 
+    remote = False  # containers run on this engine's machine
+
     def __init__(self, client: Any = None, timeout: float = 60):
         if client is None:
             try:
