@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Callable
 
 from runner import __version__, graph
-from runner.engine import Engine, QuietReporter, new_run_id
+from runner.backends.select import is_remote
+from runner.engine import Engine, EngineConfig, QuietReporter, new_run_id, stored_plan
 from runner.errors import NotFound, Problem, RunnerError, SpecError
 from runner.inbox import Inbox, Outcome, sha256_bytes
 from runner.policy import StatePaths
@@ -174,15 +175,11 @@ class Server:
     def engine(self, prefix: str = "") -> Engine:
         """An engine for one thread (its own Docker client), sharing the store, slots and policy."""
         # waits for a terminal that is handing a run over to leave (runner.handover)
-        engine = Engine(self.store, self.backend_factory, self.runs_dir, LogReporter(self.say, prefix),
-                        role=Role.SERVER, lock_wait_s=HANDOVER_WAIT_S)
-        engine.detach_requested = self.stopping
-        if not getattr(self.backend_factory, "remote", False):  # under Slurm, Slurm queues and allocates
-            engine.slots = self.scheduler
-        engine.policy = self.policy
-        engine.state_paths = StatePaths.of(self.runs_dir, self.inbox.folder if self.inbox is not None else None)
-        engine.persistent = True
-        return engine
+        return Engine(self.store, self.backend_factory, self.runs_dir, LogReporter(self.say, prefix), EngineConfig(
+            role=Role.SERVER, lock_wait_s=HANDOVER_WAIT_S, persistent=True, detach_requested=self.stopping,
+            slots=None if is_remote(self.backend_factory) else self.scheduler,  # under Slurm, Slurm queues and allocates
+            policy=self.policy,
+            state_paths=StatePaths.of(self.runs_dir, self.inbox.folder if self.inbox is not None else None)))
 
     def _rank(self, run_id: str) -> tuple:
         try:
@@ -252,14 +249,12 @@ class Server:
     def reconcile(self) -> None:
         """Before any thread starts: every phase that has (or may have) a container claims its devices,
         so queued phases cannot be handed GPUs that re-adopted containers still use."""
-        from runner.engine import _stored_plan
-
         adopted = 0
         for row in self.store.active_phases():
             if not self._owned(row["run_id"]):
                 continue
             if row["status"] in ("running", "detached", "launching"):
-                plan = _stored_plan(row)
+                plan = stored_plan(row)
                 if plan is not None:
                     self.scheduler.claim(row["id"], plan)
                 adopted += 1

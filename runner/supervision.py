@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ class Supervision:
         self.sources = build_sources(phase, folder)
         self.guards = new_guards(phase)
         self.lock = threading.Lock()  # the log pump feeds the stdout parser from its thread
-        self.ckpt = None  # the phase's CheckpointGuard, if it has a checkpoints: block
+        self.ckpt: Any = None  # the phase's CheckpointGuard, if it has a checkpoints: block (set by PhaseSession)
         self.trip: Trip | None = None
         self.met_early = False
         self.standing: Judgement | None = None

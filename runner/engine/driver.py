@@ -78,7 +78,7 @@ def _drive(core: Core, run_id: str, detach: bool) -> RunResult:
         phases = store.phases(run_id)
         last = phases[-1] if phases else None
         decided = decided_next(core, last) if last is not None and last["status"] not in ACTIVE else None
-        act = next_action(PhaseView.of(last, decided and decided["next"]) if last is not None else None)
+        act = next_action(PhaseView.of(last, decided["next"] if decided else None) if last is not None else None)
         if act == Act.PLAN:
             sub = store.submission(run_id)
             run.record(start(core, run_id, sub["spec_path"], sub["inputs"], detach))
@@ -118,7 +118,7 @@ def attach(core: Core, run_id: str) -> RunResult:
         # carries the chain on (decide, start the next phase); a run whose chain ended refuses.
         last = phases[-1] if phases else None
         decided = decided_next(core, last) if last is not None and last["status"] not in ACTIVE else None
-        act = next_action(PhaseView.of(last, decided and decided["next"])) if last is not None else None
+        act = next_action(PhaseView.of(last, decided["next"] if decided else None)) if last is not None else None
         unstarted_next = decided is not None and last is not None and not any(p["id"] > last["id"] for p in phases)
         if last is None or last["status"] == "lost" or act not in (Act.DECIDE, Act.START_NEXT) \
                 or (act == Act.START_NEXT and not unstarted_next):

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 from runner.backends.base import ContainerState
-from runner.criteria import Evidence, Trip, verdict as judge_verdict
+from runner.criteria import Evidence, Trip, total_steps_of, verdict as judge_verdict
 from runner.engine.ports import Core, PhaseResult
 from runner.engine.records import epoch_of, folder_of, result_of, stop_grace, stored_phase
 from runner.engine.session import PhaseSession
-from runner.lifecycle import STATUS_OF_VERDICT, F
+from runner.lifecycle import STATUS_OF_VERDICT, F, S
 from runner.metrics.series import MetricSet
 from runner.outputs import at_checkpoint, phase_outputs
 from runner.preconditions import abs_path
@@ -81,7 +81,7 @@ def finish(core: Core, phase_id: int, state: ContainerState, sup: PhaseSession |
         # A checkpoint better than every vaulted one was missed: part of the verdict (on_missed_best).
         outputs["lost_best"] = lost_best.as_dict()
         if verdict == "success" and lost_best.fails:
-            verdict, status, reason = "failure", "failed", lost_best.summary()
+            verdict, status, reason = "failure", S.FAILED, lost_best.summary()
             fields.update(failure_kind=str(F.CHECKPOINT_LOST), failure_detail=None)
         elif verdict == "success" and lost_best.degrades:
             outputs["degraded"] = lost_best.summary()
@@ -155,4 +155,4 @@ def planned_end(phase: Phase | None, sup: PhaseSession | None) -> int | None:
     """The step the phase is meant to reach: its stop_at, else metrics.total_steps."""
     if sup is not None and sup.guards.planned_end is not None:
         return sup.guards.planned_end
-    return phase.metrics.total_steps if phase is not None and phase.metrics is not None else None
+    return total_steps_of(phase) if phase is not None else None

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol, cast
 
 from runner.backends.base import Backend
 from runner.backends.select import is_remote
@@ -162,7 +162,7 @@ class LaunchChecked:
                                 "the policy is checked again where every container is created")
         return self.inner.launch(plan)
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
 
@@ -201,10 +201,11 @@ class Core:
         check: every container runner creates (phase, retry, chain step, re-adopted pending phase,
         validation run) passes ``launch_problems`` where it is created, whatever plan the store held."""
         if isinstance(self._backend, type) or not hasattr(self._backend, "launch"):
-            self._backend = self._backend()  # type: ignore[operator]
-        if self._checked is None or self._checked.inner is not self._backend:
-            self._checked = LaunchChecked(self._backend, self.launch_problems)  # type: ignore[arg-type]
-        return self._checked  # type: ignore[return-value]
+            self._backend = cast(Callable[[], Backend], self._backend)()
+        backend = cast(Backend, self._backend)
+        if self._checked is None or self._checked.inner is not backend:
+            self._checked = LaunchChecked(backend, self.launch_problems)
+        return cast(Backend, self._checked)
 
     def launch_problems(self, plan: LaunchPlan) -> list[str]:
         # a Slurm node's memory is not this host's

@@ -30,6 +30,7 @@ from runner.store import Store
 from runner.supervision import Supervision
 
 if TYPE_CHECKING:
+    from runner.checkpoints.guard import CheckpointGuard
     from runner.engine.ports import Core
 
 
@@ -157,7 +158,7 @@ class PhaseSession(Supervision):
 
 
 def _checkpoint_guard(store: Store, backend: Backend, row: dict, phase: Phase, folder: Path | str,
-                      plan: LaunchPlan | None, say: Callable[[str], None]):
+                      plan: LaunchPlan | None, say: Callable[[str], None]) -> CheckpointGuard | None:
     if phase.checkpoints is None:
         return None
     from runner.checkpoints.guard import CheckpointGuard

@@ -97,7 +97,6 @@ def test_metric_points_newest_write_wins_and_offsets_roundtrip(store):
 
 
 def test_restored_supervision_continues_from_offsets(tmp_path):
-    import json
 
     import numpy as np
 
@@ -116,7 +115,7 @@ def test_restored_supervision_continues_from_offsets(tmp_path):
     pid = store.add_phase("r", "p", "s", "x", {}, phase_json=phase.model_dump_json(by_alias=True))
     store.save_metrics(pid, {"loss": (np.arange(1, 9), np.array([1.0] * 4 + [2.0] * 4), np.arange(1.0, 9))},
                        {str(tmp_path / "tb" / "events.out.tfevents.1"): 4242})
-    sup = engine._restored(pid, Phase.model_validate(json.loads(store.phase(pid)["phase_json"])), tmp_path)
+    sup = engine.session(pid)
     assert sup.sources.tensorboard.offsets == {str(tmp_path / "tb" / "events.out.tfevents.1"): 4242}
     assert sup.metrics.series["loss"].steps.tolist() == list(range(1, 9))
     assert sup.trip is not None and sup.trip.step == 7  # guard state is rebuilt too
