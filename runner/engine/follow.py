@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from runner.backends.base import ContainerState
 from runner.engine.ports import ENGINE_RETRY_S, Core
-from runner.engine.records import epoch_of
 from runner.engine.session import PhaseSession
 from runner.errors import ContainerNotFound, EngineUnavailable, RunnerError
 from runner.lifecycle import F
@@ -161,7 +160,7 @@ class _Follower:
             self.sup.started_now()  # time guards (timeout, stall) count from here, not from the queue
         elif not self.dated:
             self.dated = True
-            began_at = epoch_of(state.started_at)
+            began_at = state.started_s
             if began_at is not None:  # re-adopted: the job started when the scheduler says, not at sbatch
                 self.started = time.monotonic() - max(0.0, time.time() - began_at)
                 self.sup.set_started(began_at)

@@ -13,7 +13,7 @@ from pathlib import Path
 from runner.backends.base import ContainerState
 from runner.criteria import Evidence, Trip, total_steps_of, verdict as judge_verdict
 from runner.engine.ports import Core, PhaseResult
-from runner.engine.records import epoch_of, folder_of, result_of, stop_grace, stored_phase
+from runner.engine.records import folder_of, result_of, stop_grace, stored_phase
 from runner.engine.session import PhaseSession
 from runner.lifecycle import STATUS_OF_VERDICT, F, S
 from runner.metrics.series import MetricSet
@@ -118,7 +118,7 @@ def how_it_ended(core: Core, row: dict, state: ContainerState,
         # A node that failed, a preemption: the phase did not end on its own.
         return False, f"{state.error}: an infrastructure interruption ({state.infrastructure})", F.INFRASTRUCTURE, \
             "interrupted"
-    if sup is not None and not core.remote and sup.ended_with_the_engine(epoch_of(state.finished_at)):
+    if sup is not None and not core.remote and sup.ended_with_the_engine(state.finished_s):
         # The engine went away (a restart or stop without live-restore) and took the container
         # with it: whatever the exit code, the phase did not end on its own.
         return False, (f"exit code {state.exit_code}: an infrastructure interruption — the Docker engine "

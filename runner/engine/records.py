@@ -54,16 +54,3 @@ def request_stop(store: Store, row: dict) -> None:
         store.update(row["id"], stop_requested=1)
         store.event(row["run_id"], row["id"], "phase.stop-requested", f"stop requested for phase {row['name']}")
 
-
-def epoch_of(iso: str | None) -> float | None:
-    """A backend's UTC time stamp as a unix time: Docker's 2026-11-27T07:25:40.123456789Z (nanoseconds; Python
-    parses microseconds) or Slurm's 2026-11-27T07:25:40Z; None when absent or unreadable."""
-    if not iso:
-        return None
-    from datetime import datetime
-
-    head, _, frac = iso.rstrip("Z").partition(".")
-    try:
-        return datetime.fromisoformat(head + ("." + frac[:6] if frac else "") + "+00:00").timestamp()
-    except ValueError:
-        return None
