@@ -42,7 +42,8 @@ if command -v systemctl >/dev/null 2>&1 && systemctl start docker 2>/dev/null; t
   :
 else
   say "starting dockerd in the background (log: /var/log/runner-dockerd.log)"
-  nohup dockerd >/var/log/runner-dockerd.log 2>&1 &
+  # its own session: a daemon started from a job that is later killed (a CI step, a tool call) must outlive it
+  setsid nohup dockerd >/var/log/runner-dockerd.log 2>&1 < /dev/null &
 fi
 for _ in $(seq 1 60); do
   if docker info >/dev/null 2>&1; then
