@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from runner.backends.fake import FakeBackend  # noqa: E402
-from runner.daemon import Server  # noqa: E402
+from runner.server.server import Server  # noqa: E402
 from runner.store import Store  # noqa: E402
 
 SPEC = """apiVersion: runner/v1

@@ -1,6 +1,6 @@
 """nvidia-smi, asked one query at a time; every way it can be missing or fail is a clear RunnerError.
 
-Used by the server's GPU inventory (runner.scheduler.detect_gpus) and the gpu_memory_free
+Used by the server's GPU inventory (runner.server.scheduler.detect_gpus) and the gpu_memory_free
 precondition.  A CPU host, a container image without nvidia-smi, a driver that does not answer,
 or output in a shape we do not know must each end in one sentence, never a traceback.
 """

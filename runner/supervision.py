@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runner.criteria import Guards, Judgement, Trip, judge, total_steps_of
+from runner.decisions.criteria import Guards, Judgement, Trip, judge, total_steps_of
 from runner.metrics.sources import JsonlReader, LogdirReader, Sources, StdoutParser
 from runner.metrics.series import MetricSet
 from runner.preconditions import abs_path

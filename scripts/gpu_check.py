@@ -23,7 +23,7 @@ from runner import preconditions
 from runner.checkpoints.guard import loadable
 from runner.errors import GpuUnavailable
 from runner.plan import build_plan
-from runner.scheduler import Scheduler, detect_gpus
+from runner.server.scheduler import Scheduler, detect_gpus
 from runner.spec import load_spec_text
 from runner.spec.criteria_models import Precondition
 

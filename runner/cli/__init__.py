@@ -1,8 +1,8 @@
 """Command line: parse arguments, call the core, render, map errors to exit codes. Nothing else lives here.
 
 One module per command (``add_parser`` + ``run``); rendering in ``_render``. What a command does to runs
-(export, reconcile, stop, logs, submission) lives below: runner.operations, runner.queries,
-runner.checkpoints.export, runner.submit, runner.metrics.sources.read_scalars, runner.report.write_report.
+(export, reconcile, stop, logs, submission) lives below: runner.runs.operations, runner.runs.queries,
+runner.runs.export, runner.server.submit, runner.metrics.sources.read_scalars, runner.report.write_report.
 
 Exit codes (README, "Exit codes") — the error's type decides:
   0 ok (or detached); 1 what was asked failed or cannot be done: invalid spec (SpecError), failed / blocked /

@@ -23,7 +23,7 @@ def existing_state(args: argparse.Namespace) -> Path:
 
 def engine(args: argparse.Namespace, reporter: Any = None, existing: bool = False, role: str = "terminal",
            lock_wait_s: float = 0.0) -> Engine:
-    from runner.operations import open_engine
+    from runner.runs.operations import open_engine
 
     return open_engine(existing_state(args) if existing else state(args), reporter, role, lock_wait_s)
 

@@ -30,13 +30,13 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from runner.daemon import find_server
+    from runner.server.server import find_server
 
     inputs = _common.parse_inputs(args.input)  # a usage error before anything else is looked at
     server = None if args.local else find_server(_common.state(args).parent)
     if server is None:
         return foreground(args, console, lambda engine: engine.apply(args.file, inputs, detach=args.detach))
-    from runner.submit import submit_to_server
+    from runner.server.submit import submit_to_server
 
     done = submit_to_server(_common.state(args), args.file, inputs, args.priority, server)
     say(Console(stderr=True, highlight=False),

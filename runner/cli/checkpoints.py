@@ -31,7 +31,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from runner.queries import checkpoint_phases
+    from runner.runs.queries import checkpoint_phases
     from runner.store import Store
 
     store = Store(_common.existing_state(args))

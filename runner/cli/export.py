@@ -27,7 +27,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from runner.checkpoints.export import export_best
+    from runner.runs.export import export_best
     from runner.store import Store
 
     store = Store(_common.existing_state(args))

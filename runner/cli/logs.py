@@ -22,7 +22,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from runner.operations import phase_log
+    from runner.runs.operations import phase_log
 
     engine = _common.engine(args, existing=True)
     run_id = engine.store.resolve_run(args.run)

@@ -20,9 +20,9 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from runner import graph
+    from runner.decisions import graph
     from runner.errors import SpecError
-    from runner.policy import source_findings
+    from runner.decisions.policy import source_findings
 
     inputs = _common.parse_inputs(args.input) if args.input else None
     g, problems = graph.analyse(args.file, inputs)

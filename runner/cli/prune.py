@@ -22,7 +22,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace, console: Console) -> int:
     from runner.cli.rm import remove
-    from runner.operations import prunable
+    from runner.runs.operations import prunable
     from runner.units import parse_duration
 
     try:

@@ -20,10 +20,10 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from runner.daemon import find_server
+    from runner.server.server import find_server
     from runner.paths import existing_store
     from runner.store import Store
-    from runner.views import queue_rows
+    from runner.runs.views import queue_rows
 
     state = existing_store(_common.state(args), "start a server with `runner serve`, or pass --state")
     server = find_server(state.parent)

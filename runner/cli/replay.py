@@ -21,7 +21,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from runner.replay import replay
+    from runner.decisions.replay import replay
 
     report = replay(args.file, args.logdir, _common.parse_inputs(args.input))
     if args.output == "json":

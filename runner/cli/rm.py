@@ -25,7 +25,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
 
 def remove(engine: Any, run_ids: list[str], dry_run: bool, keep_best: bool, console: Console) -> int:
-    from runner.operations import remove_run
+    from runner.runs.operations import remove_run
 
     code = 0
     for run_id in run_ids:

@@ -52,14 +52,14 @@ def _cpu_slots(given: int | None) -> int:
 
 def run(args: argparse.Namespace, console: Console) -> int:
     from runner.backends.select import backend_factory, is_remote
-    from runner.daemon import Server, ServerLock, find_server
-    from runner.policy import MountPolicy
-    from runner.scheduler import detect_gpus, parse_gpus
+    from runner.server.server import Server, ServerLock, find_server
+    from runner.decisions.policy import MountPolicy
+    from runner.server.scheduler import detect_gpus, parse_gpus
     from runner.store import Store
 
     cpu_slots = _cpu_slots(args.cpu_slots)  # usage errors before the lock is taken
     if args.http:
-        from runner.web import parse_address
+        from runner.server.http import parse_address
 
         parse_address(args.http)
     state = _common.state(args)
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         factory().ping()  # fail now, with the one-line reason, not in the first run
         web = None
         if args.http:
-            from runner.web import WebServer, make_app
+            from runner.server.http import WebServer, make_app
 
             web = WebServer(make_app(Store(state), runs_dir, lambda: find_server(runs_dir)), args.http)
         server = Server(Store(state), factory, runs_dir, inbox, specs, gpus, gpu_source, cpu_slots,

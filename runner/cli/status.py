@@ -48,10 +48,10 @@ def status_table(lines: list[dict[str, str]], width: int | None) -> Table:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from runner.daemon import find_server
-    from runner.operations import reconcile, run_document
+    from runner.server.server import find_server
+    from runner.runs.operations import reconcile, run_document
     from runner.store import ACTIVE
-    from runner.views import queue_rows, run_view
+    from runner.runs.views import queue_rows, run_view
 
     engine = _common.engine(args, existing=True)
     store = engine.store

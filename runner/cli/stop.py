@@ -21,7 +21,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from runner.operations import finish_stop, request_stop
+    from runner.runs.operations import finish_stop, request_stop
 
     err = Console(stderr=True, highlight=False)
     engine = _common.engine(args, existing=True)

@@ -17,7 +17,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from runner.policy import source_findings
+    from runner.decisions.policy import source_findings
     from runner.spec import load_spec
 
     bad = 0

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner import graph
+from runner.decisions import graph
 from runner.backends.base import ContainerState
 from runner.engine import driver, judge, stop
 from runner.engine.planning import chain_inputs, plan as plan_spec

@@ -1,13 +1,13 @@
 """The chain decision of an ended phase, recorded once: a retry of the same spec when its `retry:` policy covers how
-it failed, else its `next:` rules (decided by the pure runner.chain)."""
+it failed, else its `next:` rules (decided by the pure runner.decisions.chain)."""
 from __future__ import annotations
 
-from runner import chain
+from runner.decisions import chain
 from runner.engine.ports import Core, PhaseResult
 from runner.engine.records import folder_of, phase_of, result_of
 from runner.engine.session import PhaseSession
 from runner.lifecycle import failure_names
-from runner.outputs import context
+from runner.decisions.outputs import context
 from runner.spec import interpolate
 
 

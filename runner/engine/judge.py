@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 from runner.backends.base import ContainerState
-from runner.criteria import Evidence, Trip, total_steps_of, verdict as judge_verdict
+from runner.decisions.criteria import Evidence, Trip, total_steps_of, verdict as judge_verdict
 from runner.engine.ports import Core, PhaseResult
 from runner.engine.records import folder_of, result_of, stop_grace, stored_phase
 from runner.engine.session import PhaseSession
 from runner.lifecycle import STATUS_OF_VERDICT, F, S
 from runner.metrics.series import MetricSet
-from runner.outputs import at_checkpoint, phase_outputs
+from runner.decisions.outputs import at_checkpoint, phase_outputs
 from runner.preconditions import abs_path
 from runner.spec.models import Phase
 from runner.store import ACTIVE
@@ -74,35 +74,44 @@ def finish(core: Core, phase_id: int, state: ContainerState, sup: PhaseSession |
     outputs = phase_outputs(row["log_path"] and str(Path(row["log_path"]).parent), v.verdict, metrics, ckpt,
                             abs_path(folder, ckpt.dir) if ckpt else None)
     outputs.update(vaulted)
-    missed = sup.ckpt.missed_explanation(metrics) if sup and sup.ckpt else ""
-    verdict = v.verdict
-    lost_best = sup.ckpt.missed_best(metrics) if sup and sup.ckpt else None
-    if lost_best is not None and lost_best.best_lost:
-        # A checkpoint better than every vaulted one was missed: part of the verdict (on_missed_best).
-        outputs["lost_best"] = lost_best.as_dict()
-        if verdict == "success" and lost_best.fails:
-            verdict, status, reason = "failure", S.FAILED, lost_best.summary()
-            fields.update(failure_kind=str(F.CHECKPOINT_LOST), failure_detail=None)
-        elif verdict == "success" and lost_best.degrades:
-            outputs["degraded"] = lost_best.summary()
-        outputs["verdict"] = verdict
+    verdict, notes = v.verdict, ""
     if sup and sup.ckpt:
-        override, warning = sup.ckpt.unprotected_best(metrics)
-        outputs.update(override)
-        if warning:
-            outputs["warnings"] = [warning]
-            missed = "\n".join(x for x in (missed, warning) if x)
-        best_step = next((c["step"] for c in core.store.checkpoints(phase_id)
-                          if outputs.get("best_checkpoint") and c["vault_path"] == outputs["best_checkpoint"]), None)
-        if best_step is not None:  # what the next phase is handed: ${{ best.step }}, ${{ best.NAME }}
-            outputs["best"] = at_checkpoint(metrics, best_step, set(validated))
-    fields.update(verdict=verdict, explanation=v.explanation() + ("\n" + missed if missed else ""),
+        notes = _vault_outputs(core, phase_id, sup, validated, outputs)
+        lost_best = sup.ckpt.missed_best(metrics)
+        if lost_best is not None and lost_best.best_lost:
+            # A checkpoint better than every vaulted one was missed: part of the verdict (on_missed_best).
+            outputs["lost_best"] = lost_best.as_dict()
+            if verdict == "success" and lost_best.fails:
+                verdict, status, reason = "failure", S.FAILED, lost_best.summary()
+                fields.update(failure_kind=str(F.CHECKPOINT_LOST), failure_detail=None)
+            elif verdict == "success" and lost_best.degrades:
+                outputs["degraded"] = lost_best.summary()
+            outputs["verdict"] = verdict
+    fields.update(verdict=verdict, explanation=v.explanation() + ("\n" + notes if notes else ""),
                   outputs_json=json.dumps(outputs),
                   judgement_json=json.dumps(v.judgement.as_dict() if v.judgement else None))
     core.store.transition(phase_id, status, reason, expect=ACTIVE, **fields)
     core.reporter.info(f"verdict: {verdict}" + (" (degraded)" if "degraded" in outputs else "")
                        + "\n" + fields["explanation"])
     return result_of(core.store, phase_id)
+
+
+def _vault_outputs(core: Core, phase_id: int, sup: PhaseSession, validated: dict, outputs: dict) -> str:
+    """What the vault adds to a judged phase's outputs (a best checkpoint it had to protect from the trainer's
+    rotation, ``best``: the metrics at the best checkpoint); returns what the explanation must add (missed
+    checkpoints, warnings)."""
+    metrics = sup.metrics
+    missed = sup.ckpt.missed_explanation(metrics)
+    override, warning = sup.ckpt.unprotected_best(metrics)
+    outputs.update(override)
+    if warning:
+        outputs["warnings"] = [warning]
+        missed = "\n".join(x for x in (missed, warning) if x)
+    best_step = next((c["step"] for c in core.store.checkpoints(phase_id)
+                      if outputs.get("best_checkpoint") and c["vault_path"] == outputs["best_checkpoint"]), None)
+    if best_step is not None:  # what the next phase is handed: ${{ best.step }}, ${{ best.NAME }}
+        outputs["best"] = at_checkpoint(metrics, best_step, set(validated))
+    return missed
 
 
 def how_it_ended(core: Core, row: dict, state: ContainerState,

@@ -13,7 +13,7 @@ from runner.engine.ports import Core
 from runner.errors import LaunchError, LaunchRefused, RunnerError, SpecError, Temporary
 from runner.lifecycle import NOT_FOUND, Act, Container, F, PhaseView, next_action
 from runner.plan import LaunchPlan
-from runner.policy import missing_sources
+from runner.decisions.policy import missing_sources
 from runner.settings import load_settings
 from runner.units import format_duration
 

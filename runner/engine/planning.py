@@ -2,7 +2,7 @@
 checked against the policy (a located SpecError: nothing recorded, nothing launched)."""
 from __future__ import annotations
 
-from runner import graph
+from runner.decisions import graph
 from runner.engine.ports import Core
 from runner.errors import Problem, SpecError
 from runner.plan import LaunchPlan, launch_plan, merge_inputs, resolve

@@ -19,12 +19,12 @@ from runner.backends.base import Backend
 from runner.backends.select import is_remote
 from runner.errors import LaunchRefused
 from runner.plan import LaunchPlan
-from runner.policy import MountPolicy, StatePaths, host_memory, launch_problems
+from runner.decisions.policy import MountPolicy, StatePaths, host_memory, launch_problems
 from runner.store import Store
 from runner.supervisor import Role
 
 if TYPE_CHECKING:
-    from runner.chain import Decision
+    from runner.decisions.chain import Decision
 
 POLL_S = 0.5
 ENGINE_RETRY_S = 120.0  # how long supervision (and a log stream) rides out an unreachable engine

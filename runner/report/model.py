@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runner.criteria import Guards, metrics_origin, total_steps_of, parse_window, reduce, smoothed, window_points
+from runner.decisions.criteria import Guards, metrics_origin, total_steps_of, parse_window, reduce, smoothed, window_points
 from runner.errors import SpecError
 from runner.metrics.series import MetricSet
 from runner.spec.criteria_models import Criterion, Group
@@ -116,7 +116,7 @@ def _criteria(node: Criterion | Group | None) -> list[Criterion]:
 
 
 def _window(c: Criterion, ms: MetricSet, origin: int | None, row: int) -> Window | None:
-    from runner.criteria import judge_criterion
+    from runner.decisions.criteria import judge_criterion
 
     series = ms.series.get(c.metric)
     if series is None or not len(series):
@@ -210,7 +210,7 @@ def phase_report(store: Store, row: dict) -> PhaseReport:
 
 def chain_of(store: Store, run_id: str, phases: list[dict]) -> tuple[ChainNode | None, str]:
     """The chain graph from the run's first spec, with the path this run took marked."""
-    from runner import graph
+    from runner.decisions import graph
 
     run = store.run(run_id)
     try:

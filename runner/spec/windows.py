@@ -1,5 +1,5 @@
 """Criteria windows as a spec writes them ('all', 'last 500 steps', 'since 1000'): parsed here, at the bottom,
-so the spec models validate them without importing the decisions (runner.criteria uses them)."""
+so the spec models validate them without importing the decisions (runner.decisions.criteria uses them)."""
 from __future__ import annotations
 
 import re

@@ -6,9 +6,9 @@ import textwrap
 
 import pytest
 
-from runner import graph
+from runner.decisions import graph
 from runner.errors import SpecError
-from runner.replay import replay
+from runner.decisions.replay import replay
 from tests.conftest import REPO
 
 

@@ -7,7 +7,7 @@ import time
 from torch.utils.tensorboard import SummaryWriter
 
 from runner.metrics.sources import LogdirReader
-from runner.replay import replay
+from runner.decisions.replay import replay
 
 SPEC = textwrap.dedent("""\
     apiVersion: runner/v1

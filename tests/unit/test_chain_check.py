@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from runner import graph
+from runner.decisions import graph
 from runner.backends.fake import FakeBackend
 from runner.cli import exit_code
-from runner.daemon import Server
+from runner.server.server import Server
 from runner.engine import Engine
 from runner.errors import SpecError
-from runner.policy import MountPolicy, source_findings
+from runner.decisions.policy import MountPolicy, source_findings
 from runner.spec import load_spec
 from runner.store import Store
 

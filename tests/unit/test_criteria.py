@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from runner.criteria import Guards, parse_window, reduce, verdict, Window
+from runner.decisions.criteria import Guards, parse_window, reduce, verdict, Window
 from runner.metrics.series import MetricSet, Series
 from runner.spec.criteria_models import Group, Guard
 
@@ -217,7 +217,7 @@ def test_series_newest_write_wins():
 
 
 def _expect_guards(expect: dict):
-    from runner.criteria import Guards
+    from runner.decisions.criteria import Guards
     from runner.spec.criteria_models import Expect
 
     return Guards([], None, Expect.model_validate(expect))

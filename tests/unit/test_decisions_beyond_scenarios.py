@@ -7,9 +7,9 @@ terms (their success criteria, resolved from specs/indextts/ with the inputs a c
 * what the next phase is handed over (``${{ best.NAME }}``) is where the best checkpoint stood."""
 import numpy as np
 
-from runner.criteria import Evidence, verdict
+from runner.decisions.criteria import Evidence, verdict
 from runner.metrics.series import MetricSet
-from runner.outputs import at_checkpoint, context
+from runner.decisions.outputs import at_checkpoint, context
 from runner.plan import merge_inputs, resolve
 from runner.spec import interpolate, load_spec
 from tests.conftest import REPO

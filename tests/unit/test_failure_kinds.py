@@ -4,9 +4,9 @@ import sqlite3
 
 import pytest
 
-from runner import chain
+from runner.decisions import chain
 from runner.backends.fake import FakeBackend, Script
-from runner.criteria import Trip, verdict
+from runner.decisions.criteria import Trip, verdict
 from runner.engine import Engine, QuietReporter
 from runner.errors import SpecError
 from runner.lifecycle import FailureKind, failure_names

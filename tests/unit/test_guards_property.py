@@ -8,9 +8,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runner.criteria import Guards, run_guards, verdict
+from runner.decisions.criteria import Guards, run_guards, verdict
 from runner.metrics.series import MetricSet
-from runner.replay import replay, truncate
+from runner.decisions.replay import replay, truncate
 from runner.spec.criteria_models import Group, Guard, StopAt
 
 GUARDS = [

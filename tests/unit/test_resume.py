@@ -120,7 +120,7 @@ def test_decision_recorded_but_next_phase_not_created_starts_it(make, write_spec
 
 
 def test_gpus_granted_by_the_slots_are_the_ones_launched(make, write_spec):
-    from runner.scheduler import Scheduler
+    from runner.server.scheduler import Scheduler
 
     backend = FakeBackend(gpu=True)
     engine = make(backend)
@@ -146,7 +146,7 @@ def test_a_gpu_count_in_the_foreground_is_planned_as_the_ids_docker_gives_it(mak
 
 
 def test_a_phase_that_can_never_fit_is_an_error_not_a_wait(make, write_spec):
-    from runner.scheduler import Scheduler
+    from runner.server.scheduler import Scheduler
 
     engine = make(FakeBackend(gpu=True))
     engine.slots = Scheduler([], 1, rank=lambda run_id: (0, 0))
@@ -160,7 +160,7 @@ def test_stop_while_waiting_for_slots_launches_nothing(make, write_spec):
     import time
 
     from runner.plan import build_plan
-    from runner.scheduler import Scheduler
+    from runner.server.scheduler import Scheduler
     from runner.spec import load_spec
 
     backend = FakeBackend(gpu=True, script={"p1": Script(polls=10**9)})
@@ -201,7 +201,7 @@ def test_a_container_that_ended_while_nobody_watched_is_judged_once(make, write_
 
 
 def test_reconcile_names_running_containers_it_does_not_know(tmp_path, write_spec):
-    from runner.daemon import Server
+    from runner.server.server import Server
 
     backend = FakeBackend(script={"p1": Script(polls=10**9)})
     other = Engine(Store(tmp_path / "other" / "runner.db"), backend, tmp_path / "other", QuietReporter())

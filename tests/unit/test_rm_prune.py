@@ -9,7 +9,7 @@ import pytest
 
 from runner.backends.fake import FakeBackend, Script
 from runner.engine import Engine, QuietReporter
-from runner.operations import prunable, remove_run
+from runner.runs.operations import prunable, remove_run
 from runner.store import Store
 from tests.conftest import MINIMAL
 

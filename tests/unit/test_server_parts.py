@@ -8,11 +8,11 @@ import time
 import pytest
 
 from runner.backends.fake import FakeBackend
-from runner.daemon import Server, ServerLock, find_server
+from runner.server.server import Server, ServerLock, find_server
 from runner.errors import GpuUnavailable, SpecError
 from runner.plan import build_plan
-from runner.policy import MountPolicy
-from runner.scheduler import Scheduler, parse_gpus
+from runner.decisions.policy import MountPolicy
+from runner.server.scheduler import Scheduler, parse_gpus
 from runner.spec import load_spec
 from runner.store import Store
 from tests.conftest import MINIMAL

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from runner import chain, preconditions
+from runner import preconditions
+from runner.decisions import chain
 from runner.metrics.series import MetricSet
 from runner.metrics.sources import JsonlReader, StdoutParser
 from runner.spec.criteria_models import NextRule, Precondition

@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 from runner.checkpoints.vault import privatize, protect, sha256_of
 from runner.logfile import ContainerLog, LineSplitter
 from runner.plan import BindMount, LaunchPlan
-from runner.policy import MountPolicy, StatePaths, launch_problems
+from runner.decisions.policy import MountPolicy, StatePaths, launch_problems
 from runner.safefs import Untrusted, open_regular, walk_files
 
 

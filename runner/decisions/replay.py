@@ -5,12 +5,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner import chain
-from runner.criteria import run_guards, total_steps_of, verdict
+from runner.decisions import chain
+from runner.decisions.criteria import run_guards, total_steps_of, verdict
 from runner.lifecycle import failure_names
 from runner.metrics.series import MetricSet
 from runner.metrics.sources import LogdirReader
-from runner.outputs import phase_outputs
+from runner.decisions.outputs import phase_outputs
 from runner.plan import merge_inputs, resolve
 from runner.spec import load_spec
 

@@ -31,13 +31,14 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from runner import __version__, graph
+from runner import __version__
+from runner.decisions import graph
 from runner.backends.select import is_remote
 from runner.engine import Engine, EngineConfig, QuietReporter, new_run_id, stored_plan
 from runner.errors import NotFound, Problem, RunnerError, SpecError
-from runner.inbox import Inbox, Outcome, sha256_bytes
-from runner.policy import StatePaths
-from runner.scheduler import Scheduler
+from runner.server.inbox import Inbox, Outcome, sha256_bytes
+from runner.decisions.policy import StatePaths
+from runner.server.scheduler import Scheduler
 from runner.spec.loader import load_spec_bytes
 from runner.store import Store
 from runner.supervisor import Role

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from runner.errors import ContainerNotFound, EngineUnavailable, NotFound, RunnerError
-from runner.queries import needs_reconcile, pick_phase
+from runner.runs.queries import needs_reconcile, pick_phase
 from runner.store import ACTIVE, Store
 from runner.supervisor import Holder, Role, holder
-from runner.views import run_view
+from runner.runs.views import run_view
 
 if TYPE_CHECKING:
     from runner.engine import Engine, PhaseResult, Reporter

@@ -17,7 +17,7 @@ from typing import Any
 from runner.checkpoints.layouts import why_incomplete
 from runner.checkpoints.vault import export as copy_verified
 from runner.errors import NotFound, Refused
-from runner.queries import checkpoint_phases
+from runner.runs.queries import checkpoint_phases
 from runner.store import Store
 
 

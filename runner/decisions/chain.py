@@ -5,9 +5,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.criteria import judge
+from runner.decisions.criteria import judge
 from runner.metrics.series import MetricSet
-from runner.outputs import context
+from runner.decisions.outputs import context
 from runner.spec import interpolate
 from runner.spec.criteria_models import NextRule, WhenFailed
 

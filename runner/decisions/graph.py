@@ -30,7 +30,7 @@ class Graph:
 def _when_text(when) -> str:
     if isinstance(when, str):
         return when
-    from runner.criteria import describe
+    from runner.decisions.criteria import describe
     from runner.spec.criteria_models import Criterion, WhenFailed
 
     if isinstance(when, WhenFailed):

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import Refused
-from runner.operations import open_engine
-from runner.policy import MountPolicy
+from runner.runs.operations import open_engine
+from runner.decisions.policy import MountPolicy
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from runner.errors import NotFound, RunnerError, UsageError
 from runner.report import e, page, render_body, run_report, when
 from runner.store import ACTIVE, Store
 from runner.units import format_duration
-from runner.views import queue_rows, run_view
+from runner.runs.views import queue_rows, run_view
 
 REFRESH_S = 10  # the runs page reloads itself this often
 
@@ -55,7 +55,7 @@ class Pages:
         return Engine(self.store, docker_factory, self.runs_dir)  # views only: the backend is never created
 
     def _live(self, row: dict) -> dict | None:
-        from runner.operations import live_view
+        from runner.runs.operations import live_view
 
         return live_view(self._engine(), row["id"])
 
@@ -63,7 +63,7 @@ class Pages:
         return _json({"runs": [run_view(self.store, r["id"]) for r in self.store.runs()]})
 
     def api_run(self, request: Request) -> Response:
-        from runner.operations import run_document
+        from runner.runs.operations import run_document
 
         run_id = self.store.resolve_run(request.path_params["run"])
         return _json(run_document(self._engine(), run_id))  # the same document as `runner status RUN -o json`
