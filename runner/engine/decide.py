@@ -6,7 +6,7 @@ from runner.decisions import chain
 from runner.engine.ports import Core, PhaseResult
 from runner.engine.records import folder_of, phase_of, result_of
 from runner.engine.session import PhaseSession
-from runner.lifecycle import failure_names
+from runner.lifecycle import S, failure_names
 from runner.decisions.outputs import context
 from runner.spec import interpolate
 
@@ -16,7 +16,7 @@ def decide(core: Core, phase_id: int, sup: PhaseSession) -> PhaseResult:
     row = core.store.phase(phase_id)
     spec = row["spec_path"]
     d = retry_decision(core, row, sup)
-    if d is None and row["status"] == "lost":
+    if d is None and row["status"] == S.LOST:
         d = chain.Decision(None, None, {}, "the container was lost and no retry applies; the chain ends")
     if d is None:
         counts = {rule: n for (s, rule), n in fired(core, row["run_id"]).items() if s == spec}

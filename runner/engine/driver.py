@@ -20,13 +20,12 @@ from runner.engine.session import PhaseSession
 from runner.engine.signals import deferring_sigint, ignoring_sigint
 from runner.engine.stop import cancel
 from runner.errors import Refused, RunnerError, SpecError
-from runner.lifecycle import Act, F, PhaseView, next_action
+from runner.lifecycle import JUDGED, Act, F, PhaseView, S, SubmissionState, next_action
 from runner.plan import LaunchPlan
 from runner.spec import load_spec
 from runner.store import ACTIVE
 from runner.supervisor import Role, SupervisorLock
 
-JUDGED = ("succeeded", "failed", "inconclusive")
 
 
 def drive(core: Core, run_id: str, detach: bool = False) -> RunResult:
@@ -59,11 +58,11 @@ def _drive_interruptible(core: Core, run_id: str, detach: bool) -> RunResult:
         # Between two steps (after the launch was recorded, before following it): stopped like any Ctrl-C.
         with ignoring_sigint():
             for p in core.store.phases(run_id):
-                if p["status"] == "pending":
-                    core.store.transition(p["id"], "cancelled", "Ctrl-C before the container was created",
-                                          failure_kind=str(F.CANCELLED), expect=frozenset({"pending"}),
+                if p["status"] == S.PENDING:
+                    core.store.transition(p["id"], S.CANCELLED, "Ctrl-C before the container was created",
+                                          failure_kind=str(F.CANCELLED), expect=frozenset({S.PENDING}),
                                           finished_at=time.time())
-                elif p["status"] in ("launching", "running") and not core.persistent:
+                elif p["status"] in (S.LAUNCHING, S.RUNNING) and not core.persistent:
                     core.reporter.info(f"Ctrl-C: stopping phase {p['name']}")
                     cancel(core, p["id"])
         raise
@@ -73,7 +72,7 @@ def _drive(core: Core, run_id: str, detach: bool) -> RunResult:
     run = RunResult(run_id)
     store = core.store
     while not core.detach_requested.is_set():
-        if store.submission_state(run_id) == "cancelled" and not any(p["status"] in ACTIVE for p in store.phases(run_id)):
+        if store.submission_state(run_id) == SubmissionState.CANCELLED and not any(p["status"] in ACTIVE for p in store.phases(run_id)):
             break  # `runner stop`: nothing more starts
         phases = store.phases(run_id)
         last = phases[-1] if phases else None
@@ -103,7 +102,7 @@ def _drive(core: Core, run_id: str, detach: bool) -> RunResult:
             return run
     if not run.phases:
         phases = store.phases(run_id)
-        run.phases.append(result_of(store, phases[-1]["id"]) if phases else PhaseResult(run_id, 0, "-", "pending"))
+        run.phases.append(result_of(store, phases[-1]["id"]) if phases else PhaseResult(run_id, 0, "-", S.PENDING))
     return run
 
 
@@ -112,7 +111,7 @@ def attach(core: Core, run_id: str) -> RunResult:
     stored points and offsets, guards and criteria apply, then the verdict and the chain."""
     phases = core.store.phases(run_id)
     rows = [r for r in phases
-            if (r["status"] in ("running", "detached") and r["container_id"]) or r["status"] == "launching"]
+            if (r["status"] in (S.RUNNING, S.DETACHED) and r["container_id"]) or r["status"] == S.LAUNCHING]
     if not rows:
         # A phase judged meanwhile (by `runner status`) whose chain has not moved on yet: attach
         # carries the chain on (decide, start the next phase); a run whose chain ended refuses.
@@ -120,7 +119,7 @@ def attach(core: Core, run_id: str) -> RunResult:
         decided = decided_next(core, last) if last is not None and last["status"] not in ACTIVE else None
         act = next_action(PhaseView.of(last, decided["next"] if decided else None)) if last is not None else None
         unstarted_next = decided is not None and last is not None and not any(p["id"] > last["id"] for p in phases)
-        if last is None or last["status"] == "lost" or act not in (Act.DECIDE, Act.START_NEXT) \
+        if last is None or last["status"] == S.LOST or act not in (Act.DECIDE, Act.START_NEXT) \
                 or (act == Act.START_NEXT and not unstarted_next):
             raise Refused(f"run {run_id} has no running or detached phase to attach to",
                           f"`runner status {run_id}` shows how it ended")
@@ -173,11 +172,11 @@ def run_pending(core: Core, phase_id: int, detach: bool = False) -> PhaseResult:
     try:
         granted = core.slots.acquire(phase_id, plan)
     except RunnerError as exc:  # can never fit (more GPUs than the server has)
-        store.transition(phase_id, "error", str(exc), failure_kind=str(F.REFUSED), finished_at=time.time())
+        store.transition(phase_id, S.ERROR, str(exc), failure_kind=str(F.REFUSED), finished_at=time.time())
         return result_of(store, phase_id)
     if granted is None:  # the server is shutting down: the phase stays pending, resumed on restart
         return result_of(store, phase_id)
-    if store.phase(phase_id)["status"] != "pending":  # stopped while it waited for its turn
+    if store.phase(phase_id)["status"] != S.PENDING:  # stopped while it waited for its turn
         core.slots.release(phase_id)
         return result_of(store, phase_id)
     try:
@@ -187,7 +186,7 @@ def run_pending(core: Core, phase_id: int, detach: bool = False) -> PhaseResult:
         core.reporter.info(f"run {run_id}: phase {plan.phase} ({plan.image})")
         blocked = unmet(core, run_id, phase_id, phase, plan, folder)
         if blocked:
-            store.transition(phase_id, "blocked", blocked, failure_kind=str(F.PRECONDITION),
+            store.transition(phase_id, S.BLOCKED, blocked, failure_kind=str(F.PRECONDITION),
                              finished_at=time.time(), decision="blocked: the chain ends")
             return result_of(store, phase_id)
         sup = PhaseSession.fresh(store, core.backend, phase_id, phase, folder, plan, core.reporter.info)
@@ -208,13 +207,13 @@ def _launch(core: Core, phase_id: int, plan: LaunchPlan, sup: PhaseSession) -> s
     knows which container it is (the follow loop stops it like any Ctrl-C)."""
     with deferring_sigint() as interrupted:
         try:
-            if core.store.phase(phase_id)["status"] == "pending" and interrupted.is_set():
+            if core.store.phase(phase_id)["status"] == S.PENDING and interrupted.is_set():
                 raise KeyboardInterrupt
             container_id = launch_retrying(core, phase_id, plan)
         except KeyboardInterrupt:
             sup.stop()
-            core.store.transition(phase_id, "cancelled", "Ctrl-C before the container was created",
-                                  failure_kind=str(F.CANCELLED), expect=frozenset({"pending"}), finished_at=time.time())
+            core.store.transition(phase_id, S.CANCELLED, "Ctrl-C before the container was created",
+                                  failure_kind=str(F.CANCELLED), expect=frozenset({S.PENDING}), finished_at=time.time())
             raise
         except BaseException:
             sup.stop()
@@ -232,7 +231,7 @@ def readopt(core: Core, row: dict) -> PhaseResult:
     core.slots.claim(row["id"], plan)
     try:
         sup.start()  # the guard repairs the vault; its first rescan finds what was written meanwhile
-        core.store.transition(row["id"], "running", "re-attached", expect=frozenset({"running", "detached"}))
+        core.store.transition(row["id"], S.RUNNING, "re-attached", expect=frozenset({S.RUNNING, S.DETACHED}))
         core.reporter.info(f"run {row['run_id']}: attached to phase {row['name']} (container {row['container_id'][:12]})")
         result = supervise(core, row["id"], plan, row["container_id"], sup, fresh_log=True)
     finally:
@@ -257,7 +256,7 @@ def supervise(core: Core, phase_id: int, plan: LaunchPlan, container_id: str, su
         pump.thread.join(timeout=5)
         return result_of(core.store, phase_id)
     if isinstance(outcome, Detached):
-        core.store.transition(phase_id, "detached", outcome.reason, expect=ACTIVE)
+        core.store.transition(phase_id, S.DETACHED, outcome.reason, expect=ACTIVE)
         return result_of(core.store, phase_id)
     if isinstance(outcome, Lost):
         return judge.lost(core, phase_id, outcome.reason)

@@ -27,7 +27,7 @@ EARLY_STOP_S = 60.0  # a stop this soon after the start may come before the trai
 
 def lost(core: Core, phase_id: int, reason: str = "the container disappeared from the engine") -> PhaseResult:
     """The engine no longer knows the phase's container: recorded *lost* (an infrastructure failure), once."""
-    core.store.transition(phase_id, "lost", reason, failure_kind=str(F.INFRASTRUCTURE), failure_detail="lost",
+    core.store.transition(phase_id, S.LOST, reason, failure_kind=str(F.INFRASTRUCTURE), failure_detail="lost",
                           expect=ACTIVE, finished_at=time.time())
     return result_of(core.store, phase_id)
 
@@ -54,7 +54,7 @@ def finish(core: Core, phase_id: int, state: ContainerState, sup: PhaseSession |
     validated = sup.ckpt.validated_until() if sup and sup.ckpt else {}
     if row["stop_requested"]:
         fields.update(failure_kind=str(F.CANCELLED))
-        core.store.transition(phase_id, "cancelled", stopped_reason(core, row, state), expect=ACTIVE, **fields)
+        core.store.transition(phase_id, S.CANCELLED, stopped_reason(core, row, state), expect=ACTIVE, **fields)
         return result_of(core.store, phase_id)
     exit_ok, exit_reason, exit_kind, exit_detail = how_it_ended(core, row, state, sup)
     trip: Trip | None = sup.trip if sup else None

@@ -11,7 +11,7 @@ from runner import faults
 from runner.backends.base import ContainerState
 from runner.engine.ports import Core
 from runner.errors import LaunchError, LaunchRefused, RunnerError, SpecError, Temporary
-from runner.lifecycle import NOT_FOUND, Act, Container, F, PhaseView, next_action
+from runner.lifecycle import NOT_FOUND, Act, Container, F, PhaseView, S, next_action
 from runner.plan import LaunchPlan
 from runner.decisions.policy import missing_sources
 from runner.settings import load_settings
@@ -32,8 +32,8 @@ def find_launched(core: Core, row: dict) -> tuple[Act, ContainerState | None]:
     found = launched_container(core, row)
     act = next_action(PhaseView.of(row), NOT_FOUND if found is None else Container(True, found.status))
     if act in (Act.ADOPT, Act.JUDGE) and found is not None:
-        core.store.transition(row["id"], "running", f"found container {found.id[:12]} (the runner stopped while "
-                              "launching it)", expect=frozenset({"launching"}), container_id=found.id,
+        core.store.transition(row["id"], S.RUNNING, f"found container {found.id[:12]} (the runner stopped while "
+                              "launching it)", expect=frozenset({S.LAUNCHING}), container_id=found.id,
                               started_at=time.time())
     return act, found
 
@@ -47,12 +47,12 @@ def recover_launching(core: Core, row: dict) -> None:
         # start a container whose mounts or GPUs were meant for a plan this run has moved past, so
         # it is removed (with a recorded reason) and the phase launched again from *pending*.
         core.backend.remove(found.id)
-        core.store.transition(row["id"], "pending", f"container {found.id[:12]} was created but never started "
+        core.store.transition(row["id"], S.PENDING, f"container {found.id[:12]} was created but never started "
                               "(the runner stopped in between); removed it, launching again",
-                              expect=frozenset({"launching"}))
+                              expect=frozenset({S.LAUNCHING}))
     elif act == Act.RELAUNCH:
-        core.store.transition(row["id"], "pending", "the runner stopped while launching and no container exists;"
-                              " launching it now", expect=frozenset({"launching"}))
+        core.store.transition(row["id"], S.PENDING, "the runner stopped while launching and no container exists;"
+                              " launching it now", expect=frozenset({S.LAUNCHING}))
 
 
 def launch_retrying(core: Core, phase_id: int, plan: LaunchPlan) -> str:
@@ -65,18 +65,18 @@ def launch_retrying(core: Core, phase_id: int, plan: LaunchPlan) -> str:
     while True:
         try:
             row = core.store.phase(phase_id)
-            if row["status"] == "launching":
+            if row["status"] == S.LAUNCHING:
                 recover_launching(core, row)  # → running (found it) or pending (launch again)
                 row = core.store.phase(phase_id)
-                if row["status"] == "running":
+                if row["status"] == S.RUNNING:
                     return row["container_id"]
             return launch(core, phase_id, plan)
         except Temporary as exc:
             tries += 1
             if time.monotonic() + delay > deadline:
                 reason = f"gave up after {tries} tries over {format_duration(core.launch_retry_s)}: {exc}"
-                core.store.transition(phase_id, "error", reason, failure_kind=str(F.INFRASTRUCTURE),
-                                      expect=frozenset({"pending", "launching"}), finished_at=time.time())
+                core.store.transition(phase_id, S.ERROR, reason, failure_kind=str(F.INFRASTRUCTURE),
+                                      expect=frozenset({S.PENDING, S.LAUNCHING}), finished_at=time.time())
                 raise
             core.store.update(phase_id, reason=f"{exc}; retrying in {format_duration(delay)} (try {tries})")
             core.store.event(plan.run_id, phase_id, "phase.retry", f"temporary: {exc}; retrying in "
@@ -104,8 +104,8 @@ def launch(core: Core, phase_id: int, plan: LaunchPlan) -> str:
         core.backend.check_image(plan.image)
         prepare_mounts(plan)
         Path(plan.phase_dir).mkdir(parents=True, exist_ok=True)
-        if not core.store.transition(phase_id, "launching", f"creating container {plan.container_name}",
-                                     expect=frozenset({"pending"})):
+        if not core.store.transition(phase_id, S.LAUNCHING, f"creating container {plan.container_name}",
+                                     expect=frozenset({S.PENDING})):
             raise LaunchError(f"phase {plan.phase} is no longer pending (stopped?); not launched")
         faults.point("pre_create")
         container_id = core.backend.launch(plan)
@@ -114,9 +114,9 @@ def launch(core: Core, phase_id: int, plan: LaunchPlan) -> str:
         raise
     except Exception as exc:
         reason = str(exc) if isinstance(exc, RunnerError) else f"internal error: {type(exc).__name__}: {exc}"
-        core.store.transition(phase_id, "error", reason, failure_kind=str(F.REFUSED), finished_at=time.time())
+        core.store.transition(phase_id, S.ERROR, reason, failure_kind=str(F.REFUSED), finished_at=time.time())
         raise
-    core.store.transition(phase_id, "running", f"container {container_id[:12]} started",
+    core.store.transition(phase_id, S.RUNNING, f"container {container_id[:12]} started",
                           container_id=container_id, started_at=time.time())
     return container_id
 

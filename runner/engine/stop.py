@@ -9,7 +9,7 @@ from runner.engine.launch import find_launched, launched_container
 from runner.engine.ports import Core, PhaseResult
 from runner.engine.records import request_stop, result_of, stop_grace
 from runner.errors import ContainerNotFound
-from runner.lifecycle import Act, F
+from runner.lifecycle import Act, F, S
 from runner.store import ACTIVE
 
 
@@ -17,7 +17,7 @@ def cancel(core: Core, phase_id: int, wait: bool = True) -> None:
     """Stop a phase's container on request (SIGTERM, grace period, SIGKILL); records *cancelled*."""
     row = core.store.phase(phase_id)
     request_stop(core.store, row)
-    if not row["container_id"] and row["status"] == "launching":
+    if not row["container_id"] and row["status"] == S.LAUNCHING:
         # The runner that launched it may have died between create and record: the container
         # may exist (and train) under its deterministic name.  Stop that one, never nothing.
         found = launched_container(core, row)
@@ -25,7 +25,7 @@ def cancel(core: Core, phase_id: int, wait: bool = True) -> None:
             core.store.update(phase_id, container_id=found.id)
             row = core.store.phase(phase_id)
     if not row["container_id"]:
-        core.store.transition(phase_id, "cancelled", "stopped before launch", failure_kind=str(F.CANCELLED),
+        core.store.transition(phase_id, S.CANCELLED, "stopped before launch", failure_kind=str(F.CANCELLED),
                               expect=ACTIVE, finished_at=time.time())
         return
     core.backend.stop(row["container_id"], stop_grace(row))
@@ -47,12 +47,12 @@ def stop_run(core: Core, run_id: str) -> list[PhaseResult]:
 def refresh(core: Core, run_id: str) -> None:
     """Bring active phases up to date with the engine (for a phase nobody is supervising)."""
     for row in core.store.phases(run_id):
-        if row["status"] == "launching" and not row["container_id"]:
+        if row["status"] == S.LAUNCHING and not row["container_id"]:
             act, _ = find_launched(core, row)  # found: recorded running
             if act == Act.RELAUNCH:
                 continue  # being launched right now, or left for `attach` / the server to relaunch
             row = core.store.phase(row["id"])
-        if row["status"] not in ("running", "detached") or not row["container_id"]:
+        if row["status"] not in (S.RUNNING, S.DETACHED) or not row["container_id"]:
             continue
         try:
             state = core.backend.inspect(row["container_id"])
