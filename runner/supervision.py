@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runner.decisions.criteria import Guards, Judgement, Trip, judge, total_steps_of
+from runner.decisions.guards import Guards, Trip, total_steps_of
+from runner.decisions.criteria import Judgement, judge
 from runner.metrics.sources import JsonlReader, LogdirReader, Sources, StdoutParser
 from runner.metrics.series import MetricSet
 from runner.preconditions import abs_path

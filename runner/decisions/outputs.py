@@ -66,7 +66,7 @@ def _smoothed_last(series, upto: int | None = None) -> float | None:
     """The series' value at its last step (or at ``upto``) smoothed as TensorBoard's slider would show it
     (running median of 3, then a debiased EMA over ~1,000 steps or 25 logging intervals): a noisy last point
     is not the phase's standing."""
-    from runner.decisions.criteria import DEFAULT_MIN_POINTS, Smoother
+    from runner.decisions.smoothing import DEFAULT_MIN_POINTS, Smoother
 
     sm = Smoother(tau_steps=1000.0, min_points=DEFAULT_MIN_POINTS)
     keep = slice(None) if upto is None else series.steps <= upto

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.decisions import chain
-from runner.decisions.criteria import run_guards, total_steps_of, verdict
+from runner.decisions.guards import run_guards, total_steps_of
+from runner.decisions.criteria import verdict
 from runner.lifecycle import failure_names
 from runner.metrics.series import MetricSet
 from runner.metrics.sources import LogdirReader

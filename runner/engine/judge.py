@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from runner.backends.base import ContainerState
-from runner.decisions.criteria import Evidence, Trip, total_steps_of, verdict as judge_verdict
+from runner.decisions.criteria import Evidence, verdict as judge_verdict
+from runner.decisions.guards import Trip, total_steps_of
 from runner.engine.ports import Core, PhaseResult
 from runner.engine.records import folder_of, result_of, stop_grace, stored_phase
 from runner.engine.session import PhaseSession

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runner.decisions.criteria import Guards, metrics_origin, total_steps_of, parse_window, reduce, smoothed, window_points
+from runner.decisions.guards import Guards, total_steps_of
+from runner.decisions.smoothing import metrics_origin, reduce, smoothed, window_points
+from runner.spec.windows import parse_window
 from runner.errors import SpecError
 from runner.metrics.series import MetricSet
 from runner.spec.criteria_models import Criterion, Group

@@ -4,7 +4,10 @@ import math
 import numpy as np
 import pytest
 
-from runner.decisions.criteria import Guards, parse_window, reduce, verdict, Window
+from runner.decisions.guards import Guards
+from runner.decisions.criteria import verdict
+from runner.spec.windows import Window, parse_window
+from runner.decisions.smoothing import reduce
 from runner.metrics.series import MetricSet, Series
 from runner.spec.criteria_models import Group, Guard
 
@@ -217,7 +220,7 @@ def test_series_newest_write_wins():
 
 
 def _expect_guards(expect: dict):
-    from runner.decisions.criteria import Guards
+    from runner.decisions.guards import Guards
     from runner.spec.criteria_models import Expect
 
     return Guards([], None, Expect.model_validate(expect))

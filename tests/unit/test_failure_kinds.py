@@ -6,7 +6,8 @@ import pytest
 
 from runner.decisions import chain
 from runner.backends.fake import FakeBackend, Script
-from runner.decisions.criteria import Trip, verdict
+from runner.decisions.guards import Trip
+from runner.decisions.criteria import verdict
 from runner.engine import Engine, QuietReporter
 from runner.errors import SpecError
 from runner.lifecycle import FailureKind, failure_names

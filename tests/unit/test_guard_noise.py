@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from runner.decisions.criteria import Guards, run_guards
+from runner.decisions.guards import Guards, run_guards
 from runner.metrics.series import MetricSet
 from runner.spec.criteria_models import Guard, StopAt
 from tests.conftest import REPO

@@ -8,7 +8,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runner.decisions.criteria import Guards, run_guards, verdict
+from runner.decisions.guards import Guards, run_guards
+from runner.decisions.criteria import verdict
 from runner.metrics.series import MetricSet
 from runner.decisions.replay import replay, truncate
 from runner.spec.criteria_models import Group, Guard, StopAt
