@@ -155,7 +155,7 @@ def tail_times(logdir: Path, steps: int, rounds: int = 5) -> tuple[list[float], 
     (src,) = list(extra.glob("*tfevents*"))
     blob = src.read_bytes()
     # Split the scratch file into per-round slices on record boundaries (skip its file_version record).
-    from runner.metrics.tensorboard import frame
+    from runner.metrics.tfrecord import frame
 
     offsets, lengths, _ = frame(blob)
     first = int(offsets[1])

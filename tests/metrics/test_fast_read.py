@@ -10,7 +10,9 @@ from contextlib import redirect_stdout
 import numpy as np
 import pytest
 
-from runner.metrics.tensorboard import _segments, frame, parse_records
+from runner.metrics.tffast import _segments
+from runner.metrics.tfrecord import frame
+from runner.metrics.tensorboard import parse_records
 
 STEPS = [*range(0, 300), *range(16300, 16500), 2_000_000]  # varints of 1, 2, 3 and 4 bytes; stretches of each
 
