@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Mapping, Sequence
 
 from runner.lifecycle.states import ACCIDENTS, JUDGED, F, PhaseStatus, S
 
@@ -86,7 +87,7 @@ def next_action(phase: PhaseView | None, container: Container | None = None) -> 
     return Act.DONE
 
 
-def chain_outcome(phases: list[dict]) -> str:
+def chain_outcome(phases: Sequence[Mapping]) -> str:
     """Pure: how a run's chain ended, from its phase rows in order.  ``succeeded``: its planned success path
     (every phase succeeded, apart from attempts that failed by an accident and were retried); ``recovered``:
     its last phase succeeded after an earlier one failed or was inconclusive (a failure branch ran); otherwise

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from runner.errors import ContainerNotFound, EngineUnavailable, NotFound, RunnerError
 from runner.runs.queries import needs_reconcile, pick_phase
@@ -65,7 +65,7 @@ class Stopping:
     (the run's supervisor, or this process when nobody supervises it)."""
 
     queued: bool
-    phases: list[dict]
+    phases: Sequence[dict]
     by: Holder | None
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 from typing import Any
 
 from runner.errors import NotFound
-from runner.store import ACTIVE, Store
+from runner.store import ACTIVE, PhaseRecord, Store
 from runner.supervisor import holder
 
 
-def pick_phase(store: Store, run_id: str, name: str | None) -> dict[str, Any]:
+def pick_phase(store: Store, run_id: str, name: str | None) -> PhaseRecord:
     """The phase named ``name`` (its latest attempt), or — without a name — the run's last phase."""
     phases = store.phases(run_id)
     if name:
@@ -21,7 +21,7 @@ def pick_phase(store: Store, run_id: str, name: str | None) -> dict[str, Any]:
     return phases[-1]
 
 
-def checkpoint_phases(store: Store, run_id: str, name: str | None = None) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+def checkpoint_phases(store: Store, run_id: str, name: str | None = None) -> list[tuple[PhaseRecord, list[dict[str, Any]]]]:
     """(phase row, its checkpoint rows) for the named phase, or for every phase that has checkpoints, in run order."""
     if name is not None:
         row = pick_phase(store, run_id, name)

@@ -15,123 +15,15 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Sequence
 
 from runner.errors import InvalidTransition, NotFound, Permanent, StoreBusy, StoreCorrupt, StoreFull
-from runner.lifecycle import ACTIVE, ENDED, allowed  # the statuses and their one transition table
+from runner.lifecycle import ACTIVE, allowed  # the statuses and their one transition table
+from runner.store.rows import PhaseRecord, _event, _phase_dict, _real, _update
+from runner.store.schema import _SCHEMA, PHASE_FIELDS, SCHEMA_VERSION, TERMINAL
+from runner.store.submissions import Submissions
 
-SCHEMA_VERSION = 1
-TERMINAL = ENDED
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id          TEXT PRIMARY KEY,
-    spec_path   TEXT NOT NULL,
-    created_at  REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS phases (
-    id             INTEGER PRIMARY KEY,
-    run_id         TEXT NOT NULL REFERENCES runs(id),
-    seq            INTEGER NOT NULL,
-    name           TEXT NOT NULL,
-    spec_path      TEXT NOT NULL,
-    spec_sha256    TEXT NOT NULL,
-    inputs_json    TEXT NOT NULL DEFAULT '{}',
-    plan_json      TEXT NOT NULL DEFAULT '{}',
-    phase_json     TEXT NOT NULL DEFAULT '{}',
-    container_name TEXT,
-    container_id   TEXT,
-    log_path       TEXT,
-    status         TEXT NOT NULL,
-    reason         TEXT NOT NULL DEFAULT '',
-    exit_code      INTEGER,
-    oom_killed     INTEGER,
-    stop_requested INTEGER NOT NULL DEFAULT 0,
-    verdict        TEXT,
-    explanation    TEXT NOT NULL DEFAULT '',
-    judgement_json TEXT NOT NULL DEFAULT 'null',
-    outputs_json   TEXT NOT NULL DEFAULT '{}',
-    decision       TEXT NOT NULL DEFAULT '',
-    failure_kind   TEXT,
-    failure_detail TEXT,
-    created_at     REAL NOT NULL,
-    started_at     REAL,
-    finished_at    REAL,
-    UNIQUE (run_id, seq)
-);
-CREATE TABLE IF NOT EXISTS events (
-    id        INTEGER PRIMARY KEY,
-    run_id    TEXT NOT NULL,
-    phase_id  INTEGER,
-    at        REAL NOT NULL,
-    kind      TEXT NOT NULL,
-    message   TEXT NOT NULL,
-    data_json TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS metric_points (
-    phase_id INTEGER NOT NULL,
-    name     TEXT NOT NULL,
-    step     INTEGER NOT NULL,
-    value    REAL,
-    wall     REAL NOT NULL,
-    PRIMARY KEY (phase_id, name, step)
-);
-CREATE TABLE IF NOT EXISTS source_offsets (
-    phase_id INTEGER NOT NULL,
-    file     TEXT NOT NULL,
-    offset   INTEGER NOT NULL,
-    PRIMARY KEY (phase_id, file)
-);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    id          INTEGER PRIMARY KEY,
-    phase_id    INTEGER NOT NULL,
-    step        INTEGER NOT NULL,
-    name        TEXT NOT NULL,
-    source      TEXT NOT NULL,
-    vault_path  TEXT NOT NULL,
-    how         TEXT NOT NULL DEFAULT '',
-    size        INTEGER,
-    sha256      TEXT,
-    score       REAL,
-    metrics_json TEXT NOT NULL DEFAULT '{}',
-    state       TEXT NOT NULL,
-    ever_best   INTEGER NOT NULL DEFAULT 0,
-    vaulted_at  REAL,
-    files_json  TEXT,
-    UNIQUE (phase_id, name)
-);
-CREATE TABLE IF NOT EXISTS submissions (
-    run_id       TEXT PRIMARY KEY REFERENCES runs(id),
-    spec_path    TEXT NOT NULL,
-    spec_sha256  TEXT NOT NULL,
-    inputs_json  TEXT NOT NULL DEFAULT '{}',
-    priority     INTEGER NOT NULL DEFAULT 0,
-    source       TEXT NOT NULL,
-    state        TEXT NOT NULL,
-    submitted_at REAL NOT NULL,
-    note         TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS intake (
-    id       INTEGER PRIMARY KEY,
-    name     TEXT NOT NULL,
-    sha256   TEXT,
-    state    TEXT NOT NULL,
-    reason   TEXT NOT NULL DEFAULT '',
-    run_id   TEXT,
-    source   TEXT NOT NULL,
-    moved_to TEXT NOT NULL,
-    moved    INTEGER NOT NULL DEFAULT 0,
-    at       REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_run ON events(run_id, id);
-CREATE INDEX IF NOT EXISTS phases_status ON phases(status);
-"""
-
-PHASE_FIELDS = {
-    "container_name", "container_id", "log_path", "exit_code", "oom_killed", "stop_requested",
-    "started_at", "finished_at", "plan_json", "phase_json", "reason", "verdict", "explanation", "judgement_json", "outputs_json",
-    "decision", "failure_kind", "failure_detail",
-}
+__all__ = ["ACTIVE", "PHASE_FIELDS", "PhaseRecord", "SCHEMA_VERSION", "Store", "TERMINAL", "run_status"]
 
 
 def _busy_limit() -> float:
@@ -141,7 +33,7 @@ def _busy_limit() -> float:
         return 3600.0
 
 
-class Store:
+class Store(Submissions):
     """One SQLite database; safe to share between the threads of one process."""
 
     def __init__(self, path: str | Path):
@@ -270,77 +162,6 @@ class Store:
             db.execute("INSERT INTO runs (id, spec_path, created_at) VALUES (?, ?, ?)", (run_id, spec_path, time.time()))
             _event(db, run_id, None, "run.created", f"run {run_id} created from {spec_path}")
 
-    def submit(self, run_id: str, spec_path: str, spec_sha256: str, inputs: dict[str, Any], source: str,
-               priority: int = 0, state: str = "queued", intake: dict[str, Any] | None = None) -> int | None:
-        """Record a run and its submission (and, for an inbox file, its intake record) in one
-        transaction; returns the intake record's id."""
-        with self.tx() as db:
-            _submit(db, run_id, spec_path, spec_sha256, inputs, source, priority, state)
-            return _intake(db, run_id=run_id, **intake) if intake is not None else None
-
-    def submission(self, run_id: str) -> dict[str, Any]:
-        with self._lock:
-            row = self.db.execute("SELECT * FROM submissions WHERE run_id = ?", (run_id,)).fetchone()
-        if row is None:
-            raise NotFound(f"run {run_id} has no submission record")
-        return _sub_dict(row)
-
-    def submissions(self, states: tuple[str, ...] = ("queued", "started")) -> list[dict[str, Any]]:
-        """Submissions in ``states``, in queue order: priority (high first), then submission time."""
-        marks = ",".join("?" * len(states))
-        with self._lock:
-            rows = self.db.execute(f"SELECT * FROM submissions WHERE state IN ({marks})"
-                                   " ORDER BY priority DESC, submitted_at, run_id", states).fetchall()
-        return [_sub_dict(r) for r in rows]
-
-    def set_submission(self, run_id: str, state: str, note: str = "") -> None:
-        with self.tx() as db:
-            db.execute("UPDATE submissions SET state = ?, note = ? WHERE run_id = ?", (state, note, run_id))
-            _event(db, run_id, None, f"run.{state}", f"run {run_id}: {state}" + (f": {note}" if note else ""))
-
-    def set_submission_source(self, run_id: str, source: str, note: str) -> None:
-        """Change who carries a run on (``apply`` → ``handed-over``: a server of this store takes it), with an event."""
-        with self.tx() as db:
-            db.execute("UPDATE submissions SET source = ? WHERE run_id = ?", (source, run_id))
-            _event(db, run_id, None, "run.handed-over", f"run {run_id}: {note}")
-
-    def submission_state(self, run_id: str) -> str | None:
-        with self._lock:
-            row = self.db.execute("SELECT state FROM submissions WHERE run_id = ?", (run_id,)).fetchone()
-        return row["state"] if row else None
-
-    def cancel_submission(self, run_id: str) -> bool:
-        """Mark a queued or started submission cancelled (once); True if it was."""
-        with self.tx() as db:
-            cur = db.execute("UPDATE submissions SET state = 'cancelled', note = 'stopped on request'"
-                             " WHERE run_id = ? AND state IN ('queued', 'started')", (run_id,))
-            if cur.rowcount:
-                _event(db, run_id, None, "run.cancelled", f"run {run_id}: stopped on request; nothing more starts")
-            return bool(cur.rowcount)
-
-    def duplicate_of(self, spec_sha256: str, inputs: dict[str, Any]) -> str | None:
-        """The queued or running submission with this content and these inputs, if any."""
-        with self._lock:
-            row = self.db.execute("SELECT run_id FROM submissions WHERE spec_sha256 = ? AND inputs_json = ?"
-                                  " AND state IN ('queued', 'started') ORDER BY submitted_at LIMIT 1",
-                                  (spec_sha256, json.dumps(inputs, sort_keys=True))).fetchone()
-        return row["run_id"] if row else None
-
-    def record_intake(self, **fields: Any) -> int:
-        """An inbox file's outcome (rejected, duplicate, refused), recorded before the file is moved."""
-        with self.tx() as db:
-            return _intake(db, **fields)
-
-    def intake_moved(self, intake_id: int) -> None:
-        with self.tx() as db:
-            db.execute("UPDATE intake SET moved = 1 WHERE id = ?", (intake_id,))
-
-    def intake(self, unmoved: bool = False, limit: int = 50) -> list[dict[str, Any]]:
-        where = "WHERE moved = 0" if unmoved else ""
-        with self._lock:
-            rows = self.db.execute(f"SELECT * FROM intake {where} ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        return [dict(r) for r in rows]
-
     def record_decision(self, phase_id: int, reason: str, data: dict[str, Any]) -> bool:
         """A judged phase's chain decision and the event naming the next spec, in one transaction,
         once: returns False (and changes nothing) if the phase already has a decision."""
@@ -362,7 +183,7 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
                 (run_id, seq, name, spec_path, spec_sha256, json.dumps(inputs), time.time()),
             )
-            phase_id = int(cur.lastrowid)
+            phase_id = int(cur.lastrowid or 0)  # an INSERT always sets it
             _update(db, phase_id, fields)
             _event(db, run_id, phase_id, "phase.pending", f"phase {name} queued", {"inputs": inputs})
             return phase_id
@@ -510,19 +331,19 @@ class Store:
             rows = self.db.execute("SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT ?", (limit,)).fetchall()
         return [dict(r) for r in rows]
 
-    def phases(self, run_id: str) -> list[dict[str, Any]]:
+    def phases(self, run_id: str) -> list[PhaseRecord]:
         with self._lock:
             rows = self.db.execute("SELECT * FROM phases WHERE run_id = ? ORDER BY seq", (run_id,)).fetchall()
         return [_phase_dict(r) for r in rows]
 
-    def phase(self, phase_id: int) -> dict[str, Any]:
+    def phase(self, phase_id: int) -> PhaseRecord:
         with self._lock:
             row = self.db.execute("SELECT * FROM phases WHERE id = ?", (phase_id,)).fetchone()
         if row is None:
             raise NotFound(f"no phase with id {phase_id}")
         return _phase_dict(row)
 
-    def active_phases(self) -> list[dict[str, Any]]:
+    def active_phases(self) -> list[PhaseRecord]:
         marks = ",".join("?" * len(ACTIVE))
         with self._lock:
             rows = self.db.execute(f"SELECT * FROM phases WHERE status IN ({marks}) ORDER BY id", tuple(ACTIVE)).fetchall()
@@ -545,63 +366,9 @@ class Store:
         return [{**dict(r), "data": json.loads(r["data_json"])} for r in rows]
 
 
-def run_status(phases: list[dict[str, Any]]) -> str:
+def run_status(phases: Sequence[Mapping[str, Any]]) -> str:
     """A run's status, derived from its phases: the first active phase's status, else the last phase's."""
     for p in phases:
         if p["status"] in ACTIVE:
             return p["status"]
     return phases[-1]["status"] if phases else "pending"
-
-
-def _submit(db: sqlite3.Connection, run_id: str, spec_path: str, sha: str, inputs: dict, source: str, priority: int,
-            state: str) -> None:
-    now = time.time()
-    db.execute("INSERT INTO runs (id, spec_path, created_at) VALUES (?, ?, ?)", (run_id, spec_path, now))
-    db.execute("INSERT INTO submissions (run_id, spec_path, spec_sha256, inputs_json, priority, source, state, submitted_at)"
-               " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (run_id, spec_path, sha, json.dumps(inputs, sort_keys=True), priority,
-                                                    source, state, now))
-    _event(db, run_id, None, "run.created", f"run {run_id} created from {spec_path} ({source})",
-           {"inputs": inputs, "priority": priority})
-
-
-def _intake(db: sqlite3.Connection, name: str, state: str, reason: str, moved_to: str, source: str,
-            sha256: str | None = None, run_id: str | None = None) -> int:
-    cur = db.execute("INSERT INTO intake (name, sha256, state, reason, run_id, source, moved_to, at)"
-                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (name, sha256, state, reason, run_id, source, moved_to, time.time()))
-    return int(cur.lastrowid)
-
-
-def _sub_dict(row: sqlite3.Row) -> dict[str, Any]:
-    d = dict(row)
-    d["inputs"] = json.loads(d.pop("inputs_json") or "{}")
-    return d
-
-
-def _update(db: sqlite3.Connection, phase_id: int, fields: dict[str, Any]) -> None:
-    unknown = set(fields) - PHASE_FIELDS
-    if unknown:
-        raise ValueError(f"unknown phase fields {sorted(unknown)}")
-    for key, value in fields.items():
-        db.execute(f"UPDATE phases SET {key} = ? WHERE id = ?", (value, phase_id))  # key is from PHASE_FIELDS
-
-
-def _event(db: sqlite3.Connection, run_id: str, phase_id: int | None, kind: str, message: str, data: dict | None = None) -> None:
-    db.execute(
-        "INSERT INTO events (run_id, phase_id, at, kind, message, data_json) VALUES (?, ?, ?, ?, ?, ?)",
-        (run_id, phase_id, time.time(), kind, message, json.dumps(data or {}, default=str)),
-    )
-
-
-def _real(v: float) -> float | None:
-    # SQLite stores NaN as NULL; infinities are kept.
-    return None if v != v else v
-
-
-def _phase_dict(row: sqlite3.Row) -> dict[str, Any]:
-    d = dict(row)
-    d["inputs"] = json.loads(d.pop("inputs_json") or "{}")
-    d["outputs"] = json.loads(d.pop("outputs_json") or "{}")
-    d["judgement"] = json.loads(d.pop("judgement_json") or "null")
-    d["oom_killed"] = None if d["oom_killed"] is None else bool(d["oom_killed"])
-    d["stop_requested"] = bool(d["stop_requested"])
-    return d
