@@ -9,7 +9,7 @@ from __future__ import annotations
 import calendar
 import re
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import Iterator, Mapping, Protocol
 
 from runner.plan import LaunchPlan
 
@@ -105,7 +105,7 @@ class Backend(Protocol):
         """The container's output (stdout and stderr) as chunks, from its start (or from the unix
         time ``since``: lines logged in that second and after)."""
 
-    def find(self, labels: dict[str, str]) -> list[ContainerState]:
+    def find(self, labels: Mapping[str, str | None]) -> list[ContainerState]:
         """Containers (running or not) carrying all ``labels`` (a value of None: the key, any value)."""
 
     def remove(self, container_id: str) -> None:

@@ -6,7 +6,7 @@ this module knows docker-py exists.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import docker
 import docker.errors
@@ -198,7 +198,7 @@ class DockerBackend:
         except (requests.exceptions.ConnectionError, docker.errors.DockerException):
             return  # the stream ended with the container or the engine; callers re-inspect
 
-    def find(self, labels: dict[str, str]) -> list[ContainerState]:
+    def find(self, labels: Mapping[str, str | None]) -> list[ContainerState]:
         filters = {"label": [k if v is None else f"{k}={v}" for k, v in labels.items()]}
         found = self._call(self.client.containers.list, all=True, sparse=True, filters=filters)
         return [self.inspect(c.id) for c in found]

@@ -20,7 +20,7 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from runner.backends.base import ContainerState
 from runner.errors import ContainerNotFound, EngineUnavailable, GpuUnavailable, ImageMissing, LaunchError
@@ -175,7 +175,7 @@ class FakeBackend:
                 return
             time.sleep(FOLLOW_TICK_S)
 
-    def find(self, labels: dict[str, str]) -> list[ContainerState]:
+    def find(self, labels: Mapping[str, str | None]) -> list[ContainerState]:
         """Containers carrying all ``labels`` (None: any value).  Only looks: a polled script is not moved on."""
         with self._lock:
             self._check()

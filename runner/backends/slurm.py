@@ -17,7 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from runner import faults
 from runner.backends.base import ContainerState
@@ -433,7 +433,7 @@ class SlurmBackend:
             return False
         return ended
 
-    def find(self, labels: dict[str, str]) -> list[ContainerState]:
+    def find(self, labels: Mapping[str, str | None]) -> list[ContainerState]:
         """runner's jobs (named runner-…) carrying all ``labels``, queued, running or ended."""
         seen: dict[str, Job] = {}
         for job in self._sacct() + self._squeue():  # squeue last: the freshest state wins
