@@ -148,10 +148,13 @@ def _epoch(text: str) -> float | None:
 
 
 def labels_of(job: Job) -> dict[str, str]:
-    """runner's labels of a job: from its comment, else from its folder (RUNS/RUN/PHASE[.N]/slurm)."""
+    """The labels of a job: the JSON object of its comment (slurm_job.job_comment: every label of the plan; a
+    job submitted before that has runner's two only), else runner's two from its folder (RUNS/RUN/PHASE[.N]/slurm)."""
     try:
         found = json.loads(job.comment) if job.comment.startswith("{") else {}
     except ValueError:
+        found = {}
+    if not isinstance(found, dict):
         found = {}
     if not found and job.workdir.endswith("/slurm"):
         phase_dir = Path(job.workdir).parent
@@ -298,6 +301,7 @@ class SlurmBackend:
     def launch(self, plan: LaunchPlan) -> str:
         """Write the job script and submit it; return ``slurm:JOBID``.  A phase whose job already exists
         (pending, running or ended) is never submitted again."""
+        argv = sbatch_argv(plan, self.settings)  # before anything is written: labels too long are refused
         queued = self._run(["squeue", "--noheader", "--name", plan.container_name, "--format", "%i %T"]).stdout.split()
         existing = [(j.id, j.state) for j in self._sacct(name=plan.container_name) if j.name == plan.container_name]
         if queued or existing:
@@ -316,7 +320,7 @@ class SlurmBackend:
                 Path(stale).unlink(missing_ok=True)
         except OSError as exc:
             raise LaunchError(f"cannot write the job script in {folder}: {exc}") from None
-        done = self._run(sbatch_argv(plan, self.settings))
+        done = self._run(argv)
         jid = done.stdout.strip().split(";")[0]
         if not jid.isdigit():
             raise LaunchError(f"sbatch gave no job id: {done.stdout.strip()!r}")

@@ -27,7 +27,7 @@ import json
 import math
 import shlex
 
-from runner.errors import LaunchError
+from runner.errors import LaunchError, LaunchRefused
 from runner.plan import LaunchPlan
 from runner.settings import SlurmSettings
 
@@ -200,10 +200,30 @@ def time_limit_minutes(plan: LaunchPlan, settings: SlurmSettings) -> int | None:
     return max(1, math.ceil((plan.timeout + plan.stop_grace + SIGNAL_MARGIN_S + settings.time_margin) / 60))
 
 
+# The most characters runner puts in a job's --comment (slurmctld refuses a longer one: COMMENT_MAX).
+COMMENT_MAX = 1024
+
+
+def job_comment(plan: LaunchPlan) -> str:
+    """The job's ``--comment``: every label of the plan as one line of JSON, runner's own two first (how
+    inspect() and find() know the job's labels; slurm.labels_of reads it).  ASCII only (``ensure_ascii``: a
+    newline or any other character beyond it is a JSON escape), so no Slurm command's output or parsing
+    (sacct's ``|``-separated text, squeue's JSON) changes it.  Longer than ``COMMENT_MAX``: refused here,
+    with the labels named, rather than cut by Slurm or losing labels the engine finds jobs by."""
+    labels = {"runner.run-id": plan.run_id, "runner.phase": plan.phase}
+    labels.update((k, v) for k, v in plan.labels.items() if k not in labels)
+    comment = json.dumps(labels, separators=(",", ":"), ensure_ascii=True)
+    if len(comment) > COMMENT_MAX:
+        extra = sorted(k for k in plan.labels if not k.startswith("runner."))
+        raise LaunchRefused(f"the phase's labels take {len(comment)} characters as the Slurm job's comment (JSON), "
+                            f"over Slurm's limit of {COMMENT_MAX}", f"shorten or drop some of its labels ({', '.join(extra)})")
+    return comment
+
+
 def sbatch_argv(plan: LaunchPlan, settings: SlurmSettings) -> list[str]:
     """The sbatch command for a plan's job script (written at ``job_files(plan)['script']``)."""
     files = job_files(plan)
-    comment = json.dumps({"runner.run-id": plan.run_id, "runner.phase": plan.phase}, separators=(",", ":"))
+    comment = job_comment(plan)
     argv = ["sbatch", "--parsable", "--job-name", plan.container_name, "--comment", comment,
             "--chdir", slurm_dir(plan), "--output", files["out"], "--no-requeue",
             f"--signal=B:TERM@{int(plan.stop_grace) + SIGNAL_MARGIN_S}"]

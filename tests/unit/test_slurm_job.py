@@ -8,8 +8,9 @@ import subprocess
 import pytest
 
 from runner.backends.slurm import Job, container_state, labels_of, parse_sacct, parse_squeue
-from runner.backends.slurm_job import NOT_SHARED, POST_STOP_WAIT_S, SIGNAL_MARGIN_S, docker_run_argv, job_script, sbatch_argv, time_limit_minutes
-from runner.errors import LaunchError, SpecError
+from runner.backends.slurm_job import (COMMENT_MAX, NOT_SHARED, POST_STOP_WAIT_S, SIGNAL_MARGIN_S, docker_run_argv, job_script,
+                                       sbatch_argv, time_limit_minutes)
+from runner.errors import LaunchError, LaunchRefused, SpecError
 from runner.plan import BindMount, LaunchPlan
 from runner.settings import SlurmSettings, load_settings
 
@@ -50,12 +51,31 @@ def test_sbatch_argv_is_exact():
     settings = SlurmSettings(partition="gpu", account="speech", sbatch_args=["--constraint=a100"], time_margin=300)
     assert sbatch_argv(plan(), settings) == [
         "sbatch", "--parsable", "--job-name", "runner-r1-phase1",
-        "--comment", '{"runner.run-id":"r1","runner.phase":"phase1"}',
+        "--comment", '{"runner.run-id":"r1","runner.phase":"phase1"}',  # plan()'s labels are runner's two
         "--chdir", "/shared/runs/r1/phase1/slurm", "--output", "/shared/runs/r1/phase1/slurm/runner-r1-phase1.out",
         "--no-requeue", "--signal=B:TERM@60", "--time", "66", "--gres=gpu:2", "--cpus-per-task", "4", "--mem=8192M",
         "--partition", "gpu", "--account", "speech", "--constraint=a100",
         "/shared/runs/r1/phase1/slurm/runner-r1-phase1.sh",
     ]
+
+
+def test_the_comment_carries_every_label_of_the_plan_and_reads_back_from_squeue_and_sacct():
+    labels = {"runner.run-id": "r1", "runner.phase": "phase1", "runner.spec-sha256": "ab" * 32, "team": "speech",
+              "note": 'a|b=c "d"\nnext', "lang": "Grüße"}
+    argv = sbatch_argv(plan(labels=labels), SlurmSettings())
+    comment = argv[argv.index("--comment") + 1]
+    assert comment.isascii() and "\n" not in comment and comment.startswith('{"runner.run-id":"r1","runner.phase":"phase1",')
+    # sacct's parsable text (Comment last, "|" in it) and squeue's JSON give the labels back whole
+    (from_sacct,) = parse_sacct(f"12|runner-r1-phase1|COMPLETED|0:0|n1|/w/slurm|Unknown|Unknown|gpu|{comment}\n")
+    (from_squeue,) = parse_squeue(json.dumps({"jobs": [{"job_id": 12, "name": "runner-r1-phase1", "job_state": "RUNNING",
+                                                        "comment": comment}]}))
+    assert labels_of(from_sacct) == labels_of(from_squeue) == labels
+
+
+def test_labels_too_long_for_slurms_comment_are_refused_before_anything_is_submitted():
+    with pytest.raises(LaunchRefused, match=f"over Slurm's limit of {COMMENT_MAX}") as err:
+        sbatch_argv(plan(labels={"runner.run-id": "r1", "runner.phase": "phase1", "big": "x" * COMMENT_MAX}), SlurmSettings())
+    assert "(big)" in (err.value.hint or "")
 
 
 def test_time_limit_leaves_runner_the_first_word():
