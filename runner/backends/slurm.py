@@ -302,10 +302,14 @@ class SlurmBackend:
         """Write the job script and submit it; return ``slurm:JOBID``.  A phase whose job already exists
         (pending, running or ended) is never submitted again."""
         argv = sbatch_argv(plan, self.settings)  # before anything is written: labels too long are refused
-        queued = self._run(["squeue", "--noheader", "--name", plan.container_name, "--format", "%i %T"]).stdout.split()
-        existing = [(j.id, j.state) for j in self._sacct(name=plan.container_name) if j.name == plan.container_name]
-        if queued or existing:
-            jid, state = (queued[0], queued[1]) if len(queued) > 1 else existing[0]
+        # squeue with --states=all: pending, running and ended jobs slurmctld still holds (MinJobAge), so a job
+        # that has just ended is seen before accounting has it (sacct lags a few seconds); sacct for older ones.
+        listed = self._run(["squeue", "--noheader", "--states=all", "--name", plan.container_name,
+                            "--format", "%i %T"]).stdout.split()
+        existing = list(zip(listed[::2], listed[1::2]))
+        existing += [(j.id, j.state) for j in self._sacct(name=plan.container_name) if j.name == plan.container_name]
+        if existing:
+            jid, state = existing[0]
             raise LaunchError(f"a Slurm job named {plan.container_name} already exists (job {jid}, {state}): "
                               "this phase was launched before")
         files = job_files(plan)
