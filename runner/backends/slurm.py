@@ -6,7 +6,8 @@ The "container id" the engine records is ``slurm:JOBID``.  A job is found again 
 container's deterministic name, ``runner-RUN-PHASE``), so a runner restarted anywhere re-adopts it
 and never submits a phase twice.  State comes from ``squeue --json`` while Slurm holds the job, and
 from ``sacct`` after (its parsable text: 22.05's ``--json`` loses exit codes); the container's own exit code and OOM kill from the ``.exit.json`` file
-the job writes (see slurm_job).  Logs are the job's output file, followed like ``tail -f``.
+the job writes (see slurm_job).  Logs are the job's output file, followed like ``tail -f``; ``since`` finds
+its second in the output's clock the job keeps next to it (``.times``).  Labels: the job's comment (JSON).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, BinaryIO, Iterator, Mapping
 
 from runner import faults
 from runner.backends.base import ContainerState
@@ -295,7 +296,8 @@ class SlurmBackend:
     def _files_of(self, job: Job) -> dict[str, str]:
         if job.id not in self._files and job.workdir and job.name:
             base = f"{job.workdir}/{job.name}"
-            self._files[job.id] = {"out": f"{base}.out", "exit": f"{base}.exit.json", "script": f"{base}.sh"}
+            self._files[job.id] = {"out": f"{base}.out", "exit": f"{base}.exit.json", "script": f"{base}.sh",
+                                   "times": f"{base}.times"}
         return self._files.get(job.id, {})
 
     def launch(self, plan: LaunchPlan) -> str:
@@ -320,7 +322,7 @@ class SlurmBackend:
             Path(files["token"]).write_text(token)
             Path(files["script"]).write_text(job_script(plan, self.settings, token))
             os.chmod(files["script"], 0o755)
-            for stale in (files["exit"], files["out"]):
+            for stale in (files["exit"], files["out"], files["times"]):
                 Path(stale).unlink(missing_ok=True)
         except OSError as exc:
             raise LaunchError(f"cannot write the job script in {folder}: {exc}") from None
@@ -391,26 +393,32 @@ class SlurmBackend:
                 escalated, deadline = True, time.monotonic() + 60
 
     def logs(self, container_id: str, follow: bool = False, since: int | None = None) -> Iterator[bytes]:
-        """The job's output file from its start; with ``follow``, until the job has ended (``since`` has
-        no use here: a file is never cut short like an engine's stream)."""
+        """The job's output file from its start, or (``since``: a unix time) from the first line logged in
+        that second or after, as Docker's ``since``; with ``follow``, until the job has ended.
+
+        Where the output stood as each second began is the job's ``NAME.times`` (written on the node by the
+        job script, slurm_job.py): the stream starts at the line that holds that offset.  Exact to the
+        clock's lateness (milliseconds; a sample over ``SINCE_SLACK_S`` late is not used, and the stream
+        starts earlier, never later) and to the node's clock agreeing with this host's.  A job submitted
+        before the script kept the clock has no ``NAME.times``: a stream with ``since`` goes on from where
+        this process's last stream of it stopped (its whole output in a new process)."""
         jid = job_id(container_id)
         files = self._files.get(jid) or self._files_of(self._job(jid))
         path = files.get("out")
         if not path:
             return
-        # A stream opened again (``since``: the engine reconnecting) goes on from where this process's last
-        # one stopped: nothing is sent twice.
-        offset = self._log_offsets.get(jid, 0) if since is not None else 0
+        offset = 0 if since is None else self._since_offset(jid, files, since)
         handle = None
         try:
             while handle is None:
                 try:
                     handle = open(path, "rb")
-                    handle.seek(offset)
                 except FileNotFoundError:
                     if not follow or self._ended(jid):
                         return
                     time.sleep(0.5)
+            offset = line_start(handle, offset)
+            handle.seek(offset)
             while True:
                 chunk = handle.read(65536)
                 if chunk:
@@ -429,6 +437,20 @@ class SlurmBackend:
         finally:
             if handle is not None:
                 handle.close()
+
+    def _since_offset(self, jid: str, files: dict[str, str], since: float) -> int:
+        """Where in the job's output the unix second ``since`` begins (see logs)."""
+        try:
+            return since_offset(Path(files["times"]).read_text(errors="replace"), since)
+        except (OSError, KeyError):
+            pass
+        try:
+            keeps_time = "times_file=" in Path(files["script"]).read_text(errors="replace")
+        except (OSError, KeyError):
+            keeps_time = False
+        # No clock yet (no second has begun with output in the file): from the start.  A job from before the
+        # clock: on from where this process's last stream stopped.
+        return 0 if keeps_time else self._log_offsets.get(jid, 0)
 
     def _ended(self, jid: str) -> bool:
         """For logs(): has the job ended?  Asked through inspect's cache (the controller is not polled
@@ -456,6 +478,41 @@ class SlurmBackend:
 
     def remove(self, container_id: str) -> None:
         """Nothing to remove: the job script removes its container when it ends (the job's files stay)."""
+
+
+# A sample of the job's output clock taken this late into its second still counts as the second's start.
+SINCE_SLACK_S = 0.1
+
+
+def since_offset(times: str, since: float) -> int:
+    """Pure: from a job's ``NAME.times`` (lines ``UNIX_TIME SIZE``, in time order, written just after a second
+    begins when the output has grown), the output's size as the unix second ``since`` began: the last sample
+    before it (or taken within ``SINCE_SLACK_S`` of its start).  0 when none is: all the output is as late."""
+    offset = 0
+    for line in times.splitlines():
+        parts = line.split()
+        try:
+            at, size = float(parts[0]), int(parts[1])
+        except (IndexError, ValueError):
+            continue  # a line being written
+        if at >= since + SINCE_SLACK_S:
+            break
+        offset = size
+    return offset
+
+
+def line_start(handle: BinaryIO, offset: int) -> int:
+    """The start of the line that holds byte ``offset`` of a file: a line begun before a second and ended in it
+    is of that second (Docker stamps a line when its end is read)."""
+    pos = min(offset, handle.seek(0, os.SEEK_END))
+    while pos > 0:
+        step = min(pos, 65536)
+        handle.seek(pos - step)
+        newline = handle.read(step).rfind(b"\n")
+        if newline >= 0:
+            return pos - step + newline + 1
+        pos -= step
+    return 0
 
 
 def _last_lines(path: str, n: int) -> str:

@@ -12,6 +12,8 @@ Files, all in ``PHASE_DIR/slurm/`` (on the filesystem runner's host and the node
 * ``NAME.token``     written by runner just before sbatch; the job checks it sees the same bytes, or
                      the folder is not shared with the node (exit ``NOT_SHARED``);
 * ``NAME.out``       the job's output: the container's stdout and stderr, and lines ``runner-slurm: ...``;
+* ``NAME.times``     the output's clock: a line ``UNIX_TIME SIZE`` (seconds with nanoseconds, bytes) written
+                     just after each second begins in which ``NAME.out`` has grown (read by logs(since=));
 * ``NAME.exit.json`` written by the job when the container has ended: its exit code, whether it was
                      OOM-killed, the node, and the stage it got to.
 
@@ -57,7 +59,8 @@ def slurm_dir(plan: LaunchPlan) -> str:
 
 def job_files(plan: LaunchPlan) -> dict[str, str]:
     base = f"{slurm_dir(plan)}/{plan.container_name}"
-    return {"script": f"{base}.sh", "token": f"{base}.token", "out": f"{base}.out", "exit": f"{base}.exit.json"}
+    return {"script": f"{base}.sh", "token": f"{base}.token", "out": f"{base}.out", "exit": f"{base}.exit.json",
+            "times": f"{base}.times"}
 
 
 def gpu_count(plan: LaunchPlan) -> int:
@@ -134,6 +137,23 @@ def job_script(plan: LaunchPlan, settings: SlurmSettings, token: str) -> str:
         ' (not a shared filesystem)"',
         f"  exit {NOT_SHARED}",
         "fi",
+        # The output's clock, for logs(since=): just after each second begins, the output file's size when it
+        # has grown ("UNIX_TIME SIZE"; the time read before the size).  Its own process, never in the output's
+        # way (the container writes to the file directly); ended with the script.
+        f"out_file={q(files['out'])}",
+        f"times_file={q(files['times'])}",
+        "clock() {",
+        "  local last=-1 ns left now size",
+        "  while :; do",
+        "    ns=$(date +%N) && left=$((1000000000 - 10#$ns)) || left=1000000000",
+        "    sleep \"$((left / 1000000000)).$(printf '%09d' $((left % 1000000000)))\"",
+        "    now=$(date +%s.%N) && size=$(stat -c %s -- \"$out_file\" 2>/dev/null) || continue",
+        "    if [ \"$size\" != \"$last\" ]; then printf '%s %s\\n' \"$now\" \"$size\" >> \"$times_file\"; last=$size; fi",
+        "  done",
+        "}",
+        "clock </dev/null >/dev/null 2>&1 &",
+        "clock_pid=$!",
+        "trap 'kill \"$clock_pid\" 2>/dev/null' EXIT",
         'if ! "${docker[@]}" version >/dev/null 2>&1; then',
         '  say "no Docker engine answers on node ${SLURMD_NODENAME:-?}: ${docker[*]} version failed"',
         f"  record null false no-engine; exit {NO_ENGINE}",

@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from runner.backends.slurm import Job, container_state, labels_of, parse_sacct, parse_squeue
-from runner.backends.slurm_job import (COMMENT_MAX, NOT_SHARED, POST_STOP_WAIT_S, SIGNAL_MARGIN_S, docker_run_argv, job_script,
-                                       sbatch_argv, time_limit_minutes)
+from runner.backends.slurm import Job, SlurmBackend, container_state, labels_of, line_start, parse_sacct, parse_squeue, since_offset
+from runner.backends.slurm_job import (COMMENT_MAX, NOT_SHARED, POST_STOP_WAIT_S, SIGNAL_MARGIN_S, docker_run_argv, job_files,
+                                       job_script, sbatch_argv, time_limit_minutes)
 from runner.errors import LaunchError, LaunchRefused, SpecError
 from runner.plan import BindMount, LaunchPlan
 from runner.settings import SlurmSettings, load_settings
@@ -162,6 +162,67 @@ def test_labels_come_from_the_comment_or_else_the_folder():
     assert labels_of(job(comment=json.dumps({"runner.run-id": "rX", "runner.phase": "p"}))) == \
         {"runner.run-id": "rX", "runner.phase": "p"}
     assert labels_of(job(workdir="/s/runs/r9/phase2.3/slurm")) == {"runner.run-id": "r9", "runner.phase": "phase2"}
+
+
+def test_since_starts_at_the_output_size_sampled_as_that_second_began():
+    times = "100.004 10\n101.003 25\n102.150 40\n103.002 55\n104.0"  # the last line is being written
+    assert since_offset(times, 99) == 0  # before any sample: all of it
+    assert since_offset(times, 100) == 10
+    assert since_offset(times, 101) == 25
+    assert since_offset(times, 102) == 25  # sampled 150 ms late: not used, the stream starts earlier (never later)
+    assert since_offset(times, 103) == 55
+    assert since_offset(times, 500) == 55
+    assert since_offset("", 100) == 0
+
+
+def test_a_stream_since_starts_at_the_line_that_holds_the_offset(tmp_path):
+    path = tmp_path / "out"
+    path.write_bytes(b"one\ntwo\n" + b"x" * 200_000 + b"\nlast")
+    with open(path, "rb") as handle:
+        assert [line_start(handle, n) for n in (0, 1, 4, 5, 8)] == [0, 0, 4, 4, 8]
+        assert line_start(handle, 150_000) == 8  # a long line: back over chunks
+        assert line_start(handle, 10**9) == 200_009  # past the end: the last line
+
+
+# A stand-in docker that prints a line, another 2.2 s later, and exits 0 (for the output's clock).
+CLOCK_DOCKER = r"""#!/bin/bash
+d=$(dirname "$0")/state
+mkdir -p "$d"
+case "$1" in
+  version) exit 0 ;;
+  inspect) [ -e "$d/ran" ] || exit 1; [ "$2" = -f ] && echo "0 false exited"; exit 0 ;;
+  run) echo early; sleep 2.2; echo late; touch "$d/ran" ;;
+esac
+"""
+
+
+def test_the_job_script_keeps_the_outputs_clock_and_logs_since_reads_it(tmp_path):
+    import os
+    import time
+
+    (tmp_path / "docker").write_text(CLOCK_DOCKER)
+    (tmp_path / "docker").chmod(0o755)
+    p = plan(phase_dir=str(tmp_path / "phase"), gpus=0)
+    files = job_files(p)
+    (tmp_path / "phase" / "slurm").mkdir(parents=True)
+    (tmp_path / "phase" / "slurm" / "runner-r1-phase1.token").write_text("tok")
+    (tmp_path / "job.sh").write_text(job_script(p, SlurmSettings(docker=[str(tmp_path / "docker")]), "tok"))
+    with open(files["out"], "wb") as out:  # as Slurm's --output
+        proc = subprocess.Popen(["bash", str(tmp_path / "job.sh")], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "SLURMD_NODENAME": "n1"})
+    deadline = time.monotonic() + 10
+    while b"early" not in open(files["out"], "rb").read():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    since = int(time.time()) + 1  # "early" came before that second, "late" comes in it or after
+    assert proc.wait(timeout=20) == 0
+    times = [line.split() for line in open(files["times"]).read().splitlines()]
+    assert times and all(float(t) > since - 5 and int(size) > 0 for t, size in times)
+    backend = SlurmBackend()
+    backend._files["1"] = files
+    assert b"".join(backend.logs("slurm:1", since=since)) == b"late\n"
+    assert b"".join(backend.logs("slurm:1", since=since - 10)) == b"runner-slurm: node n1\nearly\nlate\n"
+    assert b"".join(backend.logs("slurm:1")) == open(files["out"], "rb").read()
 
 
 def test_squeue_and_sacct_json_of_both_shapes():
