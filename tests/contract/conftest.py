@@ -2,10 +2,10 @@
 
 Each test describes what its container does as a ``Program`` (harness.py: lines, a pause, more lines, an exit
 code, exit 143 on SIGTERM); the harness runs it as a shell command on the base image (Docker; Slurm, whose job
-runs it with docker on a node) or as a clock-driven ``Script`` (FakeBackend).  Docker and Slurm are marked ``integration``:
-they use the real engine and images (tests/integration/conftest.py's ``docker_client``) and the real test
-cluster (tests/slurm/conftest.py's ``slurm_cluster``).  Every container and job a test starts is stopped and
-removed at its end.
+runs it with docker on a node) or as a clock-driven ``Script`` (FakeBackend).  Docker and Slurm are marked
+``integration``: they use the real engine and images (``docker_client``) and the real test cluster
+(``slurm_cluster``), the session's one of each (tests/conftest.py: the cluster is up once for tests/contract and
+tests/slurm together).  Every container and job a test starts is stopped and removed at its end.
 """
 from __future__ import annotations
 
@@ -16,16 +16,7 @@ import pytest
 
 from runner.backends.fake import FakeBackend
 from tests.contract.harness import CONTRACT_LABEL, Contract
-from tests.integration.conftest import BASE_IMAGE, docker_client  # noqa: F401  (the engine, images checked)
-from tests.slurm import conftest as slurm_conftest  # its slurm_cluster, run per package (contract_cluster)
-
-
-@pytest.fixture(scope="package")
-def contract_cluster():
-    """tests/slurm's own ``slurm_cluster`` fixture, for this package.  Not imported as the session fixture: a
-    fixture imported into two conftests is two fixtures, and the second one up would wait on the first's lock
-    until the session ends (tests/contract runs before tests/slurm).  This one is down when the package is done."""
-    yield from slurm_conftest.slurm_cluster.__wrapped__()
+from tests.integration.conftest import BASE_IMAGE
 
 
 @pytest.fixture(params=["fake", pytest.param("docker", marks=pytest.mark.integration),
@@ -59,7 +50,7 @@ def contract(backend_kind, request, tmp_path, monkeypatch):
     from runner.backends.slurm import SlurmBackend
     from runner.settings import SlurmSettings
 
-    cluster = request.getfixturevalue("contract_cluster")
+    cluster = request.getfixturevalue("slurm_cluster")
     for key, value in cluster.env.items():
         monkeypatch.setenv(key, value)
     c = Contract("slurm", SlurmBackend(SlurmSettings(poll_interval=0.5)), uid, cluster.base / "jobs" / f"contract-{uid}",

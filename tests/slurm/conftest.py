@@ -1,19 +1,13 @@
-"""The session-scoped ``slurm_cluster`` fixture: one real two-node Slurm cluster (tests/slurm/cluster.py) for
-the whole test session, brought up on first use and torn down at the end.
-
-Two test sessions on one machine would share the bridge, the namespaces and the base folder: a lock file next
-to the base folder makes the second wait for the first (up to 10 minutes).  Leftovers of a crashed session
-(daemons recorded in <base>/run, namespaces, bridge, the DOCKER-USER rule) are cleaned by ``up()``.
-"""
+"""The Slurm tests' ``store`` fixture (a run store on the cluster's shared folder).  The cluster itself is the
+session-scoped ``slurm_cluster`` fixture of tests/conftest.py (one for the session, shared with tests/contract),
+and ``docker_client`` comes from there too."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -21,38 +15,11 @@ import docker
 
 import pytest
 
-from tests.integration.conftest import docker_client, wait_for  # noqa: F401  (images checked; polling)
-from tests.slurm.cluster import SlurmCluster, SlurmClusterError
+from tests.integration.conftest import wait_for
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slurm: needs root and runs a real two-node Slurm cluster (tests/slurm)")
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster():
-    if os.geteuid() != 0:
-        pytest.fail("the Slurm test cluster needs root (network namespaces, a bridge, iptables); CI runs as root", pytrace=False)
-    cluster = SlurmCluster()
-    lock_path = cluster.base.parent / f"{cluster.base.name}.lock"
-    with open(lock_path, "w") as lock:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"another test session holds {lock_path} (its Slurm cluster) for over 10 minutes")
-                time.sleep(1)
-        try:
-            cluster.up()
-        except SlurmClusterError as e:
-            pytest.fail(f"the Slurm test cluster did not come up: {e}", pytrace=False)
-        try:
-            yield cluster
-        finally:
-            cluster.down()
 
 
 class Store:
