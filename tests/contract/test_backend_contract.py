@@ -12,19 +12,6 @@ import pytest
 from runner.errors import ContainerNotFound, ImageMissing, LaunchError
 from tests.contract.harness import CONTRACT_LABEL, MISSING_IMAGE, Program
 
-SLURM_SINCE = ("slurm.py's logs() reads `since` as 'go on from where this process's last stream stopped', not as "
-               "a unix time: a first stream with since= gives the whole output")
-SLURM_LABELS = ("the Slurm job carries only runner.run-id and runner.phase (sbatch --comment, slurm_job.sbatch_argv): "
-                "other labels of the plan are on the node's container but not in inspect() or find()")
-SLURM_RELAUNCH = ("slurm.py's launch() looks for a job of that name with plain `squeue` (pending and running jobs only) "
-                  "and sacct (which has a job ~4 s after slurmctld): a job that has just ended is in neither, and a "
-                  "second job of the same name is submitted (racy: refused once accounting has the first)")
-
-
-def xfail_on(contract, request, kind: str, reason: str, strict: bool = True) -> None:
-    if contract.kind == kind:
-        request.applymarker(pytest.mark.xfail(reason=reason, strict=strict))
-
 
 def test_the_engine_answers(contract):
     contract.backend.ping()
@@ -65,8 +52,7 @@ def test_logs_give_the_whole_output_stdout_and_stderr(contract):
     assert lines.count("to-stderr") == 1
 
 
-def test_logs_since_give_the_lines_logged_in_that_second_and_after(contract, request):
-    xfail_on(contract, request, "slurm", SLURM_SINCE)
+def test_logs_since_give_the_lines_logged_in_that_second_and_after(contract):
     cid, _ = contract.launch(Program(before=("early",), pause=2.5, after=("late",)))
     since = int(contract.logged(cid, "early")) + 1  # "early" came before that second, "late" comes after
     contract.ended(cid)
@@ -108,8 +94,7 @@ def test_runner_labels_round_trip_and_find_finds_by_label_without_changing_anyth
     assert {s.ended for s in backend.find({"runner.run-id": run})} == {True}  # find sees the end too
 
 
-def test_every_label_of_the_plan_round_trips(contract, request):
-    xfail_on(contract, request, "slurm", SLURM_LABELS)
+def test_every_label_of_the_plan_round_trips(contract):
     cid, plan = contract.launch(Program(), labels={"team": "speech", "note": "a b=c"})
     state = contract.ended(cid)
     assert plan.labels.items() <= state.labels.items(), state.labels
@@ -141,8 +126,7 @@ def test_a_second_container_with_the_same_name_is_refused(contract):
     assert [s.id for s in contract.backend.find({"runner.run-id": contract.run_id})] == [cid]
 
 
-def test_a_second_container_with_the_same_name_is_refused_once_the_first_has_ended(contract, request):
-    xfail_on(contract, request, "slurm", SLURM_RELAUNCH, strict=False)
+def test_a_second_container_with_the_same_name_is_refused_once_the_first_has_ended(contract):
     cid, plan = contract.launch(Program())
     contract.ended(cid)
     with pytest.raises(LaunchError, match="already exists"):
