@@ -4,13 +4,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from runner.cli import _common
 from runner.cli._render import STATUS_WIDTH, add_row, progress_text, render_view, say, server_line, short_time
+
+if TYPE_CHECKING:
+    from runner.engine import Engine
 
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -50,7 +53,6 @@ def status_table(lines: list[dict[str, str]], width: int | None) -> Table:
 def run(args: argparse.Namespace, console: Console) -> int:
     from runner.server.server import find_server
     from runner.runs.operations import reconcile, run_document
-    from runner.store import ACTIVE
     from runner.runs.views import queue_rows, run_view
 
     engine = _common.engine(args, existing=True)
@@ -75,6 +77,18 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if args.wide:
         console = Console(highlight=False, width=100_000, file=console.file)
     width = None if args.wide else min(console.width, STATUS_WIDTH)
+    lines = _table_lines(engine, views, width)
+    console.print(status_table(lines, width))
+    if args.run:
+        _details(console, engine, views[0])
+    if note:
+        say(console, note)
+    return 0
+
+
+def _table_lines(engine: Engine, views: list[dict], width: int | None) -> list[dict]:
+    """One line per phase of each run: its status, supervisor, verdict, exit, start, progress and reason."""
+    store = engine.store
     lines = []
     for view in views:
         rows = {r["name"]: r for r in store.phases(view["id"])}
@@ -89,30 +103,32 @@ def run(args: argparse.Namespace, console: Console) -> int:
                           "VERDICT": verdict,
                           "EXIT": "" if p["exit_code"] is None else str(p["exit_code"]), "STARTED": short_time(p["started_at"]),
                           "PROGRESS": progress if width is None else progress[:36], "REASON": p["reason"]})
-    console.print(status_table(lines, width))
-    if args.run:
-        for p in views[0]["phases"]:
-            if p["explanation"] or p["decision"] or p["reason"]:
-                console.print()
-                kind = f" ({p['failure_kind']})" if p.get("failure_kind") else ""
-                say(console, f"phase {p['name']}: verdict {p['verdict'] or '-'}{kind}")
-                if p.get("degraded"):
-                    say(console, f"  degraded: {p['degraded']}")
-                if p["reason"] and p["reason"] not in (p["explanation"] or ""):
-                    say(console, f"  reason: {p['reason']}")
-                for line in (p["explanation"] or "").splitlines():
-                    say(console, f"  {line}")
-                if p["decision"]:
-                    say(console, f"  next: {p['decision']}")
-        for p, row in zip(views[0]["phases"], store.phases(views[0]["id"])):
-            if row["status"] in ACTIVE:
-                console.print()
-                say(console, f"phase {row['name']}: supervised by {p.get('supervisor') or 'nobody'}"
-                    + (f" (`runner attach {views[0]['id']}` supervises it here)" if p.get("supervisor") == "nobody" else ""))
-                console.print(render_view(row["name"], {**engine.view(row["id"]), "state": row["status"]}))
-        console.print()
-        for e in views[0]["events"]:
-            say(console, f"{e['at']}  {e['message']}")
-    if note:
-        say(console, note)
-    return 0
+    return lines
+
+
+def _details(console: Console, engine: Engine, view: dict) -> None:
+    """`runner status RUN`: each phase's verdict and explanation, the live view of its active phases, its events."""
+    from runner.store import ACTIVE
+
+    for p in view["phases"]:
+        if p["explanation"] or p["decision"] or p["reason"]:
+            console.print()
+            kind = f" ({p['failure_kind']})" if p.get("failure_kind") else ""
+            say(console, f"phase {p['name']}: verdict {p['verdict'] or '-'}{kind}")
+            if p.get("degraded"):
+                say(console, f"  degraded: {p['degraded']}")
+            if p["reason"] and p["reason"] not in (p["explanation"] or ""):
+                say(console, f"  reason: {p['reason']}")
+            for line in (p["explanation"] or "").splitlines():
+                say(console, f"  {line}")
+            if p["decision"]:
+                say(console, f"  next: {p['decision']}")
+    for p, row in zip(view["phases"], engine.store.phases(view["id"])):
+        if row["status"] in ACTIVE:
+            console.print()
+            say(console, f"phase {row['name']}: supervised by {p.get('supervisor') or 'nobody'}"
+                + (f" (`runner attach {view['id']}` supervises it here)" if p.get("supervisor") == "nobody" else ""))
+            console.print(render_view(row["name"], {**engine.view(row["id"]), "state": row["status"]}))
+    console.print()
+    for e in view["events"]:
+        say(console, f"{e['at']}  {e['message']}")
