@@ -29,6 +29,7 @@ class LogPump:
         self.sup = sup
         self.fresh = fresh
         self.pumped = time.monotonic()  # when the pump last passed lines on
+        self.writable = True  # until a write to container.log fails (a full disk)
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def start(self) -> LogPump:
@@ -50,28 +51,8 @@ class LogPump:
         overlap: list[bytes] | None = None  # after a reconnect: recent lines the new stream may repeat
         since: int | None = None
         last_line_at = time.time()
-        writable = True
         reporter, backend = self.core.reporter, self.core.backend
-
-        def emit_all(lines: list[bytes], out: ContainerLog) -> None:
-            """One write for a chunk's lines (a flood is written at disk speed), then each line to the parsers."""
-            nonlocal writable
-            if not lines:
-                return
-            if writable:
-                try:
-                    out.write(b"\n".join(lines) + b"\n")
-                except OSError as exc:  # a full disk: the log file stops, the metrics and the view go on
-                    writable = False
-                    reporter.info(f"cannot write {self.log_path} ({exc}); the container's output is still "
-                                  "read (`docker logs` has all of it)")
-            for line in lines:
-                text = line.decode("utf-8", "replace")
-                reporter.log_line(text)
-                if self.sup is not None:
-                    self.sup.feed_line(text)
-            self.pumped = time.monotonic()
-
+        emit_all = self._emit_all
         try:
             with ContainerLog(self.log_path, fresh=self.fresh) as out:
                 while True:
@@ -107,6 +88,24 @@ class LogPump:
                     since, overlap = int(last_line_at) - 2, list(recent)
         except RunnerError as exc:
             reporter.info(f"log stream ended: {exc}")
+
+    def _emit_all(self, lines: list[bytes], out: ContainerLog) -> None:
+        """One write for a chunk's lines (a flood is written at disk speed), then each line to the parsers."""
+        if not lines:
+            return
+        if self.writable:
+            try:
+                out.write(b"\n".join(lines) + b"\n")
+            except OSError as exc:  # a full disk: the log file stops, the metrics and the view go on
+                self.writable = False
+                self.core.reporter.info(f"cannot write {self.log_path} ({exc}); the container's output is still "
+                                        "read (`docker logs` has all of it)")
+        for line in lines:
+            text = line.decode("utf-8", "replace")
+            self.core.reporter.log_line(text)
+            if self.sup is not None:
+                self.sup.feed_line(text)
+        self.pumped = time.monotonic()
 
     def _log_rest(self, skip: int) -> Iterator[bytes]:
         """An ended container's output after its first ``skip`` bytes, as chunks (none when it cannot be read)."""
