@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +36,8 @@ def _matches(rule: NextRule, verdict: str, metrics: MetricSet, failed: set[str])
     return j.passed is True, "when: " + "; ".join(line.strip() for line in j.lines())
 
 
-def decide(rules: list[NextRule], verdict: str, metrics: MetricSet, outputs: dict, inputs: dict, run: dict,
-           spec_folder: Path, fired: dict[int, int], failed: set[str] | None = None) -> Decision:
+def decide(rules: list[NextRule], verdict: str, metrics: MetricSet, outputs: dict[str, Any], inputs: dict[str, Any],
+           run: dict[str, Any], spec_folder: Path, fired: dict[int, int], failed: set[str] | None = None) -> Decision:
     """The first matching rule that has iterations left; ``fired`` counts earlier firings per rule index;
     ``failed``: the names of the phase's recorded failure kind (``lifecycle.failure_names``)."""
     notes = []

@@ -21,6 +21,8 @@ Where each decision is made (the parts import downwards only, in this order):
 """
 from __future__ import annotations
 
+from typing import Any
+
 from pathlib import Path
 
 from runner.decisions import graph
@@ -68,7 +70,7 @@ class Engine(Core):
         self.store.submit(run_id, str(loaded.path), loaded.sha256, inputs, source, priority, state)
         return run_id
 
-    def plan(self, loaded: LoadedSpec, inputs: dict[str, str], run_id: str, attempt: int = 1) -> tuple[Phase, LaunchPlan, dict]:
+    def plan(self, loaded: LoadedSpec, inputs: dict[str, str], run_id: str, attempt: int = 1) -> tuple[Phase, LaunchPlan, dict[str, Any]]:
         return plan_spec(self, loaded, inputs, run_id, attempt)
 
     def drive(self, run_id: str, detach: bool = False) -> RunResult:
@@ -96,5 +98,5 @@ class Engine(Core):
         """The phase's session as the store has it (metrics read so far, guards fed, checkpoints)."""
         return PhaseSession.restored(self, phase_id)
 
-    def view(self, phase_id: int) -> dict:
+    def view(self, phase_id: int) -> dict[str, Any]:
         return view_of(self, phase_id)

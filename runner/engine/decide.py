@@ -2,6 +2,8 @@
 it failed, else its `next:` rules (decided by the pure runner.decisions.chain)."""
 from __future__ import annotations
 
+from typing import Any
+
 from runner.decisions import chain
 from runner.engine.ports import Core, PhaseResult
 from runner.engine.records import folder_of, phase_of, result_of
@@ -29,11 +31,11 @@ def decide(core: Core, phase_id: int, sup: PhaseSession) -> PhaseResult:
     return result
 
 
-def run_context(core: Core, row: dict) -> dict:
+def run_context(core: Core, row: dict[str, Any]) -> dict[str, Any]:
     return {"id": row["run_id"], "dir": str(core.runs_dir / row["run_id"])}
 
 
-def retry_decision(core: Core, row: dict, sup: PhaseSession) -> chain.Decision | None:
+def retry_decision(core: Core, row: dict[str, Any], sup: PhaseSession) -> chain.Decision | None:
     """A decision to run the same spec again (attempt N+1), or None.  Only infrastructure
     failures the spec's `retry.on` names; never a guard trip or a failed verdict."""
     policy = phase_of(row).retry
@@ -63,7 +65,7 @@ def retry_decision(core: Core, row: dict, sup: PhaseSession) -> chain.Decision |
                                               if with_inputs else ""))
 
 
-def decided_next(core: Core, row: dict) -> dict | None:
+def decided_next(core: Core, row: dict[str, Any]) -> dict[str, Any] | None:
     """The next spec and inputs a finished phase's recorded decision names, if any."""
     for e in reversed(core.store.events(row["run_id"])):
         if e["kind"] == "chain.decision" and e["phase_id"] == row["id"]:
@@ -71,9 +73,9 @@ def decided_next(core: Core, row: dict) -> dict | None:
     return None
 
 
-def fired(core: Core, run_id: str) -> dict:
+def fired(core: Core, run_id: str) -> dict[tuple[str, int], int]:
     """How often each (spec, rule) fired in this run so far, from the recorded decisions."""
-    counts: dict = {}
+    counts: dict[tuple[str, int], int] = {}
     for e in core.store.events(run_id):
         if e["kind"] == "chain.decision" and e["data"].get("next"):
             rule = e["data"].get("rule")

@@ -2,6 +2,8 @@
 handler per action), record it, repeat until the chain ends.  Every path that ends a phase ends in judge."""
 from __future__ import annotations
 
+from typing import Any
+
 import json
 import dataclasses
 import time
@@ -126,7 +128,7 @@ def attach(core: Core, run_id: str) -> RunResult:
     return drive(core, run_id)
 
 
-def start(core: Core, run_id: str, spec_path: str, inputs: dict, detach: bool, after: dict | None = None) -> PhaseResult:
+def start(core: Core, run_id: str, spec_path: str, inputs: dict[str, Any], detach: bool, after: dict[str, Any] | None = None) -> PhaseResult:
     """Plan a spec as the run's next phase, record it *pending*, and run it."""
     try:
         loaded = load_spec(spec_path)
@@ -152,7 +154,7 @@ def start(core: Core, run_id: str, spec_path: str, inputs: dict, detach: bool, a
     return run_pending(core, phase_id, detach)
 
 
-def _run_inputs(core: Core, run_id: str, declared: set[str]) -> dict:
+def _run_inputs(core: Core, run_id: str, declared: set[str]) -> dict[str, Any]:
     """The inputs given when the run was submitted (`--input`), for a chained spec that declares
     them: `--input image=...` reaches every phase of the chain.  A next rule's `with:` wins."""
     try:
@@ -223,7 +225,7 @@ def _launch(core: Core, phase_id: int, plan: LaunchPlan, sup: PhaseSession) -> s
     return container_id
 
 
-def readopt(core: Core, row: dict) -> PhaseResult:
+def readopt(core: Core, row: dict[str, Any]) -> PhaseResult:
     """Supervise a phase whose container runs (or ran) while nobody watched it."""
     plan = stored_plan(row)
     assert plan is not None

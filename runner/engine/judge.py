@@ -6,6 +6,8 @@ no longer knows is ``lost``.  Either records the outcome, failure kind, outputs 
 caller finds the phase ended and changes nothing."""
 from __future__ import annotations
 
+from typing import Any
+
 import json
 import time
 from pathlib import Path
@@ -47,7 +49,7 @@ def finish(core: Core, phase_id: int, state: ContainerState, sup: PhaseSession |
             sup.poll()
         except OSError:
             pass
-    fields: dict = dict(exit_code=state.exit_code, oom_killed=int(state.oom_killed), finished_at=time.time())
+    fields: dict[str, Any] = dict(exit_code=state.exit_code, oom_killed=int(state.oom_killed), finished_at=time.time())
     # Vault and validate everything first (also for cancelled phases): the verdict is taken on
     # every validation, including the last checkpoint's.
     vaulted = sup.vault_all() if sup is not None else {}
@@ -97,12 +99,12 @@ def finish(core: Core, phase_id: int, state: ContainerState, sup: PhaseSession |
     return result_of(core.store, phase_id)
 
 
-def _vault_outputs(core: Core, phase_id: int, sup: PhaseSession, validated: dict, outputs: dict) -> str:
+def _vault_outputs(core: Core, phase_id: int, sup: PhaseSession, validated: dict[str, Any], outputs: dict[str, Any]) -> str:
     """What the vault adds to a judged phase's outputs (a best checkpoint it had to protect from the trainer's
     rotation, ``best``: the metrics at the best checkpoint); returns what the explanation must add (missed
     checkpoints, warnings)."""
     metrics = sup.metrics
-    missed = sup.ckpt.missed_explanation(metrics)
+    missed: str = sup.ckpt.missed_explanation(metrics)
     override, warning = sup.ckpt.unprotected_best(metrics)
     outputs.update(override)
     if warning:
@@ -115,7 +117,7 @@ def _vault_outputs(core: Core, phase_id: int, sup: PhaseSession, validated: dict
     return missed
 
 
-def how_it_ended(core: Core, row: dict, state: ContainerState,
+def how_it_ended(core: Core, row: dict[str, Any], state: ContainerState,
                  sup: PhaseSession | None) -> tuple[bool, str, F, str]:
     """Whether the container ended well, in words, and its failure kind and detail — decided here, where it is
     known (never read back from the reason)."""
@@ -146,7 +148,7 @@ def how_it_ended(core: Core, row: dict, state: ContainerState,
     return exit_ok, reason, F.CRASHED, ""
 
 
-def stopped_reason(core: Core, row: dict, state: ContainerState) -> str:
+def stopped_reason(core: Core, row: dict[str, Any], state: ContainerState) -> str:
     """How a phase stopped on request ended: on its own after SIGTERM, or killed after the grace period, and
     then whether the stop came so soon after the start that the trainer may not have had its handler yet."""
     if state.exit_code != 137 or state.oom_killed:

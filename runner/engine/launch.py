@@ -3,6 +3,8 @@ checked where the container is created, temporary engine errors ridden out, a la
 found by the container's deterministic name (never launched twice), an ended container removed once recorded."""
 from __future__ import annotations
 
+from typing import Any
+
 import os
 import time
 from pathlib import Path
@@ -18,14 +20,14 @@ from runner.settings import load_settings
 from runner.units import format_duration
 
 
-def launched_container(core: Core, row: dict) -> ContainerState | None:
+def launched_container(core: Core, row: dict[str, Any]) -> ContainerState | None:
     """The container a *launching* phase created, found by its deterministic name (or None)."""
     found = [c for c in core.backend.find({"runner.run-id": row["run_id"], "runner.phase": row["name"]})
              if c.name == row["container_name"]]
     return found[0] if found else None
 
 
-def find_launched(core: Core, row: dict) -> tuple[Act, ContainerState | None]:
+def find_launched(core: Core, row: dict[str, Any]) -> tuple[Act, ContainerState | None]:
     """What to do with a *launching* phase, asked of ``next_action`` with its container looked up by name:
     ADOPT or JUDGE (it exists and started: recorded *running* with its id, also when it has ended already),
     RELAUNCH (none, or created and never started); with the container found."""
@@ -38,7 +40,7 @@ def find_launched(core: Core, row: dict) -> tuple[Act, ContainerState | None]:
     return act, found
 
 
-def recover_launching(core: Core, row: dict) -> None:
+def recover_launching(core: Core, row: dict[str, Any]) -> None:
     """The runner stopped between recording *launching* and recording the container: look for the container by
     its deterministic name before anything else happens; the phase ends *running* (found) or *pending*."""
     act, found = find_launched(core, row)
@@ -69,7 +71,7 @@ def launch_retrying(core: Core, phase_id: int, plan: LaunchPlan) -> str:
                 recover_launching(core, row)  # → running (found it) or pending (launch again)
                 row = core.store.phase(phase_id)
                 if row["status"] == S.RUNNING:
-                    return row["container_id"]
+                    return str(row["container_id"])
             return launch(core, phase_id, plan)
         except Temporary as exc:
             tries += 1

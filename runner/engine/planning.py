@@ -2,6 +2,8 @@
 checked against the policy (a located SpecError: nothing recorded, nothing launched)."""
 from __future__ import annotations
 
+from typing import Any
+
 from runner.decisions import graph
 from runner.engine.ports import Core
 from runner.errors import Problem, SpecError
@@ -37,7 +39,7 @@ def chain_inputs(loaded: LoadedSpec, given: dict[str, str]) -> dict[str, str]:
 
 
 def plan(core: Core, loaded: LoadedSpec, inputs: dict[str, str], run_id: str,
-         attempt: int = 1) -> tuple[Phase, LaunchPlan, dict]:
+         attempt: int = 1) -> tuple[Phase, LaunchPlan, dict[str, Any]]:
     """Pure apart from the policy: the resolved phase, its launch plan and the merged inputs (SpecError)."""
     merged = merge_inputs(loaded, inputs)
     phase = resolve(loaded, merged, run_id, core.runs_dir, attempt)

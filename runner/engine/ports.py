@@ -36,7 +36,7 @@ class Reporter(Protocol):
     def info(self, message: str) -> None: ...
     def log_line(self, line: str) -> None: ...
     def progress(self, text: str) -> None: ...
-    def live(self, phase: str, view: dict) -> None: ...
+    def live(self, phase: str, view: dict[str, Any]) -> None: ...
 
 
 class QuietReporter:
@@ -49,7 +49,7 @@ class QuietReporter:
     def progress(self, text: str) -> None:
         pass
 
-    def live(self, phase: str, view: dict) -> None:
+    def live(self, phase: str, view: dict[str, Any]) -> None:
         pass
 
 

@@ -2,6 +2,8 @@
 may have changed since), the folder its relative paths resolve against, and the result a caller is given."""
 from __future__ import annotations
 
+from typing import Any
+
 import json
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from runner.spec.models import Phase
 from runner.store import Store
 
 
-def stored_plan(row: dict) -> LaunchPlan | None:
+def stored_plan(row: dict[str, Any]) -> LaunchPlan | None:
     """The LaunchPlan recorded for a phase (JSON lists back to tuples, mounts back to BindMount)."""
     data = json.loads(row["plan_json"] or "{}")
     if not data:
@@ -21,22 +23,22 @@ def stored_plan(row: dict) -> LaunchPlan | None:
     return LaunchPlan(**data)
 
 
-def phase_of(row: dict) -> Phase:
+def phase_of(row: dict[str, Any]) -> Phase:
     """The resolved phase recorded when it was planned (the spec file may have changed since)."""
     return Phase.model_validate(json.loads(row["phase_json"]))
 
 
-def stored_phase(row: dict) -> Phase | None:
+def stored_phase(row: dict[str, Any]) -> Phase | None:
     """``phase_of``, or None for a row recorded without one."""
     return phase_of(row) if row["phase_json"] not in (None, "", "{}") else None
 
 
-def folder_of(row: dict) -> Path:
+def folder_of(row: dict[str, Any]) -> Path:
     """The folder a phase's relative paths resolve against: its spec file's."""
     return Path(row["spec_path"]).parent
 
 
-def stop_grace(row: dict) -> float:
+def stop_grace(row: dict[str, Any]) -> float:
     """The stop grace the phase was launched with (seconds between SIGTERM and SIGKILL)."""
     return float(json.loads(row["plan_json"] or "{}").get("stop_grace", 30))
 
@@ -48,7 +50,7 @@ def result_of(store: Store, phase_id: int) -> PhaseResult:
                        row["container_id"], row["verdict"])
 
 
-def request_stop(store: Store, row: dict) -> None:
+def request_stop(store: Store, row: dict[str, Any]) -> None:
     """Record that a person asked to stop a phase (once): whichever process supervises it acts on it."""
     if not row["stop_requested"]:
         store.update(row["id"], stop_requested=1)

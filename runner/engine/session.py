@@ -15,7 +15,7 @@ A session is the only way a phase is run, re-adopted, finished or viewed:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Any, TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -76,7 +76,7 @@ class PhaseSession(Supervision):
         return session
 
     @classmethod
-    def restored(cls, core: Core, phase_id: int, row: dict | None = None) -> "PhaseSession":
+    def restored(cls, core: Core, phase_id: int, row: dict[str, Any] | None = None) -> "PhaseSession":
         """The phase's session rebuilt from the store (every path but a fresh launch)."""
         row = row if row is not None else core.store.phase(phase_id)
         return cls.recover(core.store, core.backend, phase_id, phase_of(row), folder_of(row), stored_plan(row),
@@ -141,7 +141,7 @@ class PhaseSession(Supervision):
         if self.ckpt is not None:
             self.ckpt.retain(self.metrics)
 
-    def vault_all(self) -> dict:
+    def vault_all(self) -> dict[str, Any]:
         """At the end (the container has ended): vault every complete checkpoint, wait for queued
         validations and merge their results, final retention; the vault's outputs ({} without a guard)."""
         if self.data_watch is not None:  # the phase has ended: nothing more to wake for
@@ -154,10 +154,11 @@ class PhaseSession(Supervision):
             if new:
                 self.store.save_metrics(self.phase_id, new, self.sources.offsets())
 
-        return self.ckpt.finish(self.metrics, merge)
+        outputs: dict[str, Any] = self.ckpt.finish(self.metrics, merge)
+        return outputs
 
 
-def _checkpoint_guard(store: Store, backend: Backend, row: dict, phase: Phase, folder: Path | str,
+def _checkpoint_guard(store: Store, backend: Backend, row: dict[str, Any], phase: Phase, folder: Path | str,
                       plan: LaunchPlan | None, say: Callable[[str], None]) -> CheckpointGuard | None:
     if phase.checkpoints is None:
         return None

@@ -1,6 +1,8 @@
 """The live view of a phase nobody in this process supervises, rebuilt from the store."""
 from __future__ import annotations
 
+from typing import Any
+
 import time
 
 from runner.engine.ports import Core
@@ -9,7 +11,7 @@ from runner.engine.session import PhaseSession
 from runner.metrics.series import MetricSet
 
 
-def view(core: Core, phase_id: int) -> dict:
+def view(core: Core, phase_id: int) -> dict[str, Any]:
     row = core.store.phase(phase_id)
     sup = PhaseSession.restored(core, phase_id, row)
     sup.set_started(row["started_at"] or time.time())

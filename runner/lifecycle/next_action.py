@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from runner.lifecycle.states import ACCIDENTS, JUDGED, F, PhaseStatus, S
 
@@ -40,7 +40,7 @@ class PhaseView:
     next_spec: str | None = None  # what the recorded decision names (None: the chain ends)
 
     @classmethod
-    def of(cls, row: dict, next_spec: str | None = None) -> "PhaseView":
+    def of(cls, row: dict[str, Any], next_spec: str | None = None) -> "PhaseView":
         return cls(PhaseStatus(row["status"]), row.get("container_id") or None, row.get("verdict") or None,
                    bool(row.get("decision")), next_spec)
 
@@ -87,7 +87,7 @@ def next_action(phase: PhaseView | None, container: Container | None = None) -> 
     return Act.DONE
 
 
-def chain_outcome(phases: Sequence[Mapping]) -> str:
+def chain_outcome(phases: Sequence[Mapping[str, Any]]) -> str:
     """Pure: how a run's chain ended, from its phase rows in order.  ``succeeded``: its planned success path
     (every phase succeeded, apart from attempts that failed by an accident and were retried); ``recovered``:
     its last phase succeeded after an earlier one failed or was inconclusive (a failure branch ran); otherwise
@@ -102,7 +102,7 @@ def chain_outcome(phases: Sequence[Mapping]) -> str:
     return "recovered" if branched else "succeeded"
 
 
-def failure_names(row: dict) -> set[str]:
+def failure_names(row: dict[str, Any]) -> set[str]:
     """The names a `retry.on` or a `next:` rule's `when: {failed: [...]}` can match for an ended phase:
     its recorded failure kind (decided where it happened, never read back from the reason's words),
     the detail the kind was recorded with, and ``exit_code N``.  Empty for a phase that did not fail."""

@@ -220,7 +220,7 @@ class Store(Submissions):
         with self.tx() as db:
             _update(db, phase_id, fields)
 
-    def event(self, run_id: str, phase_id: int | None, kind: str, message: str, data: dict | None = None) -> None:
+    def event(self, run_id: str, phase_id: int | None, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
         with self.tx() as db:
             _event(db, run_id, phase_id, kind, message, data or {})
 
@@ -229,7 +229,7 @@ class Store(Submissions):
         with self.tx() as db:
             db.execute("DELETE FROM metric_points WHERE phase_id = ? AND name = ? AND step >= ?", (phase_id, name, step))
 
-    def save_metrics(self, phase_id: int, points: dict, offsets: dict[str, int]) -> None:
+    def save_metrics(self, phase_id: int, points: dict[str, Any], offsets: dict[str, int]) -> None:
         """New metric points (newest write wins per step) and source offsets, in one transaction,
         so a restarted runner resumes reading where the points end."""
         with self.tx() as db:
@@ -278,7 +278,7 @@ class Store(Submissions):
         with self._lock:
             rows = self.db.execute("SELECT name, step, value, wall FROM metric_points WHERE phase_id = ? ORDER BY name, step",
                                    (phase_id,)).fetchall()
-        out: dict[str, list] = {}
+        out: dict[str, list[tuple[int, float, float]]] = {}
         for r in rows:
             out.setdefault(r["name"], []).append((r["step"], float("nan") if r["value"] is None else r["value"], r["wall"]))
         return out
@@ -295,7 +295,7 @@ class Store(Submissions):
                 row = self.db.execute("SELECT id FROM runs ORDER BY created_at DESC, id DESC LIMIT 1").fetchone()
                 if row is None:
                     raise NotFound("no runs yet; start one with `runner apply SPEC`")
-                return row["id"]
+                return str(row["id"])
             # substr, not LIKE: a prefix is matched literally (`_` and `%` are characters of it, not wildcards)
             rows = self.db.execute("SELECT id FROM runs WHERE id = ? OR substr(id, 1, ?) = ? ORDER BY id",
                                    (ref, len(ref), ref)).fetchall()
@@ -303,7 +303,7 @@ class Store(Submissions):
         if ref in ids:
             return ref
         if len(ids) == 1:
-            return ids[0]
+            return str(ids[0])
         if not ids:
             raise NotFound(f"no run {ref!r} in {self.path}")
         raise NotFound(f"run {ref!r} is ambiguous: {', '.join(ids[:5])}")
@@ -370,5 +370,5 @@ def run_status(phases: Sequence[Mapping[str, Any]]) -> str:
     """A run's status, derived from its phases: the first active phase's status, else the last phase's."""
     for p in phases:
         if p["status"] in ACTIVE:
-            return p["status"]
+            return str(p["status"])
     return phases[-1]["status"] if phases else "pending"

@@ -18,7 +18,7 @@ def _update(db: sqlite3.Connection, phase_id: int, fields: dict[str, Any]) -> No
         db.execute(f"UPDATE phases SET {key} = ? WHERE id = ?", (value, phase_id))  # key is from PHASE_FIELDS
 
 
-def _event(db: sqlite3.Connection, run_id: str, phase_id: int | None, kind: str, message: str, data: dict | None = None) -> None:
+def _event(db: sqlite3.Connection, run_id: str, phase_id: int | None, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
     db.execute(
         "INSERT INTO events (run_id, phase_id, at, kind, message, data_json) VALUES (?, ?, ?, ?, ?, ?)",
         (run_id, phase_id, time.time(), kind, message, json.dumps(data or {}, default=str)),
@@ -30,7 +30,7 @@ def _real(v: float) -> float | None:
     return None if v != v else v
 
 
-class PhaseRecord(dict):
+class PhaseRecord(dict[str, Any]):
     """One phase as the store has it: the row, with its JSON columns decoded (``inputs``, ``outputs``,
     ``judgement``) and its status and failure kind as the lifecycle's enums.  Read it by attribute (typed); it is
     still the row's dict (``row["status"]``, ``{**row}``, JSON) for the code that has not moved to attributes."""

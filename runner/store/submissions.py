@@ -94,7 +94,7 @@ class Submissions:
         return [dict(r) for r in rows]
 
 
-def _submit(db: sqlite3.Connection, run_id: str, spec_path: str, sha: str, inputs: dict, source: str, priority: int,
+def _submit(db: sqlite3.Connection, run_id: str, spec_path: str, sha: str, inputs: dict[str, Any], source: str, priority: int,
             state: str) -> None:
     now = time.time()
     db.execute("INSERT INTO runs (id, spec_path, created_at) VALUES (?, ?, ?)", (run_id, spec_path, now))
