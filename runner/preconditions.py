@@ -31,26 +31,12 @@ def gpu_free_memory() -> list[tuple[int, int]]:
 def check(pre: Precondition, resolve_path: Callable[[str], Path], *, gpus: object = 0,
           image_present: Callable[[], bool] | None = None,
           previous: Callable[[str], dict | None] | None = None) -> tuple[bool, str]:
+    """Whether one precondition holds, and what was found (recorded as the check's event either way)."""
     if pre.file_exists is not None:
-        fc = pre.file_exists if isinstance(pre.file_exists, FileCheck) else FileCheck(path=pre.file_exists)
-        path = resolve_path(fc.path)
-        if not path.exists():
-            return False, f"file_exists: {path} does not exist"
-        size = path.stat().st_size if path.is_file() else 0
-        if fc.min_size is not None and size < fc.min_size:
-            return False, f"file_exists: {path} is {_human(size)}, smaller than {_human(fc.min_size)}"
-        return True, f"file_exists: {path} ({_human(size)})"
+        return _file_exists(pre.file_exists if isinstance(pre.file_exists, FileCheck) else FileCheck(path=pre.file_exists),
+                            resolve_path)
     if pre.checkpoint_step is not None:
-        c = pre.checkpoint_step
-        path = resolve_path(c.path)
-        step = step_from_name(path.name, c.pattern)
-        if step is None:
-            return False, f"checkpoint_step: cannot read a step from {path.name!r} with pattern {c.pattern!r}"
-        if not path.exists():
-            return False, f"checkpoint_step: {path} does not exist"
-        if step < c.at_least:
-            return False, f"checkpoint_step: {path.name} is step {step}, below {c.at_least}"
-        return True, f"checkpoint_step: {path.name} is step {step} (≥ {c.at_least})"
+        return _checkpoint_step(pre.checkpoint_step, resolve_path)
     if pre.disk_free is not None:
         path = resolve_path(pre.disk_free.path)
         probe = path
@@ -60,44 +46,73 @@ def check(pre: Precondition, resolve_path: Callable[[str], Path], *, gpus: objec
         ok = free >= pre.disk_free.at_least
         return ok, f"disk_free: {_human(free)} free on {probe} (need {_human(pre.disk_free.at_least)})"
     if pre.gpu_memory_free is not None:
-        if gpus in (0, None):
-            return True, "gpu_memory_free: phase uses no GPU; not checked"
-        try:
-            found = gpu_free_memory()
-        except RunnerError as exc:
-            return False, f"gpu_memory_free: {exc}"
-        wanted = {str(g) for g in gpus} if isinstance(gpus, (list, tuple)) else None
-        unknown = sorted(wanted - {str(i) for i, _ in found}) if wanted is not None else []
-        if unknown:
-            return False, (f"gpu_memory_free: nvidia-smi reports no GPU {', '.join(unknown)} "
-                           f"(it reports {', '.join(str(i) for i, _ in found) or 'none'})")
-        pool = [(i, f) for i, f in found if wanted is None or str(i) in wanted]
-        need = pre.gpu_memory_free.at_least
-        fits = [i for i, f in pool if f >= need]
-        count = len(pool) if gpus == "all" or wanted is not None else int(gpus)
-        ok = len(fits) >= count and count > 0
-        desc = ", ".join(f"GPU {i}: {_human(f)} free" for i, f in pool) or "no GPUs"
-        return ok, f"gpu_memory_free: {desc} (need {_human(need)} on {count})"
+        return _gpu_memory_free(pre.gpu_memory_free.at_least, gpus)
     if pre.phase is not None:
-        pc = pre.phase
-        row = previous(pc.name) if previous else None
-        if row is None:
-            return False, f"phase: no earlier phase {pc.name!r} in this run"
-        if pc.verdict is not None and row.get("verdict") != pc.verdict:
-            return False, f"phase: {pc.name} verdict is {row.get('verdict')}, need {pc.verdict}"
-        if pc.metric:
-            last = ((row.get("outputs") or {}).get("metrics") or {}).get(pc.metric, {}).get("last")
-            if last is None:
-                return False, f"phase: {pc.name} has no {pc.metric}"
-            if pc.below is not None and not last < float(pc.below):
-                return False, f"phase: {pc.name} {pc.metric} {last:.4g} is not below {pc.below}"
-            if pc.above is not None and not last > float(pc.above):
-                return False, f"phase: {pc.name} {pc.metric} {last:.4g} is not above {pc.above}"
-        return True, f"phase: {pc.name} ok (verdict {row.get('verdict')})"
+        return _phase(pre.phase, previous(pre.phase.name) if previous else None)
     if pre.image_present is not None:
         ok = image_present() if image_present else False
         return ok, "image_present: " + ("image is present" if ok else "image is not present locally")
     raise AssertionError("precondition without a check")  # the model forbids it
+
+
+def _file_exists(fc: FileCheck, resolve_path: Callable[[str], Path]) -> tuple[bool, str]:
+    path = resolve_path(fc.path)
+    if not path.exists():
+        return False, f"file_exists: {path} does not exist"
+    size = path.stat().st_size if path.is_file() else 0
+    if fc.min_size is not None and size < fc.min_size:
+        return False, f"file_exists: {path} is {_human(size)}, smaller than {_human(fc.min_size)}"
+    return True, f"file_exists: {path} ({_human(size)})"
+
+
+def _checkpoint_step(c, resolve_path: Callable[[str], Path]) -> tuple[bool, str]:
+    path = resolve_path(c.path)
+    step = step_from_name(path.name, c.pattern)
+    if step is None:
+        return False, f"checkpoint_step: cannot read a step from {path.name!r} with pattern {c.pattern!r}"
+    if not path.exists():
+        return False, f"checkpoint_step: {path} does not exist"
+    if step < c.at_least:
+        return False, f"checkpoint_step: {path.name} is step {step}, below {c.at_least}"
+    return True, f"checkpoint_step: {path.name} is step {step} (≥ {c.at_least})"
+
+
+def _gpu_memory_free(need: int, gpus: object) -> tuple[bool, str]:
+    """Enough free memory on the phase's GPUs: the ids it was granted, else as many as its count."""
+    if gpus in (0, None):
+        return True, "gpu_memory_free: phase uses no GPU; not checked"
+    try:
+        found = gpu_free_memory()
+    except RunnerError as exc:
+        return False, f"gpu_memory_free: {exc}"
+    wanted = {str(g) for g in gpus} if isinstance(gpus, (list, tuple)) else None
+    unknown = sorted(wanted - {str(i) for i, _ in found}) if wanted is not None else []
+    if unknown:
+        return False, (f"gpu_memory_free: nvidia-smi reports no GPU {', '.join(unknown)} "
+                       f"(it reports {', '.join(str(i) for i, _ in found) or 'none'})")
+    pool = [(i, f) for i, f in found if wanted is None or str(i) in wanted]
+    fits = [i for i, f in pool if f >= need]
+    count = len(pool) if gpus == "all" or wanted is not None else int(gpus)  # type: ignore[call-overload]
+    ok = len(fits) >= count and count > 0
+    desc = ", ".join(f"GPU {i}: {_human(f)} free" for i, f in pool) or "no GPUs"
+    return ok, f"gpu_memory_free: {desc} (need {_human(need)} on {count})"
+
+
+def _phase(pc, row: dict | None) -> tuple[bool, str]:
+    """An earlier phase of the run ended with the verdict (and metric) asked for."""
+    if row is None:
+        return False, f"phase: no earlier phase {pc.name!r} in this run"
+    if pc.verdict is not None and row.get("verdict") != pc.verdict:
+        return False, f"phase: {pc.name} verdict is {row.get('verdict')}, need {pc.verdict}"
+    if pc.metric:
+        last = ((row.get("outputs") or {}).get("metrics") or {}).get(pc.metric, {}).get("last")
+        if last is None:
+            return False, f"phase: {pc.name} has no {pc.metric}"
+        if pc.below is not None and not last < float(pc.below):
+            return False, f"phase: {pc.name} {pc.metric} {last:.4g} is not below {pc.below}"
+        if pc.above is not None and not last > float(pc.above):
+            return False, f"phase: {pc.name} {pc.metric} {last:.4g} is not above {pc.above}"
+    return True, f"phase: {pc.name} ok (verdict {row.get('verdict')})"
 
 
 def resolver(folder: Path) -> Callable[[str], Path]:

@@ -165,7 +165,10 @@ def _position(data: bytes, at: int, rel: int, length: int, lay: Layout) -> _Posi
 
 def _parse_segment(data: bytes, offsets: np.ndarray, lengths: np.ndarray, seg: tuple[int, int, int],
                    scalar_tags: dict[str, str], parts: list, crc_failed: list[int]) -> np.ndarray:
-    """Check and decode one periodic stretch; returns the record indices left to the general path."""
+    """Check and decode one periodic stretch; returns the record indices left to the general path.
+
+    Longer than the house's ~60 lines on purpose: the reader's hot loop (benchmarks/tb_read.py), kept in one frame
+    so that its numpy columns stay local and each block is worked through once while in cache."""
     i0, k, cycles = seg
     s = int(offsets[i0])
     c = int(offsets[i0 + k]) - s
