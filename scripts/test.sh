@@ -20,4 +20,5 @@ bash scripts/ensure-slurm.sh
 bash images/build-offline.sh
 bash scripts/install.sh
 bash scripts/check.sh
-exec .venv/bin/python -m pytest -q "$@"
+# --durations: the slowest tests in every CI log, the list to work down to the 12-minute budget (issue 23)
+exec .venv/bin/python -m pytest -q --durations=30 "$@"
