@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable
 
 from rich.console import Console
 
+from runner.lifecycle import S
 from runner.cli import _common
 from runner.cli._render import TerminalReporter, say
 from runner.supervisor import Role
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 # a run's last phase status → exit code (README, "Exit codes")
 RECOVERED = 5  # --strict: the chain succeeded only through a failure branch
 DEGRADED = 6  # the chain succeeded, but a phase's best checkpoint was lost (checkpoints.on_missed_best: warn)
-EXIT = {"succeeded": 0, "detached": 0, "running": 0, "failed": 1, "blocked": 1, "lost": 1, "error": 3, "cancelled": 130}
+EXIT: dict[str, int] = {S.SUCCEEDED: 0, S.DETACHED: 0, S.RUNNING: 0, S.FAILED: 1, S.BLOCKED: 1, S.LOST: 1, S.ERROR: 3, S.CANCELLED: 130}
 TAKE_OVER_S = 60.0  # how long attach waits for a background supervisor it asked to leave
 
 
@@ -67,7 +68,7 @@ def foreground(args: argparse.Namespace, console: Console, work: Callable[[Engin
         code = _hand_over(args, engine, run.run_id, reporter, code)
     if getattr(args, "detach", False):
         say(console, run.run_id)
-    if code == 0 and run.last.status == "succeeded":
+    if code == 0 and run.last.status == S.SUCCEEDED:
         from runner.lifecycle import chain_outcome
 
         degraded = [(p["name"], p["outputs"]["degraded"]) for p in engine.store.phases(run.run_id)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from runner.lifecycle import S
 from runner.cli import _common
 from runner.cli._render import STATUS_WIDTH, add_row, progress_text, render_view, say, server_line, short_time
 
@@ -94,7 +95,7 @@ def _table_lines(engine: Engine, views: list[dict], width: int | None) -> list[d
         rows = {r["name"]: r for r in store.phases(view["id"])}
         for p in view["phases"] or [{"name": "-", "status": view["status"], "exit_code": None, "reason": "", "started_at": None}]:
             stored = rows.get(p["name"])
-            progress = progress_text(engine, stored) if stored and stored["status"] in ("running", "detached") else ""
+            progress = progress_text(engine, stored) if stored and stored["status"] in (S.RUNNING, S.DETACHED) else ""
             verdict = (p.get("verdict") or "") + (f" ({p['failure_kind']})" if p.get("failure_kind") and p.get("verdict") else "")
             verdict += " (degraded)" if p.get("degraded") else ""
             # who follows an active phase (runner.supervisor): "nobody" is said, never implied

@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
+from runner.lifecycle import S
 from runner.cli import _common
 from runner.cli._render import say
 
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     engine = _common.engine(args, existing=True)
     run_id = engine.store.resolve_run(args.run)
     stopping = request_stop(engine, run_id)
-    running = [r for r in stopping.phases if r["status"] != "pending" or r["container_id"]]
+    running = [r for r in stopping.phases if r["status"] != S.PENDING or r["container_id"]]
     if not stopping.phases:
         say(console, f"run {run_id}: " + ("cancelled while queued; nothing will start" if stopping.queued
                                            else "nothing running"))

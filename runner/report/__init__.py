@@ -9,6 +9,7 @@ import html
 import time
 from pathlib import Path
 
+from runner.lifecycle import S
 from runner.report.model import ChainNode, PhaseReport, RunReport, run_report
 from runner.store import Store
 
@@ -101,7 +102,7 @@ def render_body(rep: RunReport, with_plots: bool = True) -> str:
     out = [f"<h1>Run {e(run['id'])} {_status(rep.status)}{after}</h1>",
            f"<p>spec <code>{e(run['spec_path'])}</code>, created {e(when(run['created_at']))}; "
            f"{len(rep.phases)} phase(s)</p>"]
-    if any(p.row["status"] in ("pending", "launching", "running", "detached") for p in rep.phases):
+    if any(p.row["status"] in (S.PENDING, S.LAUNCHING, S.RUNNING, S.DETACHED) for p in rep.phases):
         out.append(f'<p class="note">The run is still going: this report shows what was known at {e(when(time.time()))}.</p>')
     out += [_phase(p, with_plots) for p in rep.phases]
     out.append('<h2>Chain</h2><div class="chain">')

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runner.lifecycle import S
 from runner.decisions.guards import Guards, total_steps_of
 from runner.decisions.smoothing import metrics_origin, reduce, smoothed, window_points
 from runner.spec.windows import parse_window
@@ -187,7 +188,7 @@ def phase_report(store: Store, row: dict) -> PhaseReport:
                               else f"weight {d.smoothing:g}" if d.smoothing is not None
                               else (f"{st.smoother.tau:g} steps" if st.smoother.tau else "weight 0.6")) + ", the guard's"
             trip_step = next((t["step"] for t in trips if t["message"].startswith(f"guard {st.label} ")), None)
-            if trip_step is None and st.tripped is not None and row["status"] not in ("running", "detached"):
+            if trip_step is None and st.tripped is not None and row["status"] not in (S.RUNNING, S.DETACHED):
                 trip_step = st.tripped.step
             plot.thresholds.append(Threshold(st.label, s.steps, np.array(limits), trip_step))
         for _k, c in enumerate(_criteria(phase.success)):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from runner.lifecycle import S
 from runner.errors import ContainerNotFound, EngineUnavailable, NotFound, RunnerError
 from runner.runs.queries import needs_reconcile, pick_phase
 from runner.store import ACTIVE, Store
@@ -87,9 +88,9 @@ def request_stop(engine: Engine, run_id: str) -> Stopping:
     by = _supervisor(engine, run_id)
     rows = [r for r in engine.store.phases(run_id) if r["status"] in ACTIVE]
     for row in rows:
-        if by is not None and row["status"] != "pending":
+        if by is not None and row["status"] != S.PENDING:
             record(engine.store, row)
-        elif not row["container_id"] and row["status"] == "pending":
+        elif not row["container_id"] and row["status"] == S.PENDING:
             engine.cancel(row["id"])
     return Stopping(queued, rows, by)
 

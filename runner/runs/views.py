@@ -5,6 +5,7 @@ import datetime as dt
 import json
 from typing import Any
 
+from runner.lifecycle import S
 from runner.lifecycle import chain_outcome
 from runner.store import ACTIVE, Store, run_status
 from runner.supervisor import holder
@@ -74,13 +75,13 @@ def queue_rows(store: Store) -> list[dict[str, Any]]:
     for sub in store.submissions(("queued", "started")):
         phases = store.phases(sub["run_id"])
         # pending here, or submitted and waiting in the cluster's queue (a Slurm job PENDING, with Slurm's reason)
-        slurm = [p for p in phases if p["status"] == "running" and SLURM_PENDING in p["reason"]]
+        slurm = [p for p in phases if p["status"] == S.RUNNING and SLURM_PENDING in p["reason"]]
         if sub["source"] == "apply":  # a local run: only a job it left waiting in Slurm's queue
             if not slurm:
                 continue
             pending = slurm
         else:
-            pending = [p for p in phases if p["status"] == "pending"] + slurm
+            pending = [p for p in phases if p["status"] == S.PENDING] + slurm
         if phases and not pending:
             continue
         rows.append({"run": sub["run_id"], "priority": sub["priority"], "source": sub["source"],

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from runner.lifecycle import S
 from runner.errors import NotFound, RunnerError, UsageError
 from runner.report import e, page, render_body, run_report, when
 from runner.store import ACTIVE, Store
@@ -80,7 +81,7 @@ class Pages:
             cells = []
             for p, row in zip(view["phases"], phases):
                 progress = ""
-                if row["status"] in ("running", "detached"):
+                if row["status"] in (S.RUNNING, S.DETACHED):
                     live = self._live(row) or {}
                     bits = []
                     if live.get("step") is not None:

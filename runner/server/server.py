@@ -31,6 +31,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from runner.lifecycle import S, SubmissionState
 from runner import __version__
 from runner.decisions import graph
 from runner.backends.select import is_remote
@@ -254,7 +255,7 @@ class Server:
         for row in self.store.active_phases():
             if not self._owned(row["run_id"]):
                 continue
-            if row["status"] in ("running", "detached", "launching"):
+            if row["status"] in (S.RUNNING, S.DETACHED, S.LAUNCHING):
                 plan = stored_plan(row)
                 if plan is not None:
                     self.scheduler.claim(row["id"], plan)
@@ -318,7 +319,7 @@ class Server:
             if self.stopping.is_set():
                 return
             self._retry_at[run_id] = time.monotonic() + RETRY_DRIVE_S
-            if any(p["status"] in ("launching", "running", "detached") for p in self.store.phases(run_id)):
+            if any(p["status"] in (S.LAUNCHING, S.RUNNING, S.DETACHED) for p in self.store.phases(run_id)):
                 self.say(f"[{run_id}] {exc}; its phase is still active: carried on in {RETRY_DRIVE_S:.0f} s")
                 return
             self.store.set_submission(run_id, "done", f"error: {exc}")
@@ -332,7 +333,7 @@ class Server:
             return
         if self.stopping.is_set():
             return  # carried on after the restart
-        if self.store.submission_state(run_id) == "cancelled":
+        if self.store.submission_state(run_id) == SubmissionState.CANCELLED:
             self.say(f"[{run_id}] run stopped on request")
             return
         last = result.last

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from runner.lifecycle import S
 from runner.errors import InvalidTransition, NotFound, Permanent, StoreBusy, StoreCorrupt, StoreFull
 from runner.lifecycle import ACTIVE, allowed  # the statuses and their one transition table
 from runner.store.rows import PhaseRecord, _event, _phase_dict, _real, _update
@@ -371,4 +372,4 @@ def run_status(phases: Sequence[Mapping[str, Any]]) -> str:
     for p in phases:
         if p["status"] in ACTIVE:
             return str(p["status"])
-    return phases[-1]["status"] if phases else "pending"
+    return phases[-1]["status"] if phases else S.PENDING
