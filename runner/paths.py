@@ -40,3 +40,9 @@ def _name_regex(pattern: str) -> re.Pattern:
 def step_from_name(name: str, pattern: str) -> int | None:
     m = _name_regex(pattern).match(name)
     return int(m.group("step")) if m and "{step}" in pattern else None
+
+
+def spec_relative(folder: Path | str, path: str | os.PathLike[str]) -> Path:
+    """THE resolver of a path written in a spec: ``~`` expanded, then relative to the spec file's folder (an absolute
+    path stays), normalised.  Mounts, metric files, checkpoint folders, preconditions and `next:` specs all use it."""
+    return Path(os.path.normpath(os.path.join(folder, os.path.expanduser(os.fspath(path)))))

@@ -6,13 +6,13 @@ into its engine's call without further decisions.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
 from pydantic import ValidationError
 
+from runner.paths import spec_relative
 from runner.errors import Problem, SpecError
 from runner.spec import interpolate
 from runner.spec.loader import LoadedSpec, dotted, problems_from_validation
@@ -154,7 +154,7 @@ def launch_plan(phase: Phase, loaded: LoadedSpec, inputs: dict[str, object], run
     c = phase.container
     folder = str(loaded.folder)
     mounts = tuple(
-        BindMount(os.path.normpath(os.path.join(folder, os.path.expanduser(m.source))), m.target, m.read_only, m.create)
+        BindMount(str(spec_relative(folder, m.source)), m.target, m.read_only, m.create)
         for m in c.mounts
     )
     # The run's vault, read-only at the same path: a vaulted checkpoint handed to a later phase (or to a

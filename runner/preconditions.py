@@ -1,11 +1,11 @@
 """Checks before launch.  Each returns (met, explanation); unmet → the phase is *blocked*."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Callable
 
+from runner.paths import spec_relative
 from runner import nvidia
 from runner.errors import RunnerError
 from runner.paths import step_from_name
@@ -117,8 +117,6 @@ def _phase(pc, row: dict | None) -> tuple[bool, str]:
 
 def resolver(folder: Path) -> Callable[[str], Path]:
     """Spec paths resolve against the spec file's folder."""
-    return lambda p: abs_path(folder, p)
+    return lambda p: spec_relative(folder, p)
 
 
-def abs_path(folder: Path | str, p: str) -> Path:
-    return Path(os.path.normpath(os.path.join(folder, os.path.expanduser(p))))

@@ -12,7 +12,7 @@ from runner.decisions.guards import Guards, Trip, total_steps_of
 from runner.decisions.criteria import Judgement, judge
 from runner.metrics.sources import JsonlReader, LogdirReader, Sources, StdoutParser
 from runner.metrics.series import MetricSet
-from runner.preconditions import abs_path
+from runner.paths import spec_relative
 from runner.spec.models import Phase
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -22,8 +22,8 @@ def build_sources(phase: Phase, folder: Path | str) -> Sources:
     m = phase.metrics
     if m is None:
         return Sources()
-    tb = LogdirReader(abs_path(folder, m.tensorboard.logdir), m.tensorboard.tags) if m.tensorboard else None
-    js = JsonlReader(abs_path(folder, m.jsonl.path), m.jsonl.step_field, m.jsonl.fields) if m.jsonl else None
+    tb = LogdirReader(spec_relative(folder, m.tensorboard.logdir), m.tensorboard.tags) if m.tensorboard else None
+    js = JsonlReader(spec_relative(folder, m.jsonl.path), m.jsonl.step_field, m.jsonl.fields) if m.jsonl else None
     so = StdoutParser(m.stdout.step, m.stdout.patterns) if m.stdout else None
     return Sources(tb, js, so)
 
@@ -90,11 +90,11 @@ class Supervision:
             new = self.sources.poll()
         validator = self.ckpt.validator if self.ckpt is not None else None
         if validator is not None:
-            from runner.metrics.sources import _merge
+            from runner.metrics.sources import merge_points
 
             for step, values, wall in validator.take():
                 for name, value in values.items():
-                    _merge(new, name, np.array([step]), np.array([value]), np.array([wall]))
+                    merge_points(new, name, np.array([step]), np.array([value]), np.array([wall]))
                     self.metrics.add(name, [step], [value], [wall])
         if self.sources.restarted:
             # The guards judged the abandoned run's steps too: judged again, from the start, on the series as

@@ -1,11 +1,11 @@
 """Pure: which `next:` rule fires for an ended phase, and with which inputs."""
 from __future__ import annotations
 
-import os
 from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.paths import spec_relative
 from runner.decisions.criteria import judge
 from runner.metrics.series import MetricSet
 from runner.decisions.outputs import context
@@ -54,6 +54,6 @@ def decide(rules: list[NextRule], verdict: str, metrics: MetricSet, outputs: dic
         ctx["phase"] = {**ctx["phase"], "name": outputs.get("name", "")}
         with_inputs = {k: interpolate.substitute(v, ctx) if isinstance(v, str) else interpolate.as_text(v)
                        for k, v in rule.with_.items()}
-        target = os.path.normpath(os.path.join(spec_folder, rule.apply))
+        target = str(spec_relative(spec_folder, rule.apply))
         return Decision(i, target, with_inputs, f"rule {i + 1} fired ({why}): apply {rule.apply}")
     return Decision(None, None, {}, "no next rule matched; the chain ends" + (" (" + "; ".join(notes) + ")" if notes else ""))

@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner.paths import spec_relative
 from runner.errors import Problem, SpecError
 from runner.spec import LoadedSpec, load_spec
 from runner.spec.loader import dotted
@@ -84,7 +85,7 @@ def analyse(path: str | Path, inputs: dict[str, str] | None = None,
             continue
         graph.specs[current] = loaded
         for i, rule in enumerate(loaded.phase.next):
-            target = os.path.normpath(os.path.join(loaded.folder, rule.apply))
+            target = str(spec_relative(loaded.folder, rule.apply))
             graph.edges.append(Edge(current, i, _when_text(rule.when), target, sorted(rule.with_), rule.max_iterations))
             if target not in graph.specs:
                 queue.append(target)

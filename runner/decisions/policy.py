@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.paths import spec_relative
 from runner.errors import Problem, SpecError
 from runner.plan import LABEL_SHA, LaunchPlan, vault_root
 from runner.spec import interpolate
@@ -49,7 +50,7 @@ class MountPolicy:
     def literal_problems(self, loaded: LoadedSpec) -> list[Problem]:
         """The same, before planning, for mounts whose source has no ``${{ }}`` (a chained spec,
         checked when the first one is accepted)."""
-        return self._check(loaded, [(i, os.path.normpath(os.path.join(loaded.folder, os.path.expanduser(m.source))))
+        return self._check(loaded, [(i, str(spec_relative(loaded.folder, m.source)))
                                     for i, m in enumerate(loaded.phase.container.mounts) if "${{" not in m.source])
 
     def source_problem(self, source: str) -> str:
@@ -99,7 +100,7 @@ def source_findings(loaded: LoadedSpec, inputs: dict[str, str] | None = None,
                                                      "phase": {"name": loaded.phase.name, "dir": phase_dir}})
         except KeyError:
             continue  # a required input not given here: known when the run is applied
-        source = os.path.normpath(os.path.join(loaded.folder, os.path.expanduser(text)))
+        source = str(spec_relative(loaded.folder, text))
         defaults = sorted(k for ns, k in refs if ns == "inputs" and k not in given)
         if _within(source, phase_dir):
             bad, why = True, "is in the phase's own folder, which is made when its container is created; set create: true"

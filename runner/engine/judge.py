@@ -21,7 +21,7 @@ from runner.engine.session import PhaseSession
 from runner.lifecycle import STATUS_OF_VERDICT, F, S
 from runner.metrics.series import MetricSet
 from runner.decisions.outputs import at_checkpoint, phase_outputs
-from runner.preconditions import abs_path
+from runner.paths import spec_relative
 from runner.spec.models import Phase
 from runner.store import ACTIVE
 
@@ -75,7 +75,7 @@ def finish(core: Core, phase_id: int, state: ContainerState, sup: PhaseSession |
         reason = exit_reason
     ckpt = phase.checkpoints if phase else None
     outputs = phase_outputs(row["log_path"] and str(Path(row["log_path"]).parent), v.verdict, metrics, ckpt,
-                            abs_path(folder, ckpt.dir) if ckpt else None)
+                            spec_relative(folder, ckpt.dir) if ckpt else None)
     outputs.update(vaulted)
     verdict, notes = v.verdict, ""
     if sup and sup.ckpt:

@@ -24,7 +24,7 @@ from runner.checkpoints.watch import DataWatch
 from runner.errors import StoreFull
 from runner.engine.records import folder_of, phase_of, stored_plan
 from runner.plan import LaunchPlan, vault_of
-from runner.preconditions import abs_path
+from runner.paths import spec_relative
 from runner.spec.models import Phase
 from runner.store import Store
 from runner.supervision import Supervision
@@ -165,7 +165,7 @@ def _checkpoint_guard(store: Store, backend: Backend, row: dict[str, Any], phase
     from runner.checkpoints.guard import CheckpointGuard
 
     phase_dir = plan.phase_dir if plan is not None else str(Path(row["log_path"] or ".").parent)
-    guard = CheckpointGuard(store, row["run_id"], row["id"], phase.checkpoints, abs_path(folder, phase.checkpoints.dir),
+    guard = CheckpointGuard(store, row["run_id"], row["id"], phase.checkpoints, spec_relative(folder, phase.checkpoints.dir),
                             vault_of(phase_dir), say=say)
     if phase.checkpoints.validate_ is not None and plan is not None:
         from runner.checkpoints.validation import Validator

@@ -24,7 +24,7 @@ READ_BYTES = 16 * 1024 * 1024  # an event file is read this much at a time
 Points = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
-def _merge(into: Points, name: str, steps, values, walls) -> None:
+def merge_points(into: Points, name: str, steps, values, walls) -> None:
     if name in into:
         s, v, w = into[name]
         into[name] = (np.concatenate([s, steps]), np.concatenate([v, values]), np.concatenate([w, walls]))
@@ -143,7 +143,7 @@ class LogdirReader:
                 self.writer[name] = (key, last)
             else:
                 self.writer[name] = (key, max(last, prev[1]) if prev is not None and prev[0] == key else last)
-            _merge(out, name, s, v, w)
+            merge_points(out, name, s, v, w)
 
 
 SINCE_SLACK_S = 5.0  # clocks of the trainer and of runner: the same host (or an NTP-synced node)
@@ -204,7 +204,7 @@ class JsonlReader:
                 rows.setdefault(name, []).append((step, float(value), wall))
         for name, items in rows.items():
             arr = np.array(items, dtype=np.float64)
-            _merge(out, name, arr[:, 0].astype(np.int64), arr[:, 1], arr[:, 2])
+            merge_points(out, name, arr[:, 0].astype(np.int64), arr[:, 1], arr[:, 2])
         return out
 
 
@@ -244,7 +244,7 @@ class StdoutParser:
         pending, self.pending = self.pending, {}
         for name, items in pending.items():
             arr = np.array(items, dtype=np.float64)
-            _merge(out, name, arr[:, 0].astype(np.int64), arr[:, 1], arr[:, 2])
+            merge_points(out, name, arr[:, 0].astype(np.int64), arr[:, 1], arr[:, 2])
         return out
 
 
@@ -267,7 +267,7 @@ class Sources:
             if src is None:
                 continue
             for name, (s, v, w) in src.poll().items():
-                _merge(new, name, s, v, w)
+                merge_points(new, name, s, v, w)
         self.restarted = {}
         if self.tensorboard is not None and self.tensorboard.restarts:
             self.restarted, self.tensorboard.restarts = self.tensorboard.restarts, {}
