@@ -110,7 +110,10 @@ def docker_run_argv(plan: LaunchPlan) -> list[str]:
 
 def job_script(plan: LaunchPlan, settings: SlurmSettings, token: str) -> str:
     """The batch script for a plan (bash).  Its exit code is the container's, or one of its own
-    (``NO_ENGINE``, ``NOT_SHARED``, ``NO_GPUS``); ``NAME.exit.json`` says which."""
+    (``NO_ENGINE``, ``NOT_SHARED``, ``NO_GPUS``); ``NAME.exit.json`` says which.
+
+    Longer than the house's ~60 lines on purpose: it is the script, line by line, in the order it runs (one
+    reading of what a node does, tested by running it with a stand-in docker in tests/unit/test_slurm_job.py)."""
     files = job_files(plan)
     q = shlex.quote
     grace = max(0, int(round(plan.stop_grace)))

@@ -6,7 +6,7 @@ import pytest
 
 from runner.backends.base import ContainerState, epoch_seconds
 from runner.backends.fake import _stamp
-from runner.backends.slurm import _iso
+from runner.backends.slurm_records import _iso
 
 T = calendar.timegm((2026, 11, 27, 7, 25, 40, 0, 0, 0))  # 2026-11-27T07:25:40Z
 

@@ -7,7 +7,8 @@ import subprocess
 
 import pytest
 
-from runner.backends.slurm import Job, SlurmBackend, container_state, labels_of, line_start, parse_sacct, parse_squeue, since_offset
+from runner.backends.slurm_records import Job, container_state, labels_of, line_start, parse_sacct, parse_squeue, since_offset
+from runner.backends.slurm import SlurmBackend
 from runner.backends.slurm_job import (COMMENT_MAX, NOT_SHARED, POST_STOP_WAIT_S, SIGNAL_MARGIN_S, docker_run_argv, job_files,
                                        job_script, sbatch_argv, time_limit_minutes)
 from runner.errors import LaunchError, LaunchRefused, SpecError
