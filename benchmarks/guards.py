@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from runner.decisions.guards import Guards
-from runner.spec.criteria_models import Guard, StopAt  # noqa: E402
+from runner.spec.criteria_models import Guard, StopAt
 
 
 def healthy(steps: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ from runner.paths import spec_relative
 from runner import nvidia
 from runner.errors import RunnerError
 from runner.paths import step_from_name
-from runner.spec.criteria_models import FileCheck, Precondition
+from runner.spec.watch_models import FileCheck, Precondition
 
 
 def _human(n: float) -> str:

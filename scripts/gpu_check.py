@@ -25,7 +25,7 @@ from runner.errors import GpuUnavailable
 from runner.plan import build_plan
 from runner.server.scheduler import Scheduler, detect_gpus
 from runner.spec import load_spec_text
-from runner.spec.criteria_models import Precondition
+from runner.spec.watch_models import Precondition
 
 SPEC = """
 apiVersion: runner/v1

@@ -39,7 +39,7 @@ from runner.checkpoints.watch import Watcher
 from runner.errors import Temporary
 from runner.paths import step_from_name
 from runner.safefs import Untrusted, kind_of, walk_files
-from runner.spec.criteria_models import Checkpoints
+from runner.spec.watch_models import Checkpoints
 from runner.store import Store
 
 if TYPE_CHECKING:

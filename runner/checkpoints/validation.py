@@ -13,7 +13,7 @@ from runner.backends.base import Backend
 from runner.errors import RunnerError
 from runner.plan import LaunchPlan
 from runner.spec import interpolate
-from runner.spec.criteria_models import Validate
+from runner.spec.watch_models import Validate
 from runner.store import Store
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from runner.metrics.series import MetricSet
 from runner.paths import step_from_name
-from runner.spec.criteria_models import Checkpoints
+from runner.spec.watch_models import Checkpoints
 
 
 def checkpoint_files(folder: Path, pattern: str) -> list[tuple[int, Path]]:

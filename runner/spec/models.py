@@ -13,7 +13,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from runner.spec.criteria_models import Checkpoints, Expect, Guard, Metrics, NextRule, Precondition, Retry, StopAt, Success
+from runner.spec.watch_models import Checkpoints, Metrics, Precondition
+from runner.spec.criteria_models import Expect, Guard, NextRule, Retry, StopAt, Success
 from runner.spec.models_base import Model
 from runner.spec.types import Argv, Duration, GpuRequest, InputValue, Size, TextMap
 
@@ -123,7 +124,7 @@ class Phase(Model):
     @model_validator(mode="after")
     def _preset_tags(self) -> "Phase":
         """checkpoints.preset gives the trainer's usual TensorBoard tags when metrics.tensorboard names none."""
-        from runner.spec.criteria_models import PRESETS
+        from runner.spec.watch_models import PRESETS
 
         cp, m = self.checkpoints, self.metrics
         tags = PRESETS[cp.preset]["tags"] if cp is not None and cp.preset else {}

@@ -25,7 +25,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from runner.checkpoints.guard import CheckpointGuard
-from runner.spec.criteria_models import Checkpoints
+from runner.spec.watch_models import Checkpoints
 from runner.store import Store
 from tests.checkpoints.test_guard import safetensors_bytes
 

@@ -13,7 +13,7 @@ from runner.checkpoints.vault import export
 from runner.errors import RunnerError
 from runner.metrics.series import MetricSet
 from runner.preconditions import step_from_name
-from runner.spec.criteria_models import Checkpoints
+from runner.spec.watch_models import Checkpoints
 from tests.checkpoints.test_guard import make_guard, safetensors_bytes, store, wait_for  # noqa: F401
 
 

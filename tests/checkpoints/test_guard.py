@@ -10,7 +10,7 @@ import torch
 from runner.checkpoints.guard import CheckpointGuard
 from runner.checkpoints.vault import protect
 from runner.metrics.series import MetricSet
-from runner.spec.criteria_models import Checkpoints
+from runner.spec.watch_models import Checkpoints
 from runner.store import Store
 
 

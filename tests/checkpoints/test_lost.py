@@ -4,7 +4,7 @@ import math
 import pytest
 
 from runner.checkpoints.lost import judge_missed
-from runner.spec.criteria_models import Checkpoints
+from runner.spec.watch_models import Checkpoints
 
 
 def row(name, step, state, score=None):

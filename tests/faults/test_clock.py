@@ -36,7 +36,7 @@ def test_row33_checkpoint_file_times_never_decide_the_best(tmp_path):
 
     from runner.checkpoints.guard import CheckpointGuard
     from runner.metrics.series import MetricSet
-    from runner.spec.criteria_models import Checkpoints
+    from runner.spec.watch_models import Checkpoints
     from runner.store import Store
 
     store = Store(tmp_path / "runner.db")

@@ -6,7 +6,7 @@ import pytest
 from runner import nvidia, preconditions
 from runner.errors import RunnerError
 from runner.server.scheduler import detect_gpus
-from runner.spec.criteria_models import Precondition
+from runner.spec.watch_models import Precondition
 
 FAILS = "echo \"NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\"; exit 9"
 

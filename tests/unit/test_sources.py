@@ -7,7 +7,8 @@ from runner import preconditions
 from runner.decisions import chain
 from runner.metrics.series import MetricSet
 from runner.metrics.sources import JsonlReader, StdoutParser
-from runner.spec.criteria_models import NextRule, Precondition
+from runner.spec.criteria_models import NextRule
+from runner.spec.watch_models import Precondition
 
 
 def test_jsonl_incremental_and_partial_lines(tmp_path):
