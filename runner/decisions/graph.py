@@ -4,11 +4,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from runner.paths import spec_relative
 from runner.errors import Problem, SpecError
 from runner.spec import LoadedSpec, load_spec
 from runner.spec.loader import dotted
+
+if TYPE_CHECKING:
+    from runner.spec.criteria_models import Criterion, Group, WhenFailed
 
 
 @dataclass
@@ -28,7 +32,7 @@ class Graph:
     edges: list[Edge] = field(default_factory=list)
 
 
-def _when_text(when) -> str:
+def _when_text(when: str | WhenFailed | Criterion | Group) -> str:
     if isinstance(when, str):
         return when
     from runner.decisions.criteria import describe
@@ -39,6 +43,7 @@ def _when_text(when) -> str:
     if isinstance(when, Criterion):
         return describe(when)
     items = when.all if when.all is not None else when.any
+    assert items is not None  # a Group's validator requires exactly one of all: and any:
     joiner = " and " if when.all is not None else " or "
     return joiner.join(_when_text(i) for i in items)
 
@@ -129,7 +134,7 @@ def analyse(path: str | Path, inputs: dict[str, str] | None = None,
     return graph, sorted(set(problems), key=lambda p: (p.file, p.line, p.col, p.path, p.message))
 
 
-def _declared(spec: LoadedSpec) -> dict:
+def _declared(spec: LoadedSpec) -> dict[str, Any]:
     return (spec.doc.data or {}).get("inputs") or {}
 
 

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from runner.metrics.series import MetricSet
+from runner.metrics.series import MetricSet, Series
 from runner.paths import step_from_name
 from runner.spec.watch_models import Checkpoints
 
@@ -35,8 +36,8 @@ def score_at(metrics: MetricSet, name: str, step: int) -> float | None:
 
 
 def phase_outputs(phase_dir: str, verdict: str, metrics: MetricSet, checkpoints: Checkpoints | None,
-                  ckpt_dir: Path | None) -> dict:
-    out: dict = {"dir": phase_dir, "verdict": verdict, "best_checkpoint": "", "last_checkpoint": "", "metrics": {}}
+                  ckpt_dir: Path | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"dir": phase_dir, "verdict": verdict, "best_checkpoint": "", "last_checkpoint": "", "metrics": {}}
     for name, s in metrics.series.items():
         if not len(s):
             continue
@@ -48,13 +49,14 @@ def phase_outputs(phase_dir: str, verdict: str, metrics: MetricSet, checkpoints:
             "smoothed": _smoothed_last(s),
         }
     if checkpoints is not None and ckpt_dir is not None:
+        assert checkpoints.pattern is not None  # the model's validator fills it in (the preset's, else the default)
         files = checkpoint_files(ckpt_dir, checkpoints.pattern)
         if files:
             out["last_checkpoint"] = str(files[-1][1])
             best = files[-1][1]
             if checkpoints.keep is not None:
-                scored = [(score_at(metrics, checkpoints.keep.by, st), st, p) for st, p in files]
-                scored = [x for x in scored if x[0] is not None]
+                scored = [(score, st, p) for st, p in files
+                          if (score := score_at(metrics, checkpoints.keep.by, st)) is not None]
                 if scored:
                     sign = 1 if checkpoints.keep.mode == "min" else -1
                     best = min(scored, key=lambda x: (sign * x[0], -x[1]))[2]
@@ -62,25 +64,25 @@ def phase_outputs(phase_dir: str, verdict: str, metrics: MetricSet, checkpoints:
     return out
 
 
-def _smoothed_last(series, upto: int | None = None) -> float | None:
+def _smoothed_last(series: Series, upto: int | None = None) -> float | None:
     """The series' value at its last step (or at ``upto``) smoothed as TensorBoard's slider would show it
     (running median of 3, then a debiased EMA over ~1,000 steps or 25 logging intervals): a noisy last point
     is not the phase's standing."""
     from runner.decisions.smoothing import DEFAULT_MIN_POINTS, Smoother
 
     sm = Smoother(tau_steps=1000.0, min_points=DEFAULT_MIN_POINTS)
-    keep = slice(None) if upto is None else series.steps <= upto
-    value = None
+    keep: slice | np.ndarray = slice(None) if upto is None else series.steps <= upto
+    value: float | None = None
     for step, v in zip(series.steps[keep].tolist(), series.values[keep].tolist()):
         value = sm.push(int(step), float(v))
     return value if value is not None and math.isfinite(value) else None
 
 
-def at_checkpoint(metrics: MetricSet, step: int, validated: set[str]) -> dict:
+def at_checkpoint(metrics: MetricSet, step: int, validated: set[str]) -> dict[str, Any]:
     """Pure: what the phase's metrics say of the checkpoint at ``step`` (the ``best`` namespace a next rule hands
     over): a validation metric's value for that checkpoint (the newest at or before it), a training metric's
     smoothed value up to it — where the model was, not one noisy point."""
-    out: dict = {"step": int(step)}
+    out: dict[str, Any] = {"step": int(step)}
     for name, s in metrics.series.items():
         if not len(s):
             continue
@@ -90,17 +92,17 @@ def at_checkpoint(metrics: MetricSet, step: int, validated: set[str]) -> dict:
     return out
 
 
-class _Unknown(dict):
+class _Unknown(dict[str, Any]):
     """A namespace whose unknown keys read as empty (a metric the phase never logged: nothing to hand over)."""
 
     def __missing__(self, key: str) -> str:
         return ""
 
 
-def context(outputs: dict) -> dict:
+def context(outputs: dict[str, Any]) -> dict[str, Any]:
     """The ${{ }} namespaces a next rule's `with:` can use."""
     phase = {k: outputs.get(k, "") for k in ("dir", "verdict", "best_checkpoint", "last_checkpoint")}
-    metrics = {}
+    metrics: dict[str, Any] = {}
     for name, summary in outputs.get("metrics", {}).items():
         for stat, value in summary.items():
             metrics[f"{name}.{stat}"] = value

@@ -4,6 +4,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runner.decisions import chain
 from runner.decisions.guards import run_guards, total_steps_of
@@ -23,7 +24,7 @@ class GuardReport:
     reason: str
 
 
-def replay(spec_path: str | Path, logdir: str | Path, inputs: dict[str, str] | None = None) -> dict:
+def replay(spec_path: str | Path, logdir: str | Path, inputs: dict[str, str] | None = None) -> dict[str, Any]:
     """The spec's guards, planned end, verdict and next rule over a finished logdir, through the
     same Guards a live phase uses (fed point by point, the clock taken from the points' wall times)."""
     loaded = load_spec(spec_path)
@@ -56,18 +57,18 @@ def replay(spec_path: str | Path, logdir: str | Path, inputs: dict[str, str] | N
                                                                             or guards.end_reached < trip.step) else None
     if end_reached is not None:
         trip = None
-    v = verdict(True, "exit code 0 (assumed)", trip, phase.success, judged, end_reached=end_reached,
-                planned_end=guards.planned_end if end_reached is not None else None)
-    outputs = phase_outputs("", v.verdict, judged, None, None)
-    failed = failure_names({"failure_kind": v.failure_kind, "failure_detail": v.failure_detail})
-    d = chain.decide(phase.next, v.verdict, judged, {**outputs, "name": phase.name}, merged,
+    judged_as = verdict(True, "exit code 0 (assumed)", trip, phase.success, judged, end_reached=end_reached,
+                        planned_end=guards.planned_end if end_reached is not None else None)
+    outputs = phase_outputs("", judged_as.verdict, judged, None, None)
+    failed = failure_names({"failure_kind": judged_as.failure_kind, "failure_detail": judged_as.failure_detail})
+    d = chain.decide(phase.next, judged_as.verdict, judged, {**outputs, "name": phase.name}, merged,
                      {"id": "replay", "dir": ""}, loaded.folder, {}, failed)
     return {"spec": str(loaded.path), "logdir": str(logdir), "problems": reader.problems, "warnings": warnings,
             "metrics": {k: {"points": len(s), "first_step": int(s.steps[0]), "last_step": int(s.steps[-1])}
                         for k, s in metrics.series.items() if len(s)},
             "phase_start": guards.origin, "planned_end": guards.planned_end, "end_reached": end_reached,
             "guards": [r.__dict__ for r in reports], "stopped_at": min(stops) if stops else None,
-            "verdict": v.verdict, "failure_kind": v.failure_kind and str(v.failure_kind), "explanation": v.explanation(), "next": d.reason, "next_spec": d.spec}
+            "verdict": judged_as.verdict, "failure_kind": judged_as.failure_kind and str(judged_as.failure_kind), "explanation": judged_as.explanation(), "next": d.reason, "next_spec": d.spec}
 
 
 def truncate(metrics: MetricSet, step: int) -> MetricSet:

@@ -123,6 +123,8 @@ class Smoother:
         if self.weight is not None:
             w = self.weight
         else:
+            # __init__ takes exactly one of weight and tau_steps: without a weight there is a time constant.
+            assert self.tau is not None
             # The first point stands for one step: the debiased average then settles after ~1.6 time constants.
             gap = 1 if self.last_step is None else max(0, step - self.last_step)
             if self.min_points and self.last_step is not None and self.noise_n == 0 and gap > 0:
