@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,7 @@ class Judgement:
             out += c.lines(indent + 1)
         return out
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"text": self.text, "value": self.value, "passed": self.passed, "skipped": self.skipped,
                 "children": [c.as_dict() for c in self.children]}
 
@@ -64,6 +65,7 @@ def describe(c: Criterion) -> str:
         cmp = f"no worse than {ref} (+ {slack})" if c.mode == "min" else f"no worse than {ref} (- {slack})"
     else:
         p = c.progress
+        assert p is not None  # the model's validator requires one of below, above, progress and not_worse_than
         base = "its start" if p.from_ in ("start", "") else _num(p.from_)
         cmp = f"≥ {_margin_text(p.at_least)} of the way from {base} to {_num(p.to)}"
     return f"{c.reduce}({c.metric}, {where}) {cmp}"
@@ -129,6 +131,7 @@ def judge_criterion(c: Criterion, metrics: MetricSet, origin: int | None = None,
                ("worse than" if worse > 0 else "no worse than"))
         return Judgement(f"{text}: measured {value:.4g}{src}, {how} the reference {ref:.4g}", value, passed)
     p = c.progress
+    assert p is not None  # the model's validator requires one of below, above, progress and not_worse_than
     if p.from_ in ("start", ""):
         n = start_window(c)
         first = series.steps[0] if origin is None else origin
@@ -144,6 +147,8 @@ def judge_criterion(c: Criterion, metrics: MetricSet, origin: int | None = None,
     target = float(p.to)
     sign = 1.0 if p.mode == "min" else -1.0
     need = p.at_least.get("relative", p.at_least.get("absolute"))
+    if need is None:  # at_least in sigma: the model accepts it, a rate has no noise to scale (the TypeError `>=` raised)
+        raise TypeError(f"progress at_least {p.at_least}: a fraction of the way ('50%') or a number, not sigma")
     if sign * (start - target) <= 0:  # started at or past the target: it must still be there
         passed = sign * (value - target) <= 0
         return Judgement(f"{text}: started at {start_text}, already at or past the target {target:.4g}; measured "
@@ -158,6 +163,7 @@ def judge(node: Criterion | Group, metrics: MetricSet, evidence: Evidence | None
     if isinstance(node, Criterion):
         return judge_criterion(node, metrics, evidence=evidence)
     items = node.all if node.all is not None else node.any
+    assert items is not None  # a Group's validator requires exactly one of all: and any:
     children = [judge(i, metrics, evidence) for i in items]
     results = [c.passed for c in children if not c.skipped]
     if node.all is not None:

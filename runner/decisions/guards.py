@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runner.metrics.series import MetricSet
-from runner.spec.criteria_models import Expect, Guard, StopAt
+from runner.spec.criteria_models import Divergence, Expect, Guard, StopAt
 from runner.spec.models import Phase
 from runner.decisions.smoothing import EMA_SIGMAS, HOLD_SHARE, LEVEL_MIN_POINTS, LEVEL_SHARE, PERSIST_SHARE, ROBUST_SIGMAS, RobustLevel, Smoother, num as _num, origin_of
 
@@ -49,7 +49,7 @@ class GuardState:
         self.run_start_wall: float | None = None
         self.smoother: Smoother | RobustLevel | None = None
         if self.kind == "diverges":
-            d = guard.diverges
+            d = self._diverges
             persist = float(d.for_["steps"]) if "steps" in d.for_ else None
             if isinstance(d.smoothing, dict):  # a window in steps: the robust level over it
                 self.smoother = RobustLevel(max(1.0, float(d.smoothing["steps"])), persist)
@@ -61,13 +61,19 @@ class GuardState:
                 self.smoother = Smoother(weight=0.6)
 
     @property
+    def _diverges(self) -> Divergence:
+        """A diverges guard's check (the model's validator: the kind is the one check a guard sets)."""
+        assert self.guard.diverges is not None, f"not a diverges guard: {self.kind}"
+        return self.guard.diverges
+
+    @property
     def persist_steps(self) -> float | None:
         """How many steps a divergence must last (its `for`, capped in a short phase), when `for` is in steps."""
-        if self.kind != "diverges" or "steps" not in self.guard.diverges.for_:
+        if self.kind != "diverges" or "steps" not in self._diverges.for_:
             return None
         if isinstance(self.smoother, RobustLevel) and self.smoother.persist is not None:
             return self.smoother.persist
-        return float(self.guard.diverges.for_["steps"])
+        return float(self._diverges.for_["steps"])
 
     @property
     def label(self) -> str:
@@ -89,11 +95,13 @@ class GuardState:
 
     def margin(self) -> tuple[float | None, str]:
         """The allowed rise above the best, and how it was set."""
-        d = self.guard.diverges
+        d = self._diverges
         sm = self.smoother
+        assert sm is not None  # __init__ sets one for every diverges guard
 
-        def part(m: dict) -> tuple[float | None, str]:
+        def part(m: dict[str, float]) -> tuple[float | None, str]:
             if "relative" in m:
+                assert self.best is not None  # asked once a best is known (_divergence; the report checks st.best)
                 return abs(self.best) * m["relative"], f"{m['relative'] * 100:g}% of the best"
             if "absolute" in m:
                 return m["absolute"], f"{m['absolute']:g}"
@@ -113,11 +121,13 @@ class GuardState:
         g = self.guard
         sign = 1.0 if g.mode == "min" else -1.0
         sm = self.smoother
+        assert sm is not None  # __init__ sets one for every diverges guard
         s = sm.push(step, value * sign, learn_noise=self.run_start is None)
         if not sm.settled:
             self.distance = "settling (smoothing the first points)"
             return None
         best = sm.best_value if isinstance(sm, RobustLevel) else s
+        assert best is not None  # RobustLevel.push sets best_value
         if self.best is None or best < self.best:
             self.best, self.best_step = best, step
             self.run_start, self.run_len = None, 0
@@ -133,12 +143,17 @@ class GuardState:
             if self.run_start is None:
                 self.run_start, self.run_len, self.run_start_wall = step, 0, wall
             self.run_len += 1
-            window = g.diverges.for_
+            window = self._diverges.for_
+            held: float
+            need: float
             if "steps" in window:
-                held, need = step - self.run_start, self.persist_steps
+                persist = self.persist_steps
+                assert persist is not None  # a diverges guard with `for` in steps
+                held, need = step - self.run_start, persist
             elif "evals" in window:
                 held, need = self.run_len, window["evals"]
             else:
+                assert self.run_start_wall is not None  # set with run_start
                 held, need = wall - self.run_start_wall, window["seconds"]
             if held >= need:
                 rise = abs((s - self.best) / self.best) * 100 if self.best else float("inf")
@@ -149,10 +164,10 @@ class GuardState:
                     f"at step {step:,} it is {_num(shown)}, {rise:.1f}% {side} the best{self._level_text()}"))
         else:
             self.run_start, self.run_len = None, 0
-        need = self._persist_text()
+        persist_text = self._persist_text()
         self.distance = (f"smoothed {_num(shown)}; trips if it stays {'above' if sign > 0 else 'below'} {_num(limit * sign)} "
                          f"(its best {_num(self.best * sign)} at step {self.best_step:,} "
-                         f"{'+' if sign > 0 else '-'} {_num(margin)}, {how}) for {need}"
+                         f"{'+' if sign > 0 else '-'} {_num(margin)}, {how}) for {persist_text}"
                          + (f"; beyond it since step {self.run_start:,}" if self.run_start is not None else ""))
         return None
 
@@ -163,7 +178,7 @@ class GuardState:
         return f" (smoothed: the mean of the last {sm.tau:,.0f} steps, spikes left out)"
 
     def _persist_text(self) -> str:
-        window = self.guard.diverges.for_
+        window = self._diverges.for_
         need = self.persist_steps
         if need is None or need == window["steps"]:
             return _window_text(window)
@@ -174,7 +189,7 @@ class GuardState:
         return self.tripped
 
 
-def _window_text(window: dict) -> str:
+def _window_text(window: dict[str, float]) -> str:
     if "steps" in window:
         return f"{int(window['steps']):,} steps"
     if "evals" in window:
@@ -218,6 +233,7 @@ class Guards:
             return None
         if self.stop_at.step is not None:
             return int(self.stop_at.step)
+        assert self.stop_at.steps is not None  # StopAt's validator: exactly one of step and steps
         return None if self.origin is None else self.origin + int(self.stop_at.steps)
 
     @property
@@ -267,9 +283,11 @@ class Guards:
             g = st.guard
             if st.tripped or st.kind != "missing":
                 continue
+            assert g.missing is not None  # the model's validator: a guard's kind is the one check it sets
             if g.metric in self.seen:
                 st.distance = "present"
             elif "steps" in g.missing.within:
+                assert origin is not None  # this point set first_step
                 limit = origin + int(g.missing.within["steps"])
                 st.distance = f"not seen by step {step:,} (limit {limit:,})"
                 if step >= limit:
@@ -281,9 +299,10 @@ class Guards:
 
     def _stall_gap(self, gap: float) -> None:
         for st in self.states:
-            if st.kind == "stall" and not st.tripped and gap >= st.guard.stall:
+            stall = st.guard.stall  # set on a stall guard (its kind is the one check it sets)
+            if st.kind == "stall" and not st.tripped and stall is not None and gap >= stall:
                 st._trip(self.last_step, f"stalled: no new step for {gap:.0f}s after step {_fmt_step(self.last_step)} "
-                                         f"(limit {st.guard.stall:.0f}s)")
+                                         f"(limit {stall:.0f}s)")
 
     def check_clock(self, elapsed: float, since_new_step: float) -> Trip | None:
         """Time-based guards: timeout, stall, missing-within-a-duration."""
@@ -291,16 +310,19 @@ class Guards:
             if st.tripped:
                 continue
             g = st.guard
+            # the model's validator: a guard's kind is the one check it sets
             if st.kind == "timeout":
+                assert g.timeout is not None
                 st.distance = f"{elapsed:.0f}s of {g.timeout:.0f}s"
                 if elapsed >= g.timeout:
                     st._trip(self.last_step, f"timeout: {elapsed:.0f}s elapsed (limit {g.timeout:.0f}s)")
             elif st.kind == "stall":
+                assert g.stall is not None
                 st.distance = f"last new step {since_new_step:.0f}s ago (limit {g.stall:.0f}s)"
                 if since_new_step >= g.stall:
                     st._trip(self.last_step, f"stalled: no new step for {since_new_step:.0f}s after step "
                                              f"{_fmt_step(self.last_step)} (limit {g.stall:.0f}s)")
-            elif st.kind == "missing" and g.metric not in self.seen and "seconds" in g.missing.within:
+            elif st.kind == "missing" and g.metric not in self.seen and g.missing is not None and "seconds" in g.missing.within:
                 limit = g.missing.within["seconds"]
                 st.distance = f"not seen after {elapsed:.0f}s (limit {limit:.0f}s)"
                 if elapsed >= limit:
@@ -357,7 +379,7 @@ class ExpectCheck:
         if lr_problem:
             also = f"; and {self.start_problem}" if self.start_problem else ""
             self.tripped = Trip("expect lr", step, lr_problem + also, "expect")
-        elif self.start_problem and (self.lr is None or step > self.first or name == self.lr.metric):
+        elif self.start_problem and (self.lr is None or (self.first is not None and step > self.first) or name == self.lr.metric):
             # said once the first step's LR could be judged too (the same resume usually explains both)
             self.tripped = Trip("expect start_step", step, self.start_problem, "expect")
 

@@ -102,8 +102,8 @@ _SIGMA = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:sigma|σ|sd)\s*$")
 
 
 def _percent_or_number(value: object) -> object:
-    if isinstance(value, str) and _SIGMA.match(value):
-        return {"sigma": float(_SIGMA.match(value).group(1))}
+    if isinstance(value, str) and (sigma := _SIGMA.match(value)):
+        return {"sigma": float(sigma.group(1))}
     if isinstance(value, str) and value.strip().endswith("%") and "${{" not in value:
         try:
             return {"relative": float(value.strip()[:-1]) / 100.0}
