@@ -34,10 +34,10 @@ class Policy:
 
 def best_k(cands: list[Candidate], policy: Policy) -> list[int]:
     """Steps of the best K scored checkpoints; ties go to the earlier step (it was best first)."""
-    scored = [c for c in cands if c.complete and c.score is not None and math.isfinite(c.score)]
+    scored = [(c.score, c.step) for c in cands if c.complete and c.score is not None and math.isfinite(c.score)]
     sign = 1.0 if policy.mode == "min" else -1.0
-    ranked = sorted(scored, key=lambda c: (sign * c.score, c.step))
-    return [c.step for c in ranked[: policy.best]]
+    ranked = sorted(scored, key=lambda sc: (sign * sc[0], sc[1]))
+    return [step for _, step in ranked[: policy.best]]
 
 
 def decide(cands: list[Candidate], policy: Policy, final: bool = False) -> tuple[set[int], set[int], set[int]]:

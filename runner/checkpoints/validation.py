@@ -53,7 +53,7 @@ class Validator:
     def offer(self, step: int, path: str) -> None:
         """Called for each vaulted checkpoint; every Nth is validated."""
         self._count += 1
-        if (self._count - 1) % self.spec.every == 0:
+        if (self._count - 1) % int(self.spec.every) == 0:  # a number once the plan resolved its ${{ }}
             self._queue(step, path)
 
     def final(self, step: int, path: str) -> None:

@@ -105,5 +105,5 @@ class MetricSet:
         self.get(name).add(steps, values, walls)
 
     def latest_step(self) -> int | None:
-        lasts = [s.last()[0] for s in self.series.values() if len(s)]
+        lasts = [last[0] for s in self.series.values() if (last := s.last()) is not None]  # None: an empty series
         return max(lasts) if lasts else None

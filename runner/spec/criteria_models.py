@@ -98,11 +98,11 @@ class ExpectLr(Model):
     """The learning rate the trainer must really run at, read from its logged LR metric."""
 
     value: Number = Field(description="The peak LR the spec asks for, e.g. \"${{ inputs.learning_rate }}\".")
-    metric: str = Field("lr", description="The metric that carries the trainer's LR in effect (e.g. lr: train/lr in metrics).")
-    within: Margin = Field({"relative": 0.1}, description="Allowed difference, e.g. '10%' or an absolute 1e-7 (a warmup below it and a decay after it are fine: "
+    metric: str = Field(default="lr", description="The metric that carries the trainer's LR in effect (e.g. lr: train/lr in metrics).")
+    within: Margin = Field(default={"relative": 0.1}, description="Allowed difference, e.g. '10%' or an absolute 1e-7 (a warmup below it and a decay after it are fine: "
                            "the LR may never exceed the value by more, and its peak must reach it after `after`).")
     after: Union[StepCount, Annotated[int, Field(ge=0)], Template] = Field(
-        0, description="Steps from the phase's first step by which the peak must have been reached (the warmup), e.g. '1000 steps' "
+        default=0, description="Steps from the phase's first step by which the peak must have been reached (the warmup), e.g. '1000 steps' "
                        "or \"${{ inputs.warmup_steps }}\".")
 
 
