@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 from pydantic import ValidationError
 
@@ -17,6 +17,7 @@ from runner.errors import Problem, SpecError
 from runner.spec import interpolate
 from runner.spec.loader import LoadedSpec, dotted, problems_from_validation
 from runner.spec.models import Phase
+from runner.spec.types import resolved_size
 
 LABEL_RUN = "runner.run-id"
 LABEL_PHASE = "runner.phase"
@@ -110,7 +111,7 @@ def merge_inputs(loaded: LoadedSpec, given: dict[str, str]) -> dict[str, object]
 def resolve(loaded: LoadedSpec, inputs: dict[str, object], run_id: str, runs_dir: Path | str, attempt: int = 1) -> Phase:
     """The phase with every ``${{ }}`` reference substituted, validated again."""
     pdir = phase_dir(runs_dir, run_id, loaded.phase.name, attempt)
-    context = {
+    context: dict[str, dict[str, Any]] = {
         "inputs": inputs,
         "run": {"id": run_id, "dir": str(Path(runs_dir) / run_id)},
         "phase": {"name": loaded.phase.name, "dir": str(pdir)},
@@ -173,8 +174,8 @@ def launch_plan(phase: Phase, loaded: LoadedSpec, inputs: dict[str, object], run
         mounts=mounts,
         workdir=c.workdir,
         gpus=tuple(c.gpus) if isinstance(c.gpus, list) else c.gpus,
-        shm_size=c.shm_size,
-        memory=c.memory,
+        shm_size=None if c.shm_size is None else resolved_size(c.shm_size),
+        memory=None if c.memory is None else resolved_size(c.memory),
         cpus=c.cpus,
         user=c.user,
         labels=labels,

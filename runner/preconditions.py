@@ -9,6 +9,7 @@ from runner.paths import spec_relative
 from runner import nvidia
 from runner.errors import RunnerError
 from runner.paths import step_from_name
+from runner.spec.types import resolved_size
 from runner.spec.watch_models import FileCheck, Precondition
 
 
@@ -43,10 +44,11 @@ def check(pre: Precondition, resolve_path: Callable[[str], Path], *, gpus: objec
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
         free = shutil.disk_usage(probe).free
-        ok = free >= pre.disk_free.at_least
-        return ok, f"disk_free: {_human(free)} free on {probe} (need {_human(pre.disk_free.at_least)})"
+        need = resolved_size(pre.disk_free.at_least)
+        ok = free >= need
+        return ok, f"disk_free: {_human(free)} free on {probe} (need {_human(need)})"
     if pre.gpu_memory_free is not None:
-        return _gpu_memory_free(pre.gpu_memory_free.at_least, gpus)
+        return _gpu_memory_free(resolved_size(pre.gpu_memory_free.at_least), gpus)
     if pre.phase is not None:
         return _phase(pre.phase, previous(pre.phase.name) if previous else None)
     if pre.image_present is not None:
@@ -60,8 +62,8 @@ def _file_exists(fc: FileCheck, resolve_path: Callable[[str], Path]) -> tuple[bo
     if not path.exists():
         return False, f"file_exists: {path} does not exist"
     size = path.stat().st_size if path.is_file() else 0
-    if fc.min_size is not None and size < fc.min_size:
-        return False, f"file_exists: {path} is {_human(size)}, smaller than {_human(fc.min_size)}"
+    if fc.min_size is not None and size < resolved_size(fc.min_size):
+        return False, f"file_exists: {path} is {_human(size)}, smaller than {_human(resolved_size(fc.min_size))}"
     return True, f"file_exists: {path} ({_human(size)})"
 
 

@@ -388,6 +388,7 @@ class Server:
         intake_id = self.store.submit(run_id, str(spec_path), loaded.sha256, {}, f"inbox:{name}", 0, "queued",
                                       intake=dict(name=name, state="accepted", reason=reason, moved_to=str(dest),
                                                   source="inbox", sha256=sha))
+        assert intake_id is not None  # submit returns the intake record's id when given one
         self.inbox.move_accepted(intake_id, name, dest)
         return "accepted", reason, run_id
 
@@ -431,6 +432,7 @@ class Server:
             threading.Thread(target=self._post, args=(body,), daemon=True).start()
 
     def _post(self, body: dict) -> None:
+        assert self.notify is not None  # _post_notifications starts it only when a URL is set
         req = urllib.request.Request(self.notify, data=json.dumps(body, default=str).encode(), method="POST",
                                      headers={"Content-Type": "application/json", "User-Agent": f"runner/{__version__}"})
         try:

@@ -30,6 +30,9 @@ from runner.errors import Problem, SpecError
 from runner.spec import interpolate
 from runner.spec.models import Phase
 
+if typing.TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
+
 MAX_BYTES = 1024 * 1024
 MAX_NODES = 100_000
 
@@ -157,6 +160,7 @@ class _Builder:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
+        assert isinstance(node, yaml.ScalarNode)  # the composer's nodes: mappings, sequences and scalars
         return self.scalar(node, path)
 
     def scalar(self, node: yaml.ScalarNode, path: Loc) -> Any:
@@ -172,9 +176,9 @@ class _Builder:
             value.source = text
             return value
         if tag == "tag:yaml.org,2002:float":
-            value = SourceFloat(text.replace(".inf", "inf").replace(".Inf", "inf").replace(".INF", "inf").lower().replace(".nan", "nan"))
-            value.source = text
-            return value
+            real = SourceFloat(text.replace(".inf", "inf").replace(".Inf", "inf").replace(".INF", "inf").lower().replace(".nan", "nan"))
+            real.source = text
+            return real
         self.problem(node, path, f"unsupported YAML tag {tag!r}: specs hold plain data only")
         return text
 
@@ -302,7 +306,7 @@ def _what(value: Any) -> str:
         type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
 
 
-def _plain(err: dict, path: Loc) -> str:
+def _plain(err: ErrorDetails, path: Loc) -> str:
     """A validation error in words: what is allowed, and what was given."""
     kind, given = err["type"], err.get("input")
     if kind == "string_pattern_mismatch":

@@ -5,7 +5,7 @@ that says what is accepted, instead of one line per union member."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, cast
 
 from pydantic import BeforeValidator, Field, WithJsonSchema
 
@@ -68,6 +68,12 @@ def _size(value: object) -> object:
     if isinstance(value, str) and re.match(_TEMPLATE, value):
         return value  # resolved (and checked again) when the run is planned
     return parse_size(value)
+
+
+def resolved_size(size: int | str) -> int:
+    """A Size of a resolved phase, in bytes: its ${{ }} reference was substituted and parsed when the run was
+    planned.  Only the static type changes (a value is passed through as it is)."""
+    return cast(int, size)
 
 
 _SCALAR = {"type": ["string", "number", "boolean"]}

@@ -140,13 +140,15 @@ class Checkpoints(Model):
     @model_validator(mode="after")
     def _defaults(self) -> "Checkpoints":
         preset = PRESETS.get(self.preset or "", {})
-        if self.pattern is None:
-            object.__setattr__(self, "pattern", preset.get("pattern", "model_step{step}.pth"))
+        pattern = self.pattern
+        if pattern is None:
+            pattern = preset.get("pattern", "model_step{step}.pth")
+            object.__setattr__(self, "pattern", pattern)
         if self.complete_when is None and preset.get("complete_when"):
             object.__setattr__(self, "complete_when", CompleteWhen(**preset["complete_when"]))
-        if self.pattern.count("{step}") != 1:
+        if pattern.count("{step}") != 1:
             raise ValueError("pattern must contain {step} exactly once, e.g. model_step{step}.pth")
-        if "/" in self.pattern:
+        if "/" in pattern:
             raise ValueError("pattern names a file or folder directly inside dir (no /)")
         return self
 
@@ -158,7 +160,7 @@ class Checkpoints(Model):
 
 class FileCheck(Model):
     path: str = Field(description="The file.")
-    min_size: Size | None = Field(None, description="Smallest acceptable size, e.g. 1m.")
+    min_size: Size | None = Field(default=None, description="Smallest acceptable size, e.g. 1m.")
 
 
 class CheckpointStepCheck(Model):
