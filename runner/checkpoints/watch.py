@@ -12,6 +12,7 @@ from pathlib import Path
 
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 
@@ -55,7 +56,7 @@ class Watcher:
         self.polling = polling
         self.recursive = recursive
         self.interval = interval
-        self._observer = None
+        self._observer: BaseObserver | None = None
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,7 @@ class DataWatch:
     def __init__(self, folders: list[Path], wake: threading.Event):
         self.wanted = [Path(f) for f in folders]
         self.wake = wake
-        self._observer = None
+        self._observer: BaseObserver | None = None
         self._watched: set[Path] = set()
 
     def ensure(self) -> None:
