@@ -135,13 +135,19 @@ class CheckpointGuard(Keeping, Hashing):
 
     # ------------------------------------------------------------------ scan and vault
 
+    @property
+    def _pattern(self) -> str:
+        """The checkpoints' name pattern (the spec model's validator fills it in: the preset's, else the default)."""
+        assert self.spec.pattern is not None
+        return self.spec.pattern
+
     def entries(self) -> dict[str, tuple[int, Path]]:
         """name → (step, path) for every checkpoint in the folder (files, or folders per step)."""
         out = {}
         try:
             with os.scandir(self.folder) as it:
                 for e in it:
-                    step = step_from_name(e.name, self.spec.pattern)
+                    step = step_from_name(e.name, self._pattern)
                     if step is None:
                         continue
                     try:
@@ -201,7 +207,7 @@ class CheckpointGuard(Keeping, Hashing):
             return False, layout, f"{layout.mark} not written yet"
         if layout.latest:
             latest = self.spec.complete_when.latest if self.spec.complete_when and self.spec.complete_when.latest else "latest"
-            if latest_names(self.folder, latest, name, step, lambda t: step_from_name(t, self.spec.pattern)) or \
+            if latest_names(self.folder, latest, name, step, lambda t: step_from_name(t, self._pattern)) or \
                     (self.spec.complete_when is None and _real_dir(path) and inner_latest_names_a_folder(path)):
                 return True, layout, layout.rule
             if not (final and self.spec.complete_when is None and not _lexists(self.folder / latest)
@@ -444,7 +450,7 @@ class CheckpointGuard(Keeping, Hashing):
                 self._event("checkpoint.recovered", f"{name}: vaulted before a restart; recorded now")
         if self.vault.is_dir():
             for entry in self.vault.iterdir():
-                step = step_from_name(entry.name, self.spec.pattern)
+                step = step_from_name(entry.name, self._pattern)
                 if step is not None and entry.name not in rows:
                     self.store.checkpoint_intent(self.phase_id, step, entry.name, str(self.folder / entry.name), str(entry))
                     self.store.checkpoint_update(self.phase_id, entry.name, state="kept", how="recovered",

@@ -15,10 +15,20 @@ from typing import TYPE_CHECKING
 from runner.checkpoints.vault import file_hashes, privatize, sha256_of, size_of
 
 if TYPE_CHECKING:
-    pass
+    from runner.store import Store
 
 
 class Hashing:
+    # What it uses of the guard it is a base of (checkpoints.guard.CheckpointGuard sets and defines them).
+    store: Store
+    phase_id: int
+    signatures: dict[str, tuple]
+    _hashes: queue.Queue[tuple[str, Path]]
+    _hasher: threading.Thread | None
+
+    if TYPE_CHECKING:  # not at run time: the guard's own method must not be shadowed
+        def _event(self, kind: str, message: str, data: dict | None = None) -> None: ...
+
     # ------------------------------------------------------------------ hashing, off the vaulting path
 
     def _hash_later(self, name: str, dst: Path) -> None:

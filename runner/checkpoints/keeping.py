@@ -21,12 +21,35 @@ from runner.checkpoints.lost import MissedBest, judge_missed
 from runner.metrics.series import MetricSet
 
 if TYPE_CHECKING:
-    pass
+    import threading
+
+    from runner.checkpoints.validation import Validator
+    from runner.spec.watch_models import Checkpoints
+    from runner.store import Store
 
 VAULTED = ("kept", "best", "trash", "pruned")  # states of a checkpoint that is (or was) complete in the vault
 
 
 class Keeping:
+    # What it uses of the guard it is a base of (checkpoints.guard.CheckpointGuard sets and defines them).
+    store: Store
+    run_id: str
+    phase_id: int
+    spec: Checkpoints
+    trash: Path
+    disk_full: bool
+    validator: Validator | None
+    seen: dict[str, int]
+    why: dict[str, str]
+    _lock: threading.Lock
+
+    if TYPE_CHECKING:  # not at run time: the guard's own methods (and Hashing's wait_hashed) must not be shadowed
+        def _event(self, kind: str, message: str, data: dict | None = None) -> None: ...
+        def stop(self) -> None: ...
+        def scan(self, final: bool = False) -> list[str]: ...
+        def wait_hashed(self) -> None: ...
+        def entries(self) -> dict[str, tuple[int, Path]]: ...
+
     # ------------------------------------------------------------------ score and retain
 
     def score(self, metrics: MetricSet, step: int) -> tuple[float | None, dict]:
@@ -38,20 +61,20 @@ class Keeping:
                 snapshot[name] = {"step": int(s.steps[i]), "value": float(s.values[i])}
         if keep is None:
             return None, snapshot
-        s = metrics.series.get(keep.by)
-        if s is None or not len(s):
+        series = metrics.series.get(keep.by)
+        if series is None or not len(series):
             return None, snapshot
-        i = int(np.searchsorted(s.steps, step, side="right"))
+        i = int(np.searchsorted(series.steps, step, side="right"))
         if i == 0:
             return None, snapshot
-        if self.spec.validate_ is not None and int(s.steps[i - 1]) != step:
+        if self.spec.validate_ is not None and int(series.steps[i - 1]) != step:
             return None, snapshot  # validation metrics belong to their checkpoint's exact step
         if keep.window:
-            lo = int(np.searchsorted(s.steps, step - keep.window + 1, side="left"))
-            vals = s.values[lo:i]
+            lo = int(np.searchsorted(series.steps, step - keep.window + 1, side="left"))
+            vals = series.values[lo:i]
             value = float(np.mean(vals)) if vals.size else None
         else:
-            value = float(s.values[i - 1])
+            value = float(series.values[i - 1])
         return (value if value is not None and math.isfinite(value) else None), snapshot
 
     def retain(self, metrics: MetricSet, final: bool = False) -> None:
