@@ -6,6 +6,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -115,7 +116,9 @@ def _criteria(node: Criterion | Group | None) -> list[Criterion]:
         return []
     if isinstance(node, Criterion):
         return [node]
-    return [c for item in (node.all if node.all is not None else node.any) for c in _criteria(item)]
+    items = node.all if node.all is not None else node.any
+    assert items is not None  # a Group's validator requires exactly one of all: and any:
+    return [c for item in items for c in _criteria(item)]
 
 
 def _window(c: Criterion, ms: MetricSet, origin: int | None, row: int) -> Window | None:
@@ -173,20 +176,22 @@ def phase_report(store: Store, row: dict) -> PhaseReport:
             # that a short phase's windows are scaled to its planned length as they were live).
             guards = Guards([g], phase.stop_at, None, total_steps_of(phase))
             st, s = guards.states[0], ms.series[g.metric]
+            smoother, d = st.smoother, g.diverges
+            assert smoother is not None and d is not None  # a diverges guard (GuardState sets its smoother)
             sign = 1.0 if g.mode == "min" else -1.0
             sm_values, limits = [], []
             for step, value, wall in zip(s.steps.tolist(), s.values.tolist(), s.walls.tolist()):
                 guards.point(int(step), g.metric, float(value), float(wall))
-                v = st.smoother.value
+                v = smoother.value
                 sm_values.append(v * sign if v is not None and math.isfinite(v) else math.nan)
-                margin = st.margin()[0] if st.best is not None else None
-                limits.append((st.best + margin) * sign if margin is not None else math.nan)
+                best = st.best
+                margin = st.margin()[0] if best is not None else None
+                limits.append((best + margin) * sign if best is not None and margin is not None else math.nan)
             plot = plots[g.metric]
-            d = g.diverges
             plot.smoothed = np.array(sm_values)
             plot.smoothing = (f"{d.smoothing['steps']:g} steps" if isinstance(d.smoothing, dict)
                               else f"weight {d.smoothing:g}" if d.smoothing is not None
-                              else (f"{st.smoother.tau:g} steps" if st.smoother.tau else "weight 0.6")) + ", the guard's"
+                              else (f"{smoother.tau:g} steps" if smoother.tau else "weight 0.6")) + ", the guard's"
             trip_step = next((t["step"] for t in trips if t["message"].startswith(f"guard {st.label} ")), None)
             if trip_step is None and st.tripped is not None and row["status"] not in (S.RUNNING, S.DETACHED):
                 trip_step = st.tripped.step
@@ -196,22 +201,24 @@ def phase_report(store: Store, row: dict) -> PhaseReport:
                 w = _window(c, ms, origin, len(plots[c.metric].windows))
                 if w is not None:
                     plots[c.metric].windows.append(w)
-        by = phase.checkpoints.keep.by if phase.checkpoints else None
+        # checkpoints: without keep: has no metric to mark them on (it raised AttributeError here before)
+        keep = phase.checkpoints.keep if phase.checkpoints is not None else None
+        by = keep.by if keep is not None else None
         if by in plots and cks:
             s = ms.series[by]
-            for c in cks:
-                value = c["score"]
+            for ck in cks:
+                value = ck["score"]
                 if value is None:
-                    idx = np.searchsorted(s.steps, c["step"], side="right") - 1
+                    idx = np.searchsorted(s.steps, ck["step"], side="right") - 1
                     value = float(s.values[idx]) if idx >= 0 else None
                 if value is not None and math.isfinite(value):
-                    plots[by].checkpoints.append(Mark(int(c["step"]), float(value), c["state"]))
+                    plots[by].checkpoints.append(Mark(int(ck["step"]), float(value), ck["state"]))
     watched = {g.metric for g in (phase.guards if phase else [])} | {c.metric for c in _criteria(phase.success if phase else None)}
     ordered = sorted(plots.values(), key=lambda p: (p.metric not in watched, p.metric))
     return PhaseReport(row, ordered, cks, trips)
 
 
-def chain_of(store: Store, run_id: str, phases: list[dict]) -> tuple[ChainNode | None, str]:
+def chain_of(store: Store, run_id: str, phases: Sequence[dict[str, Any]]) -> tuple[ChainNode | None, str]:
     """The chain graph from the run's first spec, with the path this run took marked."""
     from runner.decisions import graph
 
