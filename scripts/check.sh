@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The static checks CI runs before the tests (scripts/test.sh), configured in pyproject.toml:
 #   ruff         lint (pyflakes, pycodestyle, bugbear, pyupgrade) over runner/, tests/, scripts/, benchmarks/
-#   mypy         types of runner/ (gradually typed: new modules fully annotated; a shrinking list of old ones)
+#   mypy         types of runner/ (every body checked; new modules and the core fully annotated)
 #   lint-imports the layers: cli > server > operations > engine > checkpoints/backends > decisions > store >
 #                spec/metrics > units/errors; decisions pure; one module per third-party boundary
 # Installed with the test extras (bash scripts/install.sh).
