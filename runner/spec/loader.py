@@ -30,9 +30,6 @@ from runner.errors import Problem, SpecError
 from runner.spec import interpolate
 from runner.spec.models import Phase
 
-if typing.TYPE_CHECKING:
-    from pydantic_core import ErrorDetails
-
 MAX_BYTES = 1024 * 1024
 MAX_NODES = 100_000
 
@@ -306,7 +303,7 @@ def _what(value: Any) -> str:
         type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
 
 
-def _plain(err: ErrorDetails, path: Loc) -> str:
+def _plain(err: typing.Mapping[str, Any], path: Loc) -> str:
     """A validation error in words: what is allowed, and what was given."""
     kind, given = err["type"], err.get("input")
     if kind == "string_pattern_mismatch":
