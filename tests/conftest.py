@@ -1,5 +1,6 @@
 import fcntl
 import os
+import signal
 import textwrap
 import time
 from pathlib import Path
@@ -11,6 +12,12 @@ from tests.integration.conftest import docker_client  # noqa: F401
 from tests.slurm.cluster import SlurmCluster, SlurmClusterError
 
 REPO = Path(__file__).resolve().parent.parent
+
+# A suite started in the background (`bash .ci/run &` from a script: no job control) inherits SIGINT ignored, and so
+# would every `runner` it starts: the Ctrl-C tests would send a signal no process hears (Python keeps an ignored
+# SIGINT ignored). Handled here, it is back to the default in every process the suite execs.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
