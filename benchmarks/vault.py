@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from runner.checkpoints.guard import CheckpointGuard  # noqa: E402
-from runner.spec.watch_models import Checkpoints
+from runner.spec.watch_models import Checkpoints  # noqa: E402
 from runner.store import Store  # noqa: E402
 
 

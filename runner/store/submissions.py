@@ -9,18 +9,19 @@ import sqlite3
 import threading
 import time
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.errors import NotFound
 from runner.store.rows import _event
 
 
 class Submissions:
+    # What this base uses of runner.store.Store, declared for the type checker only (Store defines them).
     db: sqlite3.Connection
     _lock: threading.RLock
 
-    def tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
+    if TYPE_CHECKING:
+        def tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
 
     def submit(self, run_id: str, spec_path: str, spec_sha256: str, inputs: dict[str, Any], source: str,
                priority: int = 0, state: str = "queued", intake: dict[str, Any] | None = None) -> int | None:
