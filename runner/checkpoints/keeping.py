@@ -81,12 +81,13 @@ class Keeping:
         """Score unscored checkpoints; mark best, ever-best; move prunable ones to the trash."""
         with self._lock:
             rows = [c for c in self.store.checkpoints(self.phase_id) if c["state"] in ("kept", "best", "trash", "incomplete")]
-            latest_step = metrics.latest_step()
+            reached = self._reached(metrics)
             for c in rows:
                 if c["state"] == "incomplete":
                     continue  # scored once complete and vaulted: its value must not make it best before that
-                # Score once the metric has reached the checkpoint's step (later values may still arrive before).
-                ready = final or (latest_step is not None and latest_step >= c["step"]) or self.spec.validate_ is not None
+                # Score once the keep metric itself has reached the checkpoint's step: another tag at that step
+                # (train loss logged before the evaluation lands) would score it by an older, staler value.
+                ready = final or (reached is not None and reached >= c["step"]) or self.spec.validate_ is not None
                 if c["score"] is None and ready:
                     value, snap = self.score(metrics, c["step"])
                     c["score"] = value
@@ -108,6 +109,14 @@ class Keeping:
                     self._to_trash(c)
                 elif c["state"] == "best":
                     self.store.checkpoint_update(self.phase_id, c["name"], state="kept")
+
+    def _reached(self, metrics: MetricSet) -> int | None:
+        """The newest step of the keep metric (of any metric without keep.by: the snapshot only)."""
+        if self.spec.keep is None:
+            return metrics.latest_step()
+        series = metrics.series.get(self.spec.keep.by)
+        last = series.last() if series is not None else None
+        return last[0] if last is not None else None
 
     def _to_trash(self, c: dict) -> None:
         src = Path(c["vault_path"])

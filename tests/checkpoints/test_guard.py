@@ -268,3 +268,24 @@ def test_a_watcher_that_dies_is_restarted_and_nothing_is_missed(store, tmp_path)
         assert wait_for(lambda: {c["step"] for c in store.checkpoints(1) if c["vaulted_at"]} >= {100, 200}, timeout=10)
     finally:
         guard.stop()
+
+
+def test_a_checkpoint_is_never_scored_by_an_older_value_of_its_keep_metric(store, tmp_path):
+    """The Hugging Face Trainer logs train/loss at step 60 before its evaluation at 60 reaches the event file:
+    checkpoint-60 must wait for eval/loss at 60, not take eval/loss at 50 (a stale, better value that would make
+    it best and hide that the better checkpoint-50 was lost; a CI run saw exactly that)."""
+    guard = make_guard(store, tmp_path, keep={"by": "eval_loss", "best": 1, "latest": 1})
+    guard.start()
+    metrics = MetricSet()
+    metrics.add("eval_loss", [50], [1.0], [time.time()])
+    metrics.add("train_loss", [50, 60], [2.0, 2.5], [time.time()] * 2)
+    save(tmp_path / "ckpt", 60)
+    assert wait_for(lambda: any(c["step"] == 60 and c["state"] != "vaulting" for c in store.checkpoints(1)))
+    guard.retain(metrics)
+    (row,) = store.checkpoints(1)
+    assert row["score"] is None  # not yet: eval_loss has not reached step 60
+    metrics.add("eval_loss", [60], [1.7], [time.time()])
+    guard.retain(metrics)
+    (row,) = store.checkpoints(1)
+    assert row["score"] == 1.7
+    guard.finish(metrics)
