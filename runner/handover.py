@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from runner.server.server import find_server
+from runner.server.lock import find_server
 from runner.store import ACTIVE, Store
 from runner.supervisor import Holder, Role, holder, log_path
 

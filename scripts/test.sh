@@ -20,5 +20,7 @@ bash scripts/ensure-slurm.sh
 bash images/build-offline.sh
 bash scripts/install.sh
 bash scripts/check.sh
-# --durations: the slowest tests in every CI log, the list to work down to the 12-minute budget (issue 23)
-exec .venv/bin/python -m pytest -q --durations=30 "$@"
+# In parallel: RUNNER_TEST_WORKERS pytest-xdist workers (default 4: on 2 cores most tests wait on containers,
+# trainers and polls, not on a core); tests that share the Slurm cluster or a private engine run on one worker in
+# turn (tests/xdist_groups.py).  --durations: the slowest tests in every CI log (issue 23's budget).
+exec .venv/bin/python -m pytest -q -n "${RUNNER_TEST_WORKERS:-4}" --durations=30 "$@"

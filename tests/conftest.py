@@ -74,10 +74,29 @@ container:
 """
 
 
+# The order the suite's tests are handed to pytest-xdist's workers: the long ones first (a real engine, a cluster,
+# trainers), so that the many short unit tests fill the gaps at the end instead of a 100 s test starting last.
+_FIRST = ("slurm", "faults", "integration", "contract", "trainer", "checkpoints", "metrics")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """With ``-n N``: the tests that share a one-per-machine resource on one worker (tests/xdist_groups.py)."""
+    from tests.xdist_groups import GroupScheduling
+
+    return GroupScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     """Every test under tests/integration/, tests/faults/ and tests/slurm/ talks to a real Docker engine (and
-    the Slurm ones to a real cluster): marked ``integration`` (``-m "not integration"`` runs the rest without)."""
+    the Slurm ones to a real cluster): marked ``integration`` (``-m "not integration"`` runs the rest without).
+    The long folders are ordered first."""
     for item in items:
         parts = Path(str(item.fspath)).parts
         if "integration" in parts or "faults" in parts or "slurm" in parts:
             item.add_marker(pytest.mark.integration)
+
+    def rank(item) -> int:
+        parts = Path(str(item.fspath)).parts
+        return next((i for i, name in enumerate(_FIRST) if name in parts), len(_FIRST))
+
+    items.sort(key=rank)  # stable: within a folder, the order as written

@@ -30,7 +30,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from runner.server.server import find_server
+    from runner.server.lock import find_server
 
     inputs = _common.parse_inputs(args.input)  # a usage error before anything else is looked at
     server = None if args.local else find_server(_common.state(args).parent)

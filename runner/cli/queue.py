@@ -20,7 +20,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from runner.server.server import find_server
+    from runner.server.lock import find_server
     from runner.paths import existing_store
     from runner.store import Store
     from runner.runs.views import queue_rows

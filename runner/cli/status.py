@@ -52,7 +52,7 @@ def status_table(lines: list[dict[str, str]], width: int | None) -> Table:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from runner.server.server import find_server
+    from runner.server.lock import find_server
     from runner.runs.operations import reconcile, run_document
     from runner.runs.views import queue_rows, run_view
 

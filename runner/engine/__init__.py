@@ -21,22 +21,23 @@ Where each decision is made (the parts import downwards only, in this order):
 """
 from __future__ import annotations
 
-from typing import Any
-
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from runner.decisions import graph
-from runner.backends.base import ContainerState
-from runner.engine import driver, judge, stop
-from runner.engine.planning import chain_inputs, plan as plan_spec
 from runner.engine.ports import Core, EngineConfig, PhaseResult, QuietReporter, Reporter, RunResult, new_run_id
 from runner.engine.records import request_stop, result_of, stored_plan
-from runner.engine.session import PhaseSession
-from runner.engine.view import view as view_of
-from runner.plan import LaunchPlan
-from runner.spec import LoadedSpec, load_spec
-from runner.spec.models import Phase
 from runner.store import ACTIVE
+
+if TYPE_CHECKING:
+    from runner.backends.base import ContainerState
+    from runner.engine.session import PhaseSession
+    from runner.plan import LaunchPlan
+    from runner.spec import LoadedSpec
+    from runner.spec.models import Phase
+
+# The parts (driver, judge, stop, planning, view, session) and the spec's models are imported where a method needs
+# them: `runner status` and `runner queue` open an Engine to read the store and must not pay for pydantic, numpy
+# and the decisions on every call (0.9 s a call before; the suite's polls made thousands of them).
 
 __all__ = ["Engine", "EngineConfig", "PhaseResult", "QuietReporter", "Reporter", "RunResult", "new_run_id",
            "request_stop", "stored_plan"]
@@ -51,6 +52,8 @@ class Engine(Core):
 
         An engine that does not answer at all is a one-line error before anything is recorded; a
         temporary error once the run is under way is retried (launch.launch_retrying)."""
+        from runner.decisions import graph
+
         graph.build(spec_path, inputs=inputs or {})  # a bad spec, or a broken chain, is said first, engine or not
         self.backend.ping()
         run_id = self.submit(spec_path, inputs or {}, source="apply", state="started")
@@ -63,6 +66,10 @@ class Engine(Core):
     def submit(self, spec_path: str | Path, inputs: dict[str, str], source: str, priority: int = 0,
                state: str = "queued") -> str:
         """Validate and plan a spec (spec errors: nothing is recorded), then record a run for it."""
+        from runner.decisions import graph
+        from runner.engine.planning import chain_inputs
+        from runner.spec import load_spec
+
         loaded = load_spec(spec_path)
         graph.build(loaded.path, loaded, inputs)  # the whole chain: next: specs load, inputs, loops bounded
         run_id = new_run_id()
@@ -71,24 +78,38 @@ class Engine(Core):
         return run_id
 
     def plan(self, loaded: LoadedSpec, inputs: dict[str, str], run_id: str, attempt: int = 1) -> tuple[Phase, LaunchPlan, dict[str, Any]]:
+        from runner.engine.planning import plan as plan_spec
+
         return plan_spec(self, loaded, inputs, run_id, attempt)
 
     def drive(self, run_id: str, detach: bool = False) -> RunResult:
+        from runner.engine import driver
+
         return driver.drive(self, run_id, detach)
 
     def attach(self, run_id: str) -> RunResult:
+        from runner.engine import driver
+
         return driver.attach(self, run_id)
 
     def finish(self, phase_id: int, state: ContainerState, sup: PhaseSession | None = None) -> PhaseResult:
+        from runner.engine import judge
+
         return judge.finish(self, phase_id, state, sup)
 
     def cancel(self, phase_id: int, wait: bool = True) -> None:
+        from runner.engine import stop
+
         stop.cancel(self, phase_id, wait)
 
     def stop_run(self, run_id: str) -> list[PhaseResult]:
+        from runner.engine import stop
+
         return stop.stop_run(self, run_id)
 
     def refresh(self, run_id: str) -> None:
+        from runner.engine import stop
+
         stop.refresh(self, run_id)
 
     def result(self, phase_id: int) -> PhaseResult:
@@ -96,7 +117,11 @@ class Engine(Core):
 
     def session(self, phase_id: int) -> PhaseSession:
         """The phase's session as the store has it (metrics read so far, guards fed, checkpoints)."""
+        from runner.engine.session import PhaseSession
+
         return PhaseSession.restored(self, phase_id)
 
     def view(self, phase_id: int) -> dict[str, Any]:
+        from runner.engine.view import view as view_of
+
         return view_of(self, phase_id)

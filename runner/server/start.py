@@ -15,7 +15,8 @@ from runner.backends.select import backend_factory, is_remote
 from runner.decisions.policy import MountPolicy
 from runner.errors import Refused
 from runner.server.scheduler import detect_gpus, parse_gpus
-from runner.server.server import Server, ServerLock, find_server
+from runner.server.lock import ServerLock, find_server
+from runner.server.server import Server
 from runner.store import Store
 
 

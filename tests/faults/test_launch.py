@@ -13,6 +13,9 @@ from tests.integration.conftest import keep_containers
 from tests.faults.conftest import check_invariants, labelled_containers, only_run, run_containers, serve, status, wait_for
 
 SHORT = ["sh", "-c", "sleep 3; echo done"]
+# Runs until the test says so (a file made by `docker exec`, at most 120 s): still running when status looks, however
+# slowly a loaded machine gets there (a fixed 3 s once ended first under a parallel suite).
+UNTIL_TOLD = ["sh", "-c", "i=0; while [ ! -e /tmp/go ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done; echo done"]
 
 
 def crash_apply(cli, spec, point):
@@ -23,11 +26,12 @@ def crash_apply(cli, spec, point):
 
 def test_row3_crash_after_create_before_the_record_adopts_the_container(cli, spec_for, docker_client):
     keep_containers(cli.state.parent)  # the ended container is looked at after the phase
-    run = crash_apply(cli, spec_for(SHORT), "post_create")
+    run = crash_apply(cli, spec_for(UNTIL_TOLD), "post_create")
     (container,) = run_containers(docker_client, run)  # created and started, its id never recorded
     (p,) = status(cli, run)["phases"]  # status matches the launching phase to it by name
     assert (p["status"], p["container_id"]) == ("running", container.id) and "found container" in p["reason"]
     started = container.attrs["State"]["StartedAt"]
+    assert container.exec_run(["touch", "/tmp/go"]).exit_code == 0
     out = cli("attach", run, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     doc = check_invariants(cli, run, docker_client)

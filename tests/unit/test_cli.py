@@ -185,7 +185,7 @@ def test_export_into_an_existing_folder(site):
 
 
 def test_a_second_server_is_refused(tmp_path):
-    from runner.server.server import ServerLock
+    from runner.server.lock import ServerLock
 
     lock = ServerLock(tmp_path / "runs")
     assert lock.acquire()

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from runner.backends.fake import FakeBackend
-from runner.server.server import Server, ServerLock, find_server
+from runner.server.lock import ServerLock, find_server
+from runner.server.server import Server
 from runner.errors import GpuUnavailable, SpecError
 from runner.plan import build_plan
 from runner.decisions.policy import MountPolicy
