@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any, Union
 
 from runner.paths import spec_relative
 from runner.errors import Problem, SpecError
 from runner.spec import interpolate
-from runner.spec.loader import LoadedSpec, dotted, problems_from_validation
-from runner.spec.models import Phase
+
+if TYPE_CHECKING:  # the spec's models (pydantic) are imported where a plan is built, not by who only reads plans
+    from runner.spec.loader import LoadedSpec
+    from runner.spec.models import Phase
 from runner.spec.types import resolved_size
 
 LABEL_RUN = "runner.run-id"
@@ -110,6 +110,11 @@ def merge_inputs(loaded: LoadedSpec, given: dict[str, str]) -> dict[str, object]
 
 def resolve(loaded: LoadedSpec, inputs: dict[str, object], run_id: str, runs_dir: Path | str, attempt: int = 1) -> Phase:
     """The phase with every ``${{ }}`` reference substituted, validated again."""
+    from pydantic import ValidationError
+
+    from runner.spec.loader import dotted, problems_from_validation
+    from runner.spec.models import Phase
+
     pdir = phase_dir(runs_dir, run_id, loaded.phase.name, attempt)
     context: dict[str, dict[str, Any]] = {
         "inputs": inputs,

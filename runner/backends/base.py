@@ -9,9 +9,10 @@ from __future__ import annotations
 import calendar
 import re
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, Iterator, Mapping, Protocol
 
-from runner.plan import LaunchPlan
+if TYPE_CHECKING:
+    from runner.plan import LaunchPlan
 
 
 @dataclass(frozen=True)

@@ -150,13 +150,15 @@ class CheckpointGuard(Keeping, Hashing):
                     step = step_from_name(e.name, self._pattern)
                     if step is None:
                         continue
-                    try:
-                        mode = e.stat(follow_symlinks=False).st_mode
-                    except FileNotFoundError:
-                        continue
-                    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+                    # The entry's type as the kernel listed it (no stat call per file: a folder of 10,000
+                    # checkpoints is listed every rescan); a symlink is neither a file nor a folder here.
+                    if e.is_file(follow_symlinks=False) or e.is_dir(follow_symlinks=False):
                         out[e.name] = (step, Path(e.path))
                     elif e.name not in self.untrusted:
+                        try:
+                            mode = e.stat(follow_symlinks=False).st_mode
+                        except FileNotFoundError:
+                            continue
                         self._untrusted(e.name, kind_of(mode))
         except FileNotFoundError:
             pass
@@ -272,6 +274,8 @@ class CheckpointGuard(Keeping, Hashing):
                         self._rewritten(name, path, Path(known[name]["vault_path"]), touched, now)
                     continue
                 self.seen[name] = step
+                if not self.spec.vault:
+                    continue  # nothing is vaulted or recorded incomplete: whether it is complete decides nothing
                 try:
                     sig = self._signature(path)
                     prev = self.pending.get(name)
