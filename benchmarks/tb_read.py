@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 TAGS = ("train/text_loss", "train/mel_loss", "train/lr")
+SETTLE_S = 1.0  # pause before each measured process
 
 
 def write(logdir: Path, start: int, stop: int, suffix: str = "") -> None:
@@ -121,9 +122,13 @@ def whole_process(logdir: Path, steps: int, rounds: int) -> None:
     times: dict[str, list[float]] = {"runner": [], "rust": [], "rust_all": []}
     runner_process(file, steps)  # warm: the file in the page cache, the interpreter's .pyc files written
     for _ in range(rounds):  # alternating, so a burst of load elsewhere falls on both
-        times["runner"].append(runner_process(file, steps))
-        times["rust"].append(rust_server_process(logdir, steps, keep_all=False))
-        times["rust_all"].append(rust_server_process(logdir, steps, keep_all=True))
+        for key, measure in (("runner", lambda: runner_process(file, steps)),
+                             ("rust", lambda: rust_server_process(logdir, steps, keep_all=False)),
+                             ("rust_all", lambda: rust_server_process(logdir, steps, keep_all=True))):
+            # Each process starts on a settled machine: the previous one's exit (the kernel freeing a server's
+            # hundreds of MB) must not fall into the next one's time.
+            time.sleep(SETTLE_S)
+            times[key].append(measure())
     best = {k: min(v) for k, v in times.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"whole process, best / median of {rounds}:")
