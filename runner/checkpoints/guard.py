@@ -98,6 +98,7 @@ class CheckpointGuard(Keeping, Hashing):
         self.first_seen: dict[str, float] = {}  # name → when it was first seen incomplete
         self.waiting: dict[str, str] = {}  # name → why it is incomplete (said once in an event when the wait is long)
         self.why: dict[str, str] = {}  # name → why it was incomplete at the last scan
+        self._paths: dict[str, Path] = {}  # name → its path in the folder (built once, looked up every rescan)
         self._hashes: queue.Queue = queue.Queue()
         self._hasher: threading.Thread | None = None
         self._stop = threading.Event()
@@ -153,7 +154,10 @@ class CheckpointGuard(Keeping, Hashing):
                     # The entry's type as the kernel listed it (no stat call per file: a folder of 10,000
                     # checkpoints is listed every rescan); a symlink is neither a file nor a folder here.
                     if e.is_file(follow_symlinks=False) or e.is_dir(follow_symlinks=False):
-                        out[e.name] = (step, Path(e.path))
+                        path = self._paths.get(e.name)
+                        if path is None:  # a Path is built once per name: pathlib's parsing was most of a rescan
+                            path = self._paths[e.name] = self.folder / e.name
+                        out[e.name] = (step, path)
                     elif e.name not in self.untrusted:
                         try:
                             mode = e.stat(follow_symlinks=False).st_mode
