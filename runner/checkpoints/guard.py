@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Callable
 from runner.checkpoints.formats import why_not_loadable
 from runner.checkpoints.hashing import Hashing
 from runner.checkpoints.keeping import Keeping
+from runner.checkpoints.rewrites import Rewrites
 from runner.checkpoints.layouts import Layout, detect, inner_latest_names_a_folder, latest_names, mark_present
-from runner.checkpoints.vault import DiskFull, copy_file, protect, refresh, sha256_of, size_of
+from runner.checkpoints.vault import DiskFull, protect, refresh, sha256_of, size_of
 from runner.checkpoints.watch import Watcher
 from runner.errors import Temporary
 from runner.paths import step_from_name
@@ -65,7 +66,7 @@ def loadable(path: Path, fmt: str | None = None, mark: str | None = None) -> boo
     return why_not_loadable(path, fmt, mark) is None
 
 
-class CheckpointGuard(Keeping, Hashing):
+class CheckpointGuard(Keeping, Hashing, Rewrites):
     def __init__(self, store: Store, run_id: str, phase_id: int, spec: Checkpoints, folder: Path, vault: Path,
                  say: Callable[[str], None] = lambda m: None, rescan_s: float = RESCAN_S,
                  clock: Callable[[], float] = time.time):
@@ -314,85 +315,6 @@ class CheckpointGuard(Keeping, Hashing):
         if stat.S_ISDIR(st.st_mode):
             return tuple((rel, f.st_size, f.st_mtime_ns) for rel, f in walk_files(path)[0])
         return ((path.name, st.st_size, st.st_mtime_ns),)
-
-    def _refresh(self, name: str, step: int, path: Path, dst: Path, touched: set[str], now: float, final: bool) -> None:
-        """A vaulted folder the trainer still writes: new or rewritten files follow it into the vault, but only
-        once the folder is complete by its rule again and loads (a half-rewritten file never enters the vault)."""
-        try:
-            sig = self._signature(path)
-        except FileNotFoundError:
-            return
-        if self.signatures.get(name) == sig or not dst.is_dir():
-            self.refreshing.pop(name, None)
-            return
-        prev = self.refreshing.get(name)
-        stable_since = prev[1] if prev and prev[0] == sig and name not in touched else now
-        self.refreshing[name] = (sig, stable_since)
-        try:
-            complete, layout, _why = self._completion(name, step, path, sig, now - stable_since, name in touched, final)
-        except FileNotFoundError:
-            return
-        if not complete or why_not_loadable(path, layout.fmt, layout.mark) is not None:
-            return
-        try:
-            changed = refresh(path, dst)
-        except DiskFull as exc:
-            self.disk_full = True
-            self._event("checkpoint.disk-full", str(exc))
-            self.say(f"ERROR: {exc}")
-            return
-        self.signatures[name] = sig
-        self.refreshing.pop(name, None)
-        if changed:
-            self._event("checkpoint.updated", f"{name}: {len(changed)} file(s) written after it was vaulted brought into the vault "
-                        f"({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''})", {"files": changed})
-            self._hash_later(name, dst)
-
-    def _rewritten(self, name: str, path: Path, dst: Path, touched: set[str], now: float) -> None:
-        """A vaulted file the trainer wrote again under the same name (a run resumed from an older step into
-        the same folder): the vaulted bytes stay as they were; once the new version is complete it is kept
-        too, beside them in the vault (.rewritten/NAME.N), and the rewrite is recorded."""
-        try:
-            sig = self._signature(path)
-        except FileNotFoundError:
-            return
-        if name not in self.signatures:
-            try:
-                vst = os.lstat(dst)  # a restart: the vault copy keeps the trainer's mtime
-            except FileNotFoundError:
-                return
-            self.signatures[name] = ((path.name, vst.st_size, vst.st_mtime_ns),)
-        if sig == self.signatures[name]:
-            self.rewriting.pop(name, None)
-            return
-        prev = self.rewriting.get(name)
-        stable_since = prev[1] if prev and prev[0] == sig and name not in touched else now
-        self.rewriting[name] = (sig, stable_since)
-        if name not in touched and now - stable_since < self.spec.settle:
-            return
-        try:
-            layout = self.layout(path)
-        except FileNotFoundError:
-            return
-        if why_not_loadable(path, layout.fmt) is not None:
-            return
-        n = self.rewrites.get(name, 1) + 1
-        keep = self.vault / ".rewritten" / f"{name}.{n}"
-        try:
-            keep.parent.mkdir(parents=True, exist_ok=True)
-            copy_file(path, keep)
-        except (FileNotFoundError, Untrusted):
-            return
-        except OSError as exc:
-            self._event("checkpoint.error", f"keeping the rewritten {name}: {exc}")
-            return
-        self.rewrites[name] = n
-        self.signatures[name] = sig
-        self.rewriting.pop(name, None)
-        self._event("checkpoint.rewritten", f"{name} was written again after it was vaulted: the vaulted version is "
-                    f"unchanged ({dst}); the new one is kept beside it as {keep}",
-                    {"name": name, "vault_path": str(dst), "rewrite_path": str(keep), "version": n})
-        self.say(f"WARNING: the trainer wrote {name} again after it was vaulted; both versions kept")
 
     def _missed(self, name: str, step: int) -> None:
         """Seen in the folder, gone before it was complete and vaulted: loud, never silent."""
