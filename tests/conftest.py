@@ -79,6 +79,7 @@ container:
 _FIRST = ("slurm", "faults", "integration", "contract", "trainer", "checkpoints", "metrics")
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: no error where it is not loaded (-p no:xdist)
 def pytest_xdist_make_scheduler(config, log):
     """With ``-n N``: the tests that share a one-per-machine resource on one worker (tests/xdist_groups.py)."""
     from tests.xdist_groups import GroupScheduling
