@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from runner.lifecycle import GUARD_FAILURE, FailureKind
-from runner.metrics.series import MetricSet
+from runner.metrics.series import MetricSet, Series
 from runner.spec.criteria_models import Criterion, Group
 from runner.spec.windows import parse_window
 from runner.decisions.guards import Trip, _fmt_step, _margin_text
@@ -130,6 +130,12 @@ def judge_criterion(c: Criterion, metrics: MetricSet, origin: int | None = None,
         how = (f"{abs(worse) / abs(ref) * 100:.1f}% {'worse' if worse > 0 else 'better'} than" if ref else
                ("worse than" if worse > 0 else "no worse than"))
         return Judgement(f"{text}: measured {value:.4g}{src}, {how} the reference {ref:.4g}", value, passed)
+    return _judge_progress(c, series, origin, value, text)
+
+
+def _judge_progress(c: Criterion, series: Series, origin: int | None, value: float, text: str) -> Judgement:
+    """``progress``: how much of the way from its start (or the value handed over) to the target the measured
+    ``value`` has come."""
     p = c.progress
     assert p is not None  # the model's validator requires one of below, above, progress and not_worse_than
     if p.from_ in ("start", ""):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from runner.backends.base import ContainerState
 from runner.decisions.criteria import Evidence, verdict as judge_verdict
+from runner.checkpoints.lost import MissedBest
 from runner.decisions.guards import Trip, total_steps_of
 from runner.engine.ports import Core, PhaseResult
 from runner.engine.records import folder_of, result_of, stop_grace, stored_phase
@@ -33,6 +34,23 @@ def lost(core: Core, phase_id: int, reason: str = "the container disappeared fro
     core.store.transition(phase_id, S.LOST, reason, failure_kind=str(F.INFRASTRUCTURE), failure_detail="lost",
                           expect=ACTIVE, finished_at=time.time())
     return result_of(core.store, phase_id)
+
+
+def _weigh_lost_best(lost_best: MissedBest | None, verdict: str, status: S, reason: str, fields: dict[str, Any],
+                     outputs: dict[str, Any]) -> tuple[str, S, str]:
+    """A checkpoint better than every vaulted one was missed: part of the verdict (checkpoints.on_missed_best).
+    Fills ``outputs`` (lost_best, degraded, verdict) and ``fields`` (the failure kind); the verdict, status and
+    reason it leaves."""
+    if lost_best is None or not lost_best.best_lost:
+        return verdict, status, reason
+    outputs["lost_best"] = lost_best.as_dict()
+    if verdict == "success" and lost_best.fails:
+        verdict, status, reason = "failure", S.FAILED, lost_best.summary()
+        fields.update(failure_kind=str(F.CHECKPOINT_LOST), failure_detail=None)
+    elif verdict == "success" and lost_best.degrades:
+        outputs["degraded"] = lost_best.summary()
+    outputs["verdict"] = verdict
+    return verdict, status, reason
 
 
 def finish(core: Core, phase_id: int, state: ContainerState, sup: PhaseSession | None = None) -> PhaseResult:
@@ -80,16 +98,7 @@ def finish(core: Core, phase_id: int, state: ContainerState, sup: PhaseSession |
     verdict, notes = v.verdict, ""
     if sup and sup.ckpt:
         notes = _vault_outputs(core, phase_id, sup, validated, outputs)
-        lost_best = sup.ckpt.missed_best(metrics)
-        if lost_best is not None and lost_best.best_lost:
-            # A checkpoint better than every vaulted one was missed: part of the verdict (on_missed_best).
-            outputs["lost_best"] = lost_best.as_dict()
-            if verdict == "success" and lost_best.fails:
-                verdict, status, reason = "failure", S.FAILED, lost_best.summary()
-                fields.update(failure_kind=str(F.CHECKPOINT_LOST), failure_detail=None)
-            elif verdict == "success" and lost_best.degrades:
-                outputs["degraded"] = lost_best.summary()
-            outputs["verdict"] = verdict
+        verdict, status, reason = _weigh_lost_best(sup.ckpt.missed_best(metrics), verdict, status, reason, fields, outputs)
     fields.update(verdict=verdict, explanation=v.explanation() + ("\n" + notes if notes else ""),
                   outputs_json=json.dumps(outputs),
                   judgement_json=json.dumps(v.judgement.as_dict() if v.judgement else None))
