@@ -119,6 +119,16 @@ def analyse(path: str | Path, inputs: dict[str, str] | None = None,
                                         f"{Path(e.target).name} requires input {name!r}; pass it in with:"))
     for own in failed.values():  # a broken spec's own located problems, after the rule's
         problems += [p for p in own if p.line != 0]
+    problems += _retry_problems(graph)
+    if inputs is not None:
+        problems += _input_problems(graph, inputs, complete=not failed)
+    problems += _loops(graph)
+    return graph, sorted(set(problems), key=lambda p: (p.file, p.line, p.col, p.path, p.message))
+
+
+def _retry_problems(graph: Graph) -> list[Problem]:
+    """``retry.with`` naming an input its own spec does not declare (a retry runs the same spec)."""
+    problems = []
     for file, spec in graph.specs.items():
         retry = spec.phase.retry
         declared = _declared(spec)
@@ -128,10 +138,7 @@ def analyse(path: str | Path, inputs: dict[str, str] | None = None,
                 problems.append(Problem(file, line, col, f"retry.with.{name}",
                                         f"this spec declares no input {name!r} (declared: {', '.join(declared) or 'none'}); "
                                         "a retry runs the same spec, so retry.with sets its own inputs"))
-    if inputs is not None:
-        problems += _input_problems(graph, inputs, complete=not failed)
-    problems += _loops(graph)
-    return graph, sorted(set(problems), key=lambda p: (p.file, p.line, p.col, p.path, p.message))
+    return problems
 
 
 def _declared(spec: LoadedSpec) -> dict[str, Any]:
