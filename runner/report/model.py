@@ -15,8 +15,8 @@ from runner.decisions.guards import Guards, total_steps_of
 from runner.decisions.smoothing import metrics_origin, reduce, smoothed, window_points
 from runner.spec.windows import parse_window
 from runner.errors import SpecError
-from runner.metrics.series import MetricSet
-from runner.spec.criteria_models import Criterion, Group
+from runner.metrics.series import MetricSet, Series
+from runner.spec.criteria_models import Criterion, Group, Guard
 from runner.spec.models import Phase
 from runner.lifecycle import chain_outcome
 from runner.store import Store, run_status
@@ -152,6 +152,33 @@ def _window(c: Criterion, ms: MetricSet, origin: int | None, row: int) -> Window
                   threshold, show, row)
 
 
+def _guard_threshold(g: Guard, phase: Phase, s: Series, plot: MetricPlot, trips: list[dict], row: dict) -> None:
+    """A diverges guard on the plot of its metric: its smoothed level, its threshold, where it tripped."""
+    # The guard's own level and threshold, fed the stored points as the live guard was (through Guards, so
+    # that a short phase's windows are scaled to its planned length as they were live).
+    guards = Guards([g], phase.stop_at, None, total_steps_of(phase))
+    st = guards.states[0]
+    smoother, d = st.smoother, g.diverges
+    assert smoother is not None and d is not None and g.metric is not None  # a diverges guard on a plotted metric
+    sign = 1.0 if g.mode == "min" else -1.0
+    sm_values, limits = [], []
+    for step, value, wall in zip(s.steps.tolist(), s.values.tolist(), s.walls.tolist()):
+        guards.point(int(step), g.metric, float(value), float(wall))
+        v = smoother.value
+        sm_values.append(v * sign if v is not None and math.isfinite(v) else math.nan)
+        best = st.best
+        margin = st.margin()[0] if best is not None else None
+        limits.append((best + margin) * sign if best is not None and margin is not None else math.nan)
+    plot.smoothed = np.array(sm_values)
+    plot.smoothing = (f"{d.smoothing['steps']:g} steps" if isinstance(d.smoothing, dict)
+                      else f"weight {d.smoothing:g}" if d.smoothing is not None
+                      else (f"{smoother.tau:g} steps" if smoother.tau else "weight 0.6")) + ", the guard's"
+    trip_step = next((t["step"] for t in trips if t["message"].startswith(f"guard {st.label} ")), None)
+    if trip_step is None and st.tripped is not None and row["status"] not in (S.RUNNING, S.DETACHED):
+        trip_step = st.tripped.step
+    plot.thresholds.append(Threshold(st.label, s.steps, np.array(limits), trip_step))
+
+
 def phase_report(store: Store, row: dict) -> PhaseReport:
     ms = _metric_set(store.metric_points(row["id"]))
     try:
@@ -172,30 +199,7 @@ def phase_report(store: Store, row: dict) -> PhaseReport:
         for g in phase.guards:
             if g.kind != "diverges" or g.metric not in plots:
                 continue
-            # The guard's own level and threshold, fed the stored points as the live guard was (through Guards, so
-            # that a short phase's windows are scaled to its planned length as they were live).
-            guards = Guards([g], phase.stop_at, None, total_steps_of(phase))
-            st, s = guards.states[0], ms.series[g.metric]
-            smoother, d = st.smoother, g.diverges
-            assert smoother is not None and d is not None  # a diverges guard (GuardState sets its smoother)
-            sign = 1.0 if g.mode == "min" else -1.0
-            sm_values, limits = [], []
-            for step, value, wall in zip(s.steps.tolist(), s.values.tolist(), s.walls.tolist()):
-                guards.point(int(step), g.metric, float(value), float(wall))
-                v = smoother.value
-                sm_values.append(v * sign if v is not None and math.isfinite(v) else math.nan)
-                best = st.best
-                margin = st.margin()[0] if best is not None else None
-                limits.append((best + margin) * sign if best is not None and margin is not None else math.nan)
-            plot = plots[g.metric]
-            plot.smoothed = np.array(sm_values)
-            plot.smoothing = (f"{d.smoothing['steps']:g} steps" if isinstance(d.smoothing, dict)
-                              else f"weight {d.smoothing:g}" if d.smoothing is not None
-                              else (f"{smoother.tau:g} steps" if smoother.tau else "weight 0.6")) + ", the guard's"
-            trip_step = next((t["step"] for t in trips if t["message"].startswith(f"guard {st.label} ")), None)
-            if trip_step is None and st.tripped is not None and row["status"] not in (S.RUNNING, S.DETACHED):
-                trip_step = st.tripped.step
-            plot.thresholds.append(Threshold(st.label, s.steps, np.array(limits), trip_step))
+            _guard_threshold(g, phase, ms.series[g.metric], plots[g.metric], trips, row)
         for _k, c in enumerate(_criteria(phase.success)):
             if c.metric in plots:
                 w = _window(c, ms, origin, len(plots[c.metric].windows))
