@@ -18,7 +18,10 @@ def kill_after_checkpoints(docker_client, runs_dir, phase: str, count: int, done
     while not done.is_set() and time.monotonic() < deadline:
         vaulted = list((runs_dir / "vault").glob(f"*/{phase}/model_step*.pth"))
         if len(vaulted) >= count:
-            for c in docker_client.containers.list(filters={"label": f"runner.phase={phase}"}):
+            # This test's own run only (its id is the vault folder's name): another test's phase of the same name
+            # may be training on the same engine at the same time (the suite runs in parallel).
+            run_id = vaulted[0].parent.parent.name
+            for c in docker_client.containers.list(filters={"label": [f"runner.phase={phase}", f"runner.run-id={run_id}"]}):
                 if not c.name.endswith("-" + phase):
                     continue  # a validation run of a checkpoint (runner-RUN-PHASE-val-STEP): not the trainer
                 c.kill()
