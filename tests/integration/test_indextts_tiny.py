@@ -61,10 +61,16 @@ def test_too_high_lr_diverges_guard_trips_phase1_from_the_vaulted_best_at_a_lowe
     assert ft["status"] == "failed" and ft["reason"].startswith("guard tripped (text_loss diverges)"), ft["reason"]
     ckpts = json.loads(cli("checkpoints", run["id"], "indextts-finetune", "--output", "json").stdout)["checkpoints"]
     scored = sorted((c["step"], c["metrics"]["val_text_loss"]["value"]) for c in ckpts if "val_text_loss" in c["metrics"])
-    assert len(scored) >= 3, ckpts
+    assert len(scored) >= 2, ckpts
     best_val = min(v for _, v in scored)
     diverged_val = scored[-1][1]
-    assert diverged_val > best_val + 1.0, scored  # collapsed: validation loss up by more than a nat
+    assert diverged_val > best_val, scored  # the best is not the last checkpoint
+    # Whether a checkpoint was saved (and validated) after the collapse depends on where between two saves the
+    # guard trips: runs differ (CPU training is not bit-reproducible), and one CI run tripped at step 2,860, before
+    # the 3,000 save. The collapse is always in the training loss the guard read: up by more than a nat.
+    tl = ft["outputs"]["metrics"]["text_loss"]
+    assert tl["smoothed"] > tl["min"] + 1.0, tl
+    collapsed = diverged_val > best_val + 1.0  # a save after the collapse: its validation loss up by more than a nat
 
     # Phase 1 started from the vault's best by validation loss; the bytes handed over are the vaulted ones.
     best = ft["outputs"]["best_checkpoint"]
@@ -84,7 +90,7 @@ def test_too_high_lr_diverges_guard_trips_phase1_from_the_vaulted_best_at_a_lowe
     assert p1["status"] == "succeeded", p1["explanation"]
     p1_ckpts = json.loads(cli("checkpoints", run["id"], "indextts-phase1-validate-lr", "--output", "json").stdout)["checkpoints"]
     p1_val = min(c["metrics"]["val_text_loss"]["value"] for c in p1_ckpts if "val_text_loss" in c["metrics"])
-    assert p1_val < diverged_val - 1.0 and p1_val <= best_val + 0.05, (p1_val, best_val, diverged_val)
+    assert p1_val <= best_val + 0.05 and (not collapsed or p1_val < diverged_val - 1.0), (p1_val, best_val, diverged_val)
 
     # Phase 2 from phase 1's best, and it held the target.
     p1_best = p1["outputs"]["best_checkpoint"]
