@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Build runner's container images without any container registry.
 #
-#   bash images/build-offline.sh            # base (cached by tag) + trainer + indextts-sim + server (Docker layer cache),
-#                                           # checkpoint trainers, indextts-tiny (cached by tag)
+#   bash images/build-offline.sh            # base (cached by tag and recipe) + trainer + indextts-sim + server (Docker layer cache),
+#                                           # checkpoint trainers, indextts-tiny (cached by tag and base recipe)
 #   REBUILD=1 bash images/build-offline.sh  # ignore the cache
 #
 # The base image is made from Debian packages (debootstrap + `docker import`),
@@ -20,12 +20,25 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 TB_VERSION=${TENSORBOARD_VERSION:-2.14.1}
 
 have_image() { [ -z "${REBUILD:-}" ] && docker image inspect "$1" >/dev/null 2>&1; }
+# The base's package list is its recipe: an image built from another list (an older checkout's) is rebuilt, not
+# reused because its tag matches.
+BASE_PACKAGES=python3,python3-torch,python3-numpy,python3-pip,python3-protobuf,python3-packaging,python3-six,python3-absl,libopenblas0-pthread,ca-certificates,procps
+# OpenBLAS's worker threads spin between a trainer's steps: one thread does these images' small products as fast and
+# spends a sixth of the CPU (train.py, 300 steps paced at 0.05 s: 7 CPU-s against 28), which a loaded machine needs.
+BASE_ENV=OPENBLAS_NUM_THREADS=1
+BASE_RECIPE=$(printf '%s %s %s' "$BASE_PACKAGES" "$BASE_ENV" "$TB_VERSION" | sha256sum | cut -c1-16)
+# An image on the current base: its tag is there and it carries the base recipe's mark (images built FROM the base
+# inherit it, so a tag-cached image on an older base is rebuilt too).
+on_current_base() {
+  have_image "$1" && docker image inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$1" \
+    | grep -qx "RUNNER_BASE_RECIPE=$BASE_RECIPE"
+}
 say() { printf '[build-offline] %s\n' "$*" >&2; }
 
 command -v docker >/dev/null || { say "docker CLI not found: apt-get install -y docker.io"; exit 1; }
 docker info >/dev/null 2>&1 || { say "Docker engine not reachable (is dockerd running?)"; exit 1; }
 
-if have_image "$BASE_TAG"; then
+if on_current_base "$BASE_TAG"; then
   say "$BASE_TAG present, skipping (REBUILD=1 to force)"
 else
   command -v debootstrap >/dev/null || { say "installing debootstrap"; apt-get install -y -q debootstrap >/dev/null; }
@@ -33,8 +46,9 @@ else
   trap 'rm -rf "$work"' EXIT
   rootfs="$work/rootfs"
   say "debootstrap bookworm into $rootfs (takes a few minutes)"
-  debootstrap --variant=minbase \
-    --include=python3,python3-torch,python3-numpy,python3-pip,python3-protobuf,python3-packaging,python3-six,python3-absl,ca-certificates,procps \
+  # libopenblas0-pthread: Debian's torch does its matrix products in the reference BLAS without it, ~10x slower on
+  # CPU (124 ms against 12 ms a step for train.py's tiny GPT), and the test suite is bound by the trainers' CPU.
+  debootstrap --variant=minbase --include="$BASE_PACKAGES" \
     bookworm "$rootfs" "$MIRROR" >"$work/debootstrap.log" 2>&1 \
     || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
   say "adding tensorboard $TB_VERSION (pure-Python wheel, no dependencies pulled)"
@@ -45,7 +59,7 @@ else
   rm -rf "$rootfs/tmp/wheels" "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
   chroot "$rootfs" python3 -c "import torch, torch.utils.tensorboard; print('torch', torch.__version__)"
   say "importing $BASE_TAG"
-  tar -C "$rootfs" -c . | docker import -c 'ENV LANG=C.UTF-8' -c 'CMD ["python3"]' - "$BASE_TAG" >/dev/null
+  tar -C "$rootfs" -c . | docker import -c 'ENV LANG=C.UTF-8' -c "ENV $BASE_ENV" -c "ENV RUNNER_BASE_RECIPE=$BASE_RECIPE" -c 'CMD ["python3"]' - "$BASE_TAG" >/dev/null
 fi
 
 # Always built: Docker's layer cache makes an unchanged trainer a no-op, and a changed
@@ -84,10 +98,10 @@ say "building $CKPT_TAG from $BASE_TAG"
 docker build -q --build-arg "BASE_IMAGE=$BASE_TAG" -t "$CKPT_TAG" "$here/checkpoint-trainers" >/dev/null
 # The tiny IndexTTS-2 GPT (real training on CPU with IndexTTS-2's own model class, for the incident's CI scenario):
 # wheels downloaded here with --no-deps (exact pins; indextts2-inference's model code on Debian's torch), then the
-# image builds its data, tokenizer and pretrained base model itself.  Cached by tag: the pretraining is not redone.
+# image builds its data, tokenizer and pretrained base model itself.  Cached by tag and base recipe: the pretraining is not redone.
 TINY_TAG=${RUNNER_INDEXTTS_TINY_IMAGE:-indextts-tiny:latest}
 twheels="$here/indextts-tiny/wheels"
-if have_image "$TINY_TAG"; then
+if on_current_base "$TINY_TAG"; then
   say "$TINY_TAG present, skipping (REBUILD=1 to force)"
 else
   if [ -n "${REBUILD:-}" ] || [ ! -f "$twheels/.complete" ] || [ "$here/indextts-tiny/requirements.txt" -nt "$twheels/.complete" ]; then
