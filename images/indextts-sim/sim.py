@@ -358,6 +358,74 @@ def load(path: str) -> tuple[State, Params, dict]:
     return st, p, ckpt
 
 
+# ---- reading a checkpoint without torch (validate.py) ----------------------------------------
+# Importing Debian's torch costs ~1.7 s of CPU (its C extension's start-up), and a run validates many checkpoints,
+# each in a process of its own: validate.py reads the simulator's checkpoints with this instead.  It knows torch's
+# zip format (torch.save since 1.6: a pickle in <name>/data.pkl, each tensor's storage in <name>/data/<key>) and
+# only the globals a simulator checkpoint pickles; anything else is None and the caller falls back to torch.load.
+_STORAGE_DTYPES = {"DoubleStorage": "<f8", "FloatStorage": "<f4", "LongStorage": "<i8", "IntStorage": "<i4",
+                   "ByteStorage": "u1", "BoolStorage": "?", "HalfStorage": "<f2"}
+
+
+class _Tensor:
+    """What from_checkpoint asks of a tensor: tolist() and item()."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def tolist(self):
+        return self.array.tolist()
+
+    def item(self):
+        return self.array.item()
+
+
+def load_light(path: str) -> dict | None:
+    """A simulator checkpoint read without torch (tensors as _Tensor), or None when the file is not one this
+    reader knows (a legacy or foreign pickle): then torch.load it."""
+    import io
+    import pickle
+    import zipfile
+
+    import numpy as np
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile):
+        return None
+    with archive:
+        names = archive.namelist()
+        pkl = next((n for n in names if n.endswith("/data.pkl")), None)
+        if pkl is None:
+            return None
+        prefix = pkl[: -len("data.pkl")]
+
+        def rebuild(storage, offset, size, stride, *_):
+            itemsize = storage.dtype.itemsize
+            view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
+                                                   strides=tuple(st * itemsize for st in stride))
+            return _Tensor(np.array(view))
+
+        class Unpickler(pickle.Unpickler):
+            def find_class(self, module, name):
+                if module == "torch._utils" and name == "_rebuild_tensor_v2":
+                    return rebuild
+                if module == "torch" and name in _STORAGE_DTYPES:
+                    return _STORAGE_DTYPES[name]
+                if module == "collections" and name == "OrderedDict":
+                    return dict
+                raise pickle.UnpicklingError(f"{module}.{name} is not in a simulator checkpoint")
+
+            def persistent_load(self, pid):
+                _, dtype, key, _location, numel = pid  # ("storage", type, key, location, numel)
+                return np.frombuffer(archive.read(f"{prefix}data/{key}"), dtype=dtype, count=numel)
+
+        try:
+            return Unpickler(io.BytesIO(archive.read(pkl))).load()
+        except (pickle.UnpicklingError, KeyError, ValueError, TypeError, AttributeError):
+            return None
+
+
 def write(path: str, ckpt: dict) -> None:
     """torch.save straight to the final name, as the real trainer does (not atomic: a reader can see a
     half-written file; torch's zip directory, written last, tells a complete one)."""

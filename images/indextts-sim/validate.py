@@ -28,7 +28,8 @@ def main(argv=None) -> int:
         p.add_argument(flag, default=None, help="accepted for the real model's validate.py command line; unused")
     p.add_argument("--batch-size", type=int, default=4, help="unused")
     args = p.parse_args(argv)
-    st, _, _ = sim.load(args.checkpoint)
+    light = sim.load_light(args.checkpoint)  # without importing torch, when it can (a simulator checkpoint)
+    st, _ = sim.from_checkpoint(light) if light is not None else sim.load(args.checkpoint)[:2]
     text, mel = sim.validation(st)
     print(json.dumps({"step": st.step, "val_text_loss": text, "val_mel_loss": mel}), flush=True)
     return 0

@@ -356,13 +356,15 @@ class CheckpointGuard(Keeping, Hashing, Rewrites):
             self.seen.pop(name, None)
             return False
         took = time.perf_counter() - t0
-        self.store.checkpoint_update(self.phase_id, name, state="kept", how=how, vaulted_at=time.time())
         if sig:
             self.signatures[name] = sig  # what was vaulted: a later write under the same name is a rewrite
+        # Queued before the row says "kept": whoever sees it kept and calls wait_hashed (another thread) finds the
+        # hash waiting, never an empty queue.
+        self._hash_later(name, dst)
+        self.store.checkpoint_update(self.phase_id, name, state="kept", how=how, vaulted_at=time.time())
         self._event("checkpoint.vaulted", f"vaulted {name} (step {step}) by {how} in {took * 1000:.1f} ms"
                     + (f"; complete by: {rule}" if rule else ""),
                     {"name": name, "step": step, "ms": took * 1000, "layout": layout.name if layout else None, "rule": rule})
-        self._hash_later(name, dst)
         if self.validator is not None:
             self.validator.offer(step, str(dst))
         return True

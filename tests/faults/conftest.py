@@ -27,6 +27,15 @@ def status(cli, run=None) -> dict:
     return json.loads(out.stdout)
 
 
+def first_phase(cli, run=None) -> dict:
+    """A poll's view of a run's first phase (the only run when ``run`` is None), read in this process (cli.peek):
+    {} until there is one.  For waits while a supervisor follows the run; `status` (the CLI) judges what nobody does."""
+    doc = cli.peek(run) if run else cli.peek()
+    if doc and not run:
+        doc = cli.peek(doc["runs"][0]["id"]) if len(doc["runs"]) == 1 else None
+    return (doc or {}).get("phases", [{}])[0] if doc and doc.get("phases") else {}
+
+
 def only_run(cli) -> str:
     (run,) = status(cli)["runs"]
     return run["id"]

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.faults.conftest import check_invariants, only_run, run_containers, status, wait_for
+from tests.faults.conftest import check_invariants, only_run, run_containers, first_phase, status, wait_for
 from tests.integration.conftest import keep_containers
 
 
@@ -31,8 +31,7 @@ def test_row46_a_stored_plan_that_mounts_the_host_root_is_refused_where_the_cont
     proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "--state", str(cli.state), "apply",
                              spec_for(["sh", "-c", "sleep 6; echo first"])], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        wait_for("phase 1 running", lambda: cli.state.exists() and status(cli)["runs"] and
-                 status(cli, only_run(cli))["phases"][0]["status"] == "running", timeout=60)
+        wait_for("phase 1 running", lambda: first_phase(cli).get("status") == "running", timeout=60)
         run = only_run(cli)
         con = _db(cli)
         with con:

@@ -7,7 +7,7 @@ import time
 
 
 from tests.integration.conftest import keep_containers
-from tests.faults.conftest import TEST_LABEL, check_invariants, labelled_containers, serve, status, wait_for
+from tests.faults.conftest import TEST_LABEL, check_invariants, labelled_containers, serve, first_phase, status, wait_for
 from tests.integration.conftest import stop_server
 
 BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
@@ -81,8 +81,8 @@ def test_rows23_to_31_hostile_drops_each_end_in_one_state_and_the_server_runs_on
         runs = status(cli)["runs"]
         assert len(runs) == 2  # one run per accepted file; nothing for the rejected ones
         for run in runs:
-            wait_for("the run to end", lambda: status(cli, run["id"])["phases"] and status(cli, run["id"])["phases"][0]
-                     ["status"] not in ("pending", "launching", "running", "detached"), timeout=60)
+            wait_for("the run to end", lambda: first_phase(cli, run["id"]).get("status") not in
+                     (None, "pending", "launching", "running", "detached"), timeout=60)
             doc = check_invariants(cli, run["id"], docker_client)
             assert doc["phases"][0]["status"] == "succeeded"
         made = labelled_containers(docker_client, test_id)

@@ -10,7 +10,7 @@ import pytest
 
 from tests.integration.conftest import stop_server
 from tests.integration.conftest import keep_containers
-from tests.faults.conftest import check_invariants, labelled_containers, only_run, run_containers, serve, status, wait_for
+from tests.faults.conftest import check_invariants, labelled_containers, only_run, run_containers, serve, first_phase, status, wait_for
 
 SHORT = ["sh", "-c", "sleep 3; echo done"]
 # Runs until the test says so (a file made by `docker exec`, at most 120 s): still running when status looks, however
@@ -89,8 +89,8 @@ def test_row40_server_killed_between_create_and_start(cli, tmp_path, spec_for, d
         (created,) = run_containers(docker_client, run)
         assert created.status == "created"
         server = serve(cli, inbox, library, log)
-        wait_for("the phase to end", lambda: status(cli, run)["phases"][0]["status"] not in
-                 ("pending", "launching", "running", "detached"), timeout=90)
+        wait_for("the phase to end", lambda: first_phase(cli, run).get("status") not in
+                 (None, "pending", "launching", "running", "detached"), timeout=90)
         doc = check_invariants(cli, run, docker_client)
         (p,) = doc["phases"]
         assert p["status"] == "failed" and "timeout" in p["reason"], p  # the timeout stopped the relaunched one

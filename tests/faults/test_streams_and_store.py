@@ -11,7 +11,7 @@ import threading
 import time
 
 from tests.integration.conftest import keep_containers
-from tests.faults.conftest import check_invariants, only_run, serve, status, wait_for
+from tests.faults.conftest import check_invariants, only_run, serve, first_phase, status, wait_for
 from tests.faults.test_inbox import drop
 from tests.integration.conftest import stop_server
 
@@ -91,8 +91,7 @@ def test_row52_a_store_locked_for_45s_is_waited_out_and_the_phase_judged(cli, sp
     cli.state.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "--state", str(cli.state), "apply", spec],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for("the phase to run", lambda: cli.state.exists() and status(cli)["runs"] and
-             status(cli, only_run(cli))["phases"][0]["status"] == "running", timeout=60)
+    wait_for("the phase to run", lambda: first_phase(cli).get("status") == "running", timeout=60)
     locked = threading.Event()
 
     def hold():
@@ -146,8 +145,7 @@ def test_row54_an_undecodable_inbox_name_is_rejected_and_the_others_run(cli, tmp
         assert any(n.startswith("bad-") and n.endswith(".yaml") for n in rejected), rejected
         assert any(n.endswith(".error.txt") and "not valid UTF-8" in (inbox / "rejected" / n).read_text() for n in rejected)
         run = only_run(cli)
-        wait_for("the good run to end", lambda: status(cli, run)["phases"] and status(cli, run)["phases"][0]["status"]
-                 == "succeeded", timeout=120)
+        wait_for("the good run to end", lambda: first_phase(cli, run).get("status") == "succeeded", timeout=120)
         assert server.poll() is None, log.read_text()[-2000:]
     finally:
         stop_server(server)
@@ -185,8 +183,7 @@ def test_row52_a_restarted_server_drives_every_owned_active_phase_whatever_its_s
     server, inbox, log = _serve_inbox(cli, tmp_path)
     try:
         drop(inbox, "a.yaml", open(spec_for(["sh", "-c", "sleep 12; echo done"])).read())
-        wait_for("the phase running", lambda: status(cli)["runs"] and status(cli, only_run(cli))["phases"] and
-                 status(cli, only_run(cli))["phases"][0]["status"] == "running", timeout=60)
+        wait_for("the phase running", lambda: first_phase(cli).get("status") == "running", timeout=60)
     finally:
         server.kill()  # as SIGKILL: no goodbye
         server.wait()
@@ -198,7 +195,7 @@ def test_row52_a_restarted_server_drives_every_owned_active_phase_whatever_its_s
     con.close()
     server = serve(cli, inbox, tmp_path / "library", log)
     try:
-        wait_for("the phase judged", lambda: status(cli, run)["phases"][0]["status"] == "succeeded", timeout=120)
+        wait_for("the phase judged", lambda: first_phase(cli, run).get("status") == "succeeded", timeout=120)
     finally:
         stop_server(server)
     check_invariants(cli, run, docker_client)

@@ -99,8 +99,32 @@ def cli(tmp_path):
                               capture_output=True, text=True, env={**os.environ, **(env or {})}, **kwargs)
 
     run.state = state
+    run.peek = lambda run_id=None: peek(state, run_id)
     yield run
     _remove_containers_of_runs(state)
+
+
+def peek(state, run_id=None) -> dict | None:
+    """What `runner status [RUN] -o json` shows, read from the store in this process; None before the store exists.
+
+    For a test's polls while a supervisor follows the run (a terminal, a server, a background supervisor): each
+    `runner status` is a process that spends ~0.5 s of CPU importing runner, and polls of four parallel tests every
+    half second kept a core of CI's two busy.  It neither judges a phase nobody supervises (`status`'s reconcile: a
+    poll that waits for that calls the CLI) nor has the live view; assertions on what a user sees call the CLI."""
+    from pathlib import Path
+
+    from runner.runs.views import run_view
+    from runner.store import Store
+
+    if not Path(state).exists():
+        return None
+    store = Store(state)
+    try:
+        if run_id is not None:
+            return run_view(store, store.resolve_run(run_id), events=True)
+        return {"runs": [run_view(store, r["id"]) for r in store.runs()]}
+    finally:
+        store.close()
 
 
 def _remove_containers_of_runs(state) -> None:

@@ -62,12 +62,11 @@ def test_detach_then_attach_continues_metrics_guards_and_chain(cli):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         time.sleep(1)
-        if cli.state.exists():
-            runs = status(cli)["runs"]
-            if runs and runs[0]["phases"] and runs[0]["phases"][0]["status"] == "running":
-                live = status(cli, runs[0]["id"])["phases"][0].get("live") or {}
-                if any(m["name"] == "text_loss" and m["step"] >= 60 for m in live.get("metrics", [])):
-                    break
+        runs = (cli.peek() or {}).get("runs")  # in process; the CLI (for the live view) once phase 1 runs
+        if runs and runs[0]["phases"] and runs[0]["phases"][0]["status"] == "running":
+            live = status(cli, runs[0]["id"])["phases"][0].get("live") or {}
+            if any(m["name"] == "text_loss" and m["step"] >= 60 for m in live.get("metrics", [])):
+                break
     else:
         proc.kill()
         raise AssertionError("phase 1 never logged metrics")

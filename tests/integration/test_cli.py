@@ -75,8 +75,9 @@ def test_gpu_phase_without_runtime_fails_clearly(cli, spec_for, docker_client, t
 def _foreground(cli, spec):
     proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "--state", str(cli.state), "apply", spec],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    run = wait_until(lambda: cli.state.exists() and status_json(cli)["runs"] and status_json(cli)["runs"][0])
-    phase = wait_until(lambda: status_json(cli, run["id"])["phases"][0]["container_id"] and status_json(cli, run["id"])["phases"][0])
+    # polled in process (cli.peek): the terminal supervises, nothing for `status` to judge
+    run = wait_until(lambda: (cli.peek() or {}).get("runs") and cli.peek()["runs"][0])
+    phase = wait_until(lambda: (p := cli.peek(run["id"])["phases"]) and p[0]["container_id"] and p[0])
     return proc, run["id"], phase
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.integration.conftest import keep_containers, wait_for
+from tests.integration.conftest import peek as _peek
 
 
 def free_port() -> int:
@@ -69,10 +70,11 @@ def test_compose_up_inbox_chain_tensorboard_and_sigkill(project, docker_client):
     inbox = project.home / "runs" / "inbox"
     wait_for("the server's inbox", lambda: (inbox / "accepted").is_dir(), timeout=60)
     shutil.copy(project.home / "specs/demo/pipeline.yaml", inbox / "pipeline.yaml")
-    run_id = wait_for("the run", lambda: (status() or {}).get("runs") and status()["runs"][0]["id"], timeout=60)
+    peek = lambda run=None: _peek(state, run)  # noqa: E731  (polls read the store in process)
+    run_id = wait_for("the run", lambda: (peek() or {}).get("runs") and peek()["runs"][0]["id"], timeout=60)
 
     def midway():
-        s = status(run_id)
+        s = peek(run_id)
         p = s and s["phases"] and s["phases"][0]
         return p and p["status"] == "running" and len(os.listdir(project.home / "runs" / run_id / "demo-phase1" / "ckpt")) >= 1 and p
 
@@ -91,8 +93,8 @@ def test_compose_up_inbox_chain_tensorboard_and_sigkill(project, docker_client):
     training.reload()
     assert training.status in ("running", "exited") and training.attrs["State"]["StartedAt"] == started
 
-    wait_for("the chain to finish", lambda: len((status(run_id) or {}).get("phases", [])) == 2
-             and status(run_id)["phases"][1]["status"] not in ("pending", "launching", "running", "detached"))
+    wait_for("the chain to finish", lambda: len((peek(run_id) or {}).get("phases", [])) == 2
+             and peek(run_id)["phases"][1]["status"] not in ("pending", "launching", "running", "detached"))
     final = status(run_id)
     p1, p2 = final["phases"]
     assert (p1["verdict"], p2["verdict"]) == ("success", "success")

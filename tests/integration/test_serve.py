@@ -52,13 +52,15 @@ def test_server_inbox_sigkill_readopt_and_apply_submit(cli, tmp_path, docker_cli
     try:
         wait_for("the server's inbox", lambda: (inbox / "accepted").is_dir(), timeout=30)
         shutil.copy(REPO / "specs/demo/pipeline.yaml", inbox / "pipeline.yaml")
-        run_id = wait_for("the run", lambda: (status() or {}).get("runs") and status()["runs"][0]["id"])
+        run_id = wait_for("the run", lambda: (cli.peek() or {}).get("runs") and cli.peek()["runs"][0]["id"])
 
-        def phase1_midway():
-            s = status(run_id)
+        def phase1_midway():  # polled in process (cli.peek); `runner checkpoints` only once phase 1 runs
+            s = cli.peek(run_id)
             p = s and s["phases"] and s["phases"][0]
+            if not (p and p["status"] == "running"):
+                return None
             ck = cli("checkpoints", run_id, "--output", "json")
-            return p and p["status"] == "running" and ck.returncode == 0 and len(json.loads(ck.stdout)["checkpoints"]) >= 2 and p
+            return ck.returncode == 0 and len(json.loads(ck.stdout)["checkpoints"]) >= 2 and status(run_id)["phases"][0]
 
         p1 = wait_for("phase 1 to be midway", phase1_midway)
         container = docker_client.containers.get(p1["container_id"])
@@ -80,8 +82,8 @@ def test_server_inbox_sigkill_readopt_and_apply_submit(cli, tmp_path, docker_cli
             timeout=120, every=0.1)
 
         server = serve(cli.state, inbox, notify, log)
-        wait_for("the chain to finish", lambda: len((status(run_id) or {}).get("phases", [])) == 2
-                 and status(run_id)["phases"][1]["status"] not in ("pending", "launching", "running", "detached"))
+        wait_for("the chain to finish", lambda: len((cli.peek(run_id) or {}).get("phases", [])) == 2
+                 and cli.peek(run_id)["phases"][1]["status"] not in ("pending", "launching", "running", "detached"))
         final = status(run_id)
         p1, p2 = final["phases"]
         assert (p1["status"], p1["verdict"], p2["status"], p2["verdict"]) == ("succeeded", "success", "succeeded", "success")
@@ -110,8 +112,9 @@ def test_server_inbox_sigkill_readopt_and_apply_submit(cli, tmp_path, docker_cli
         assert out.returncode == 0, out.stderr
         assert "submitted to the server (pid" in out.stderr and "server.json" in out.stderr
         submitted = out.stdout.strip().splitlines()[-1]
-        done = wait_for("the submitted run", lambda: (status(submitted) or {}).get("phases")
-                        and status(submitted)["phases"][0]["status"] == "succeeded" and status(submitted))
+        wait_for("the submitted run", lambda: (cli.peek(submitted) or {}).get("phases")
+                 and cli.peek(submitted)["phases"][0]["status"] == "succeeded")
+        done = status(submitted)
         assert done["phases"][0]["inputs"]["max_steps"] == "30"
         line = cli("status").stdout.splitlines()[0]
         assert line.startswith("server: pid") and "CPU slots" in line

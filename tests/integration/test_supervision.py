@@ -142,7 +142,7 @@ def test_attach_takes_over_from_the_background_supervisor_and_a_second_superviso
     attach = subprocess.Popen([sys.executable, "-m", "runner.cli", "--state", str(cli.state), "attach", run_id],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for("attach to take over", lambda: status(cli, run_id)["phases"][0]["supervisor"]
+        wait_for("attach to take over", lambda: cli.peek(run_id)["phases"][0]["supervisor"]
                  == f"terminal (pid {attach.pid})", timeout=90)
         wait_for("the background supervisor to end", lambda: not Path(f"/proc/{bg_pid}").exists()
                  or "Z" in Path(f"/proc/{bg_pid}/stat").read_text().split()[2], timeout=30)

@@ -55,6 +55,13 @@ class Store:
     def phases(self, run: str) -> list[dict]:
         return self.status(run)["phases"]
 
+    def peek_phases(self, run: str) -> list[dict]:
+        """A poll's phases (tests.integration.conftest.peek: the store read in this process, no `runner status`
+        process each time); only while a supervisor follows the run (the CLI's status judges what nobody does)."""
+        from tests.integration.conftest import peek
+
+        return (peek(self.state, run) or {}).get("phases", [])
+
     def jobs(self, name: str, wait: bool = True) -> list[dict]:
         """sacct's records of the jobs with that name (each: id, state, nodes, times).  Accounting lags a few
         seconds behind slurmctld (tests/slurm/README.md): with ``wait``, until there is at least one."""

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -224,6 +225,40 @@ def test_validate_is_deterministic_json_and_nan_for_a_nan_state(tmp_path):
     assert got["val_mel_loss"] == pytest.approx(0.3 * got["val_text_loss"])
     gone = json.loads(run("validate.py", "--checkpoint", make(tmp_path / "n.pth", "--step", 30_000)).stdout.splitlines()[-1])
     assert gone["step"] == 30_000 and math.isnan(gone["val_text_loss"]) and math.isnan(gone["val_mel_loss"])
+
+
+def test_validate_reads_checkpoints_without_torch_and_agrees_with_torch_load(data, base, tmp_path):
+    """validate.py's reader (sim.load_light: torch's zip format, no torch import) gives what torch.load gives, for
+    a weights file, a trainer checkpoint and a NaN state; a file it does not know is None (validate.py then
+    torch.loads it), and a validation never imports torch when it need not."""
+    sys.path.insert(0, str(SIM))
+    try:
+        import sim
+    finally:
+        sys.path.remove(str(SIM))
+    out, _, _ = train(data, tmp_path / "t", "--base-checkpoint", base, "--max-steps", 1000)
+    nan = make(tmp_path / "n.pth", "--step", 30_000)
+    for path in (base, out / "model_step1000.pth", nan):
+        light, real = sim.load_light(str(path)), torch.load(path, map_location="cpu", weights_only=False)
+        assert light is not None, path
+        for key in ("gpt.sim_state", "gpt.nan_countdown", "gpt.text_head.weight"):
+            mine, theirs = light.get("model", light)[key].array, real.get("model", real)[key].numpy()
+            assert mine.dtype == theirs.dtype and np.array_equal(mine, theirs, equal_nan=True), key
+        assert light.get("step") == real.get("step") and light.get("sim") == real.get("sim")
+        assert [str(x) for x in sim.from_checkpoint(light)] == [str(x) for x in sim.from_checkpoint(real)]
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"step": 1}, legacy, _use_new_zipfile_serialization=False)
+    assert sim.load_light(str(legacy)) is None
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"model": torch.nn.Linear(2, 2)}, foreign)  # a pickled module: not a simulator checkpoint
+    assert sim.load_light(str(foreign)) is None
+    probe = "import sys, runpy; sys.argv = ['validate.py', '--checkpoint', sys.argv[1]]; " \
+            "exec(\"try:\\n runpy.run_path('validate.py', run_name='__main__')\\nexcept SystemExit: pass\"); " \
+            "print('torch imported' if 'torch' in sys.modules else 'no torch')"
+    got = subprocess.run([sys.executable, "-c", probe, str(out / "model_step1000.pth")], capture_output=True, text=True,
+                         cwd=SIM, env=ENV, timeout=60)
+    assert got.stdout.strip().splitlines()[-1] == "no torch", got.stdout + got.stderr
+    assert json.loads(got.stdout.strip().splitlines()[0])["step"] == 1000
 
 
 # ---- the dynamics ----------------------------------------------------------------------------------------
