@@ -159,10 +159,10 @@ def hf_watched(cli, tmp_path, *extra, checkpoints=NO_PRESET):
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.3)
-        runs = cli("status", "--output", "json")
-        if runs.returncode or not json.loads(runs.stdout)["runs"]:
+        runs = (cli.peek() or {}).get("runs")  # the run's id, read in process; what a user runs stays the CLI
+        if not runs:
             continue
-        run_id = json.loads(runs.stdout)["runs"][0]["id"]
+        run_id = runs[0]["id"]
         listed = cli("checkpoints", run_id, "--output", "json")
         if listed.returncode:
             continue
