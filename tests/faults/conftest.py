@@ -30,10 +30,12 @@ def status(cli, run=None) -> dict:
 def first_phase(cli, run=None) -> dict:
     """A poll's view of a run's first phase (the only run when ``run`` is None), read in this process (cli.peek):
     {} until there is one.  For waits while a supervisor follows the run; `status` (the CLI) judges what nobody does."""
-    doc = cli.peek(run) if run else cli.peek()
-    if doc and not run:
-        doc = cli.peek(doc["runs"][0]["id"]) if len(doc["runs"]) == 1 else None
-    return (doc or {}).get("phases", [{}])[0] if doc and doc.get("phases") else {}
+    if run is None:
+        runs = (cli.peek() or {}).get("runs") or []
+        phases = runs[0]["phases"] if len(runs) == 1 else []  # the list's run views carry their phases
+    else:
+        phases = (cli.peek(run) or {}).get("phases") or []
+    return phases[0] if phases else {}
 
 
 def only_run(cli) -> str:

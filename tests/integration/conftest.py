@@ -110,7 +110,8 @@ def peek(state, run_id=None) -> dict | None:
     For a test's polls while a supervisor follows the run (a terminal, a server, a background supervisor): each
     `runner status` is a process that spends ~0.5 s of CPU importing runner, and polls of four parallel tests every
     half second kept a core of CI's two busy.  It neither judges a phase nobody supervises (`status`'s reconcile: a
-    poll that waits for that calls the CLI) nor has the live view; assertions on what a user sees call the CLI."""
+    poll that waits for that calls the CLI) nor has the live view or the events (a poll needs the phases; reading
+    every event again each time is waste); assertions on what a user sees call the CLI."""
     from pathlib import Path
 
     from runner.runs.views import run_view
@@ -121,7 +122,7 @@ def peek(state, run_id=None) -> dict | None:
     store = Store(state)
     try:
         if run_id is not None:
-            return run_view(store, store.resolve_run(run_id), events=True)
+            return run_view(store, store.resolve_run(run_id))
         return {"runs": [run_view(store, r["id"]) for r in store.runs()]}
     finally:
         store.close()

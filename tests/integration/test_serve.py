@@ -60,7 +60,7 @@ def test_server_inbox_sigkill_readopt_and_apply_submit(cli, tmp_path, docker_cli
             if not (p and p["status"] == "running"):
                 return None
             ck = cli("checkpoints", run_id, "--output", "json")
-            return ck.returncode == 0 and len(json.loads(ck.stdout)["checkpoints"]) >= 2 and status(run_id)["phases"][0]
+            return ck.returncode == 0 and len(json.loads(ck.stdout)["checkpoints"]) >= 2 and p
 
         p1 = wait_for("phase 1 to be midway", phase1_midway)
         container = docker_client.containers.get(p1["container_id"])
