@@ -66,8 +66,9 @@ class LogdirReader:
         found = []
         for root, _dirs, names in os.walk(self.logdir):
             found += [Path(root) / n for n in names if "tfevents" in n]
-        # Event file names embed their creation time; older files first so newer writes win ties.
-        return sorted(found, key=lambda p: (_created(p), str(p)))
+        # Event file names embed their creation time; older files first so newer writes win ties.  Within one second
+        # the writer's counter orders them (…tfevents.T.host.pid.N): compared as a number, ".10" after ".9".
+        return sorted(found, key=lambda p: (_created(p), _natural(str(p))))
 
     def poll(self) -> Points:
         out: Points = {}
@@ -152,6 +153,11 @@ SINCE_SLACK_S = 5.0  # clocks of the trainer and of runner: the same host (or an
 def _created(path: Path) -> float:
     m = re.search(r"tfevents\.(\d+(?:\.\d+)?)", path.name)
     return float(m.group(1)) if m else 0.0
+
+
+def _natural(text: str) -> tuple:
+    """A sort key comparing the runs of digits in ``text`` as numbers (str and int alternate: always comparable)."""
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", text)))
 
 
 class JsonlReader:

@@ -183,6 +183,15 @@ def test_resumed_run_newest_write_wins(tmp_path):
     assert got == {0: 10.0, 10: 20.0, 20: 30.0, 30: 40.0, 40: 50.0, 50: -50.0, 60: -60.0, 70: -70.0}
 
 
+def test_files_of_one_second_are_ordered_by_their_writers_counter_as_a_number(tmp_path):
+    """SummaryWriter's file names end in a per-process counter: the tenth writer's file (".10") is newer than the
+    ninth's (".9"), though it sorts first as text (a CI run took the older run's steps for the newest)."""
+    for name in ("events.out.tfevents.1700000000.host.a.42.10.b", "events.out.tfevents.1700000000.host.a.42.9.a",
+                 "events.out.tfevents.1699999999.host.a.42.11"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name.rsplit(".42.", 1)[1] for p in LogdirReader(tmp_path).files()] == ["11", "9.a", "10.b"]
+
+
 def test_tags_map_to_short_names_and_subfolders_are_read(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
