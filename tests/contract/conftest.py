@@ -39,11 +39,11 @@ def contract(backend_kind, request, tmp_path, monkeypatch):
         from runner.backends.docker import DockerBackend
 
         c = Contract("docker", DockerBackend(), uid, tmp_path, unknown_id="0" * 64,
-                     gone=lambda plan: not client.containers.list(all=True, filters={"name": f"^/?{plan.container_name}$"}))
+                     gone=lambda plan: not client.containers.list(all=True, ignore_removed=True, filters={"name": f"^/?{plan.container_name}$"}))
         try:
             yield c
         finally:
-            for container in client.containers.list(all=True, filters={"label": f"{CONTRACT_LABEL}={uid}"}):
+            for container in client.containers.list(all=True, ignore_removed=True, filters={"label": f"{CONTRACT_LABEL}={uid}"}):
                 container.remove(force=True)
             client.close()
         return
@@ -56,7 +56,7 @@ def contract(backend_kind, request, tmp_path, monkeypatch):
     c = Contract("slurm", SlurmBackend(SlurmSettings(poll_interval=0.5)), uid, cluster.base / "jobs" / f"contract-{uid}",
                  unknown_id="slurm:999999", records_stay=True, own_line=lambda line: line.startswith("runner-slurm: "),
                  # The job's record stays in Slurm's accounting; its container (on the nodes' engine) must be gone.
-                 gone=lambda plan: not client.containers.list(all=True, filters={"name": f"^/?{plan.container_name}$"}))
+                 gone=lambda plan: not client.containers.list(all=True, ignore_removed=True, filters={"name": f"^/?{plan.container_name}$"}))
     try:
         yield c
     finally:
@@ -65,6 +65,6 @@ def contract(backend_kind, request, tmp_path, monkeypatch):
             jid, _, name = line.partition(" ")
             if name.startswith(f"runner-{c.run_id}-"):
                 cluster.run("scancel", jid)
-        for container in client.containers.list(all=True, filters={"label": f"{CONTRACT_LABEL}={uid}"}):
+        for container in client.containers.list(all=True, ignore_removed=True, filters={"label": f"{CONTRACT_LABEL}={uid}"}):
             container.remove(force=True)
         client.close()

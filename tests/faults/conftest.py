@@ -45,7 +45,7 @@ def only_run(cli) -> str:
 
 def containers(docker_client, labels: dict) -> list:
     """Every container (any state) carrying all the given labels."""
-    return docker_client.containers.list(all=True, filters={"label": [f"{k}={v}" for k, v in labels.items()]})
+    return docker_client.containers.list(all=True, ignore_removed=True, filters={"label": [f"{k}={v}" for k, v in labels.items()]})
 
 
 def labelled_containers(docker_client, test_id) -> list:
@@ -55,7 +55,7 @@ def labelled_containers(docker_client, test_id) -> list:
 
 def run_containers(docker_client, run_id: str, phase: str | None = None) -> list:
     labels = {"runner.run-id": run_id, **({"runner.phase": phase} if phase else {})}
-    return docker_client.containers.list(all=True, filters={"label": [f"{k}={v}" for k, v in labels.items()]})
+    return docker_client.containers.list(all=True, ignore_removed=True, filters={"label": [f"{k}={v}" for k, v in labels.items()]})
 
 
 def serve(cli, inbox: Path, specs: Path, log: Path, env: dict | None = None) -> subprocess.Popen:

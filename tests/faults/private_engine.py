@@ -103,7 +103,7 @@ class PrivateEngine:
                 pass
         if self.client is not None:
             try:
-                for c in self.client.containers.list(all=True):
+                for c in self.client.containers.list(all=True, ignore_removed=True):
                     c.remove(force=True)
             except docker.errors.DockerException:
                 pass

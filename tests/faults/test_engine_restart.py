@@ -90,7 +90,7 @@ def test_row10_engine_restart_without_live_restore_is_an_infrastructure_interrup
     doc = check_invariants(ecli, run, engine.client)
     (p,) = doc["phases"]
     assert p["status"] != "succeeded" and p["container_id"] == container.id
-    assert len(engine.client.containers.list(all=True, filters={"label": f"runner.run-id={run}"})) == 1  # no relaunch
+    assert len(engine.client.containers.list(all=True, ignore_removed=True, filters={"label": f"runner.run-id={run}"})) == 1  # no relaunch
     assert any(w in p["reason"].lower() for w in ("engine", "infrastructure", "interrupt")), p["reason"]
 
 

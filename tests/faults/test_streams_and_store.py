@@ -82,7 +82,7 @@ def test_row51_a_flood_and_a_30mb_line_without_newline_reach_container_log_bound
     pieces = tail.split(b"\n")
     assert max(len(x) for x in pieces) <= 1024 * 1024  # the 30 MB record cut into 1 MiB lines
     assert sum(len(x) for x in pieces if set(x) == {ord("x")}) + older.read_bytes().count(b"x") >= 30 * 1024 * 1024 - 2 ** 21
-    (c,) = docker_client.containers.list(all=True, filters={"label": f"runner.run-id={run}"})
+    (c,) = docker_client.containers.list(all=True, ignore_removed=True, filters={"label": f"runner.run-id={run}"})
     assert c.attrs["HostConfig"]["LogConfig"] == {"Type": "json-file", "Config": {"max-file": "2", "max-size": "100m"}}
 
 

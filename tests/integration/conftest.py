@@ -59,7 +59,7 @@ def test_id(docker_client):
     """A label value unique to this test; its containers are removed afterwards."""
     value = uuid.uuid4().hex[:10]
     yield value
-    for c in docker_client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={value}"}):
+    for c in docker_client.containers.list(all=True, ignore_removed=True, filters={"label": f"{TEST_LABEL}={value}"}):
         c.remove(force=True)
 
 
@@ -145,7 +145,7 @@ def _remove_containers_of_runs(state) -> None:
         return
     for run_id in runs:
         _stop_background_supervisor(state.parent, run_id)
-        for c in client.containers.list(all=True, filters={"label": f"runner.run-id={run_id}"}):
+        for c in client.containers.list(all=True, ignore_removed=True, filters={"label": f"runner.run-id={run_id}"}):
             try:
                 c.remove(force=True)
             except docker.errors.DockerException:

@@ -229,7 +229,7 @@ def gpu_engine():
 def _stop(proc: subprocess.Popen, client, root: Path) -> None:
     if client is not None:
         try:
-            for c in client.containers.list(all=True):
+            for c in client.containers.list(all=True, ignore_removed=True):
                 c.remove(force=True)
         except docker.errors.DockerException:
             pass

@@ -27,7 +27,7 @@ def test_demo_phase_end_to_end(cli, docker_client, tmp_path):
     (phase,) = run["phases"]
     assert (run["status"], phase["status"], phase["exit_code"], phase["oom_killed"]) == ("succeeded", "succeeded", 0, False)
     # removed once its whole log was saved (labels are checked in test_docker_backend): docker ps -a stays clean
-    assert docker_client.containers.list(all=True, filters={"label": f"runner.run-id={run['id']}"}) == []
+    assert docker_client.containers.list(all=True, ignore_removed=True, filters={"label": f"runner.run-id={run['id']}"}) == []
     assert any(e["kind"] == "container.removed" for e in status_json(cli, run["id"])["events"])
     log = tmp_path / "runs" / run["id"] / "demo-train" / "container.log"
     assert "done at step 40" in log.read_text()
@@ -69,7 +69,7 @@ def test_gpu_phase_without_runtime_fails_clearly(cli, spec_for, docker_client, t
     assert out.returncode == 3
     assert "GPUs requested but the Docker engine has no GPU runtime" in out.stderr
     assert "ran" not in out.stdout
-    assert docker_client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={test_id}"}) == []
+    assert docker_client.containers.list(all=True, ignore_removed=True, filters={"label": f"{TEST_LABEL}={test_id}"}) == []
 
 
 def _foreground(cli, spec):
@@ -158,6 +158,6 @@ def test_apply_with_a_missing_bind_source_exits_1_and_creates_nothing(cli, docke
     assert f"container.mounts[0].source: mount source {tmp_path}/data does not exist" in out.stderr, out.stderr
     (run,) = status_json(cli)["runs"]
     assert run["phases"][0]["container_id"] is None
-    assert docker_client.containers.list(all=True, filters={"label": f"runner.run-id={run['id']}"}) == []
+    assert docker_client.containers.list(all=True, ignore_removed=True, filters={"label": f"runner.run-id={run['id']}"}) == []
     (tmp_path / "data").mkdir()
     assert cli("apply", path, timeout=120).returncode == 0

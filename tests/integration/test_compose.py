@@ -49,7 +49,7 @@ def project(tmp_path, docker_client):
     run.home, run.port, run.name = home, port, name
     yield run
     run("down", check=False)
-    for c in docker_client.containers.list(all=True, filters={"label": "runner.run-id"}):
+    for c in docker_client.containers.list(all=True, ignore_removed=True, filters={"label": "runner.run-id"}):
         if c.name.startswith("runner-") and str(home) in json.dumps(c.attrs.get("Mounts", [])):
             c.remove(force=True)
 

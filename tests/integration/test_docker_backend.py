@@ -95,7 +95,7 @@ def test_gpu_request_without_runtime_fails_before_anything_runs(engine, spec_for
         engine.apply(spec_for(["python3", "-c", "print('should not run')"], container_extra="gpus: 1\n"))
     assert "no GPU runtime" in str(exc.value)
     # Nothing ran and nothing is left behind.
-    assert docker_client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={test_id}"}) == []
+    assert docker_client.containers.list(all=True, ignore_removed=True, filters={"label": f"{TEST_LABEL}={test_id}"}) == []
 
 
 def test_bind_mount_missing_source_is_an_engine_error(backend, spec_for, tmp_path):

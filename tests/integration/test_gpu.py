@@ -272,7 +272,7 @@ def test_server_hands_out_disjoint_gpus_waits_and_keeps_them_across_a_restart(gp
         finish(e, "e")
     finally:
         stop_server(server)
-        for cont in gpu_engine.client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={tmp_path.name}"}):
+        for cont in gpu_engine.client.containers.list(all=True, ignore_removed=True, filters={"label": f"{TEST_LABEL}={tmp_path.name}"}):
             cont.remove(force=True)
     assert server.returncode == 0, log.read_text()[-3000:]
     assert "Traceback" not in log.read_text()
@@ -302,7 +302,7 @@ def test_main_engine_without_the_hook_refuses_gpus_and_still_runs_containers(gpu
     assert out.returncode == 3, out.stdout + out.stderr
     assert "GPUs requested but the Docker engine has no GPU runtime" in out.stderr
     assert "install the NVIDIA Container Toolkit" in out.stderr
-    assert main_engine.containers.list(all=True, filters={"label": f"{TEST_LABEL}={tmp_path.name}"}) == []
+    assert main_engine.containers.list(all=True, ignore_removed=True, filters={"label": f"{TEST_LABEL}={tmp_path.name}"}) == []
 
     cpu = tmp_path / "cpu.yaml"
     cpu.write_text(spec_text("cpu", "0", tmp_path.name))
@@ -314,5 +314,5 @@ def test_main_engine_without_the_hook_refuses_gpus_and_still_runs_containers(gpu
         # The main engine's default bridge network (docker0) still gives its containers an interface.
         assert "eth0:" in container_log(phase)
     finally:
-        for cont in main_engine.containers.list(all=True, filters={"label": f"{TEST_LABEL}={tmp_path.name}"}):
+        for cont in main_engine.containers.list(all=True, ignore_removed=True, filters={"label": f"{TEST_LABEL}={tmp_path.name}"}):
             cont.remove(force=True)

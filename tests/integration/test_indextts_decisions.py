@@ -21,7 +21,7 @@ def kill_after_checkpoints(docker_client, runs_dir, phase: str, count: int, done
             # This test's own run only (its id is the vault folder's name): another test's phase of the same name
             # may be training on the same engine at the same time (the suite runs in parallel).
             run_id = vaulted[0].parent.parent.name
-            for c in docker_client.containers.list(filters={"label": [f"runner.phase={phase}", f"runner.run-id={run_id}"]}):
+            for c in docker_client.containers.list(ignore_removed=True, filters={"label": [f"runner.phase={phase}", f"runner.run-id={run_id}"]}):
                 if not c.name.endswith("-" + phase):
                     continue  # a validation run of a checkpoint (runner-RUN-PHASE-val-STEP): not the trainer
                 c.kill()

@@ -86,7 +86,7 @@ class Store:
                     self.cluster.run("scancel", jid)
         client = docker.from_env()
         for run in runs:
-            for c in client.containers.list(all=True, filters={"label": f"runner.run-id={run}"}):
+            for c in client.containers.list(all=True, ignore_removed=True, filters={"label": f"runner.run-id={run}"}):
                 c.remove(force=True)
 
 

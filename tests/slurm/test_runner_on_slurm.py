@@ -39,7 +39,7 @@ def spec(folder: Path, name: str, command: list[str], extra: str = "", image: st
 
 
 def containers_of(run: str) -> list:
-    return docker.from_env().containers.list(all=True, filters={"label": f"runner.run-id={run}"})
+    return docker.from_env().containers.list(all=True, ignore_removed=True, filters={"label": f"runner.run-id={run}"})
 
 
 def only_run(store: Store) -> str:
