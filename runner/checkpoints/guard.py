@@ -35,7 +35,7 @@ from runner.checkpoints.hashing import Hashing
 from runner.checkpoints.keeping import Keeping
 from runner.checkpoints.rewrites import Rewrites
 from runner.checkpoints.layouts import Layout, detect, inner_latest_names_a_folder, latest_names, mark_present
-from runner.checkpoints.vault import DiskFull, protect, refresh, sha256_of, size_of
+from runner.checkpoints.vault import DiskFull, protect, refresh, remove_temporaries, sha256_of, size_of
 from runner.checkpoints.watch import Watcher
 from runner.errors import Temporary
 from runner.paths import step_from_name
@@ -380,6 +380,8 @@ class CheckpointGuard(Keeping, Hashing, Rewrites):
                 self.store.checkpoint_update(self.phase_id, name, state="kept", how="recovered", vaulted_at=time.time(),
                                              sha256=sha256_of(dst), size=size_of(dst))
                 self._event("checkpoint.recovered", f"{name}: vaulted before a restart; recorded now")
+        for leftover in remove_temporaries(self.vault):
+            self._event("checkpoint.recovered", f"removed {leftover}: a copy into the vault cut short by a restart")
         if self.vault.is_dir():
             for entry in self.vault.iterdir():
                 step = step_from_name(entry.name, self._pattern)

@@ -11,6 +11,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import secrets
 import shutil
 import stat
 from pathlib import Path
@@ -25,10 +26,11 @@ class DiskFull(Permanent):
     """No space to vault; runner never deletes anything to make room."""
 
 
-def copy_file(src: Path, dst: Path) -> None:
+def copy_file(src: Path, dst: Path, tmp: Path | None = None) -> None:
     """A private copy of the regular file ``src`` at ``dst`` (a reflink where the filesystem shares blocks
-    copy-on-write, else the bytes), via a temporary name, fsynced, renamed."""
-    tmp = dst.with_name(dst.name + ".vaulting")
+    copy-on-write, else the bytes), via a temporary name (``tmp``, on ``dst``'s filesystem; by default beside
+    ``dst``), fsynced, renamed."""
+    tmp = tmp if tmp is not None else dst.with_name(dst.name + ".vaulting")
     try:
         with open_regular(src) as fin, open(tmp, "wb") as fout:
             try:
@@ -111,20 +113,41 @@ def protect(src: Path, vault: Path) -> tuple[Path, str]:
         raise
 
 
+TMP_PREFIX = ".runner-tmp-"  # a copy being made inside the vault: hidden, never a checkpoint's name, removed by recover()
+
+
+def _tmp_beside(folder: Path) -> Path:
+    """A temporary name for a file copied into the vaulted ``folder``: next to the folder, not inside it, so a
+    person (or a tool) looking into a vaulted folder never finds a half-written file among its files."""
+    return folder.parent / f"{TMP_PREFIX}{folder.name}-{secrets.token_hex(6)}"
+
+
+def remove_temporaries(vault: Path) -> list[str]:
+    """Remove the temporary copies a crash left in ``vault`` (never anything else); their names."""
+    gone = []
+    if vault.is_dir():
+        for entry in vault.iterdir():
+            if entry.name.startswith(TMP_PREFIX) and stat.S_ISREG(os.lstat(entry).st_mode):
+                entry.unlink(missing_ok=True)
+                gone.append(entry.name)
+    return gone
+
+
 def privatize(dst: Path, expect: dict[str, tuple[int, int]] | None = None) -> list[str]:
     """Give every vaulted file of ``dst`` (a file or a folder) an inode of its own: a file still hard-linked
     with the trainer's (link count > 1) is copied and the copy renamed over it.  Returns the relative paths
     whose bytes had changed since they were vaulted (``expect``: relative path → (size, mtime_ns) at vault
     time), i.e. rewritten in place by the trainer before the copy was made."""
     changed = []
-    entries = walk_files(dst)[0] if dst.is_dir() and not dst.is_symlink() else [(dst.name, os.lstat(dst))]
+    folder = dst.is_dir() and not dst.is_symlink()
+    entries = walk_files(dst)[0] if folder else [(dst.name, os.lstat(dst))]
     for rel, st in entries:
-        path = dst / rel if dst.is_dir() else dst
+        path = dst / rel if folder else dst
         if expect and rel in expect and expect[rel] != (st.st_size, st.st_mtime_ns):
             changed.append(rel)
         if st.st_nlink > 1:
             try:
-                copy_file(path, path)
+                copy_file(path, path, _tmp_beside(dst) if folder else None)
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
                     raise DiskFull(f"disk full while copying {path.name} in the vault: it stays hard-linked to the "
@@ -148,7 +171,7 @@ def refresh(src: Path, dst: Path) -> list[str]:
                     if dt.st_size == st.st_size and dt.st_mtime_ns >= st.st_mtime_ns:
                         continue
                 d.parent.mkdir(parents=True, exist_ok=True)
-                copy_file(s, d)
+                copy_file(s, d, _tmp_beside(dst))
                 changed.append(rel)
             except (FileNotFoundError, Untrusted):
                 continue  # the trainer removed it meanwhile, or swapped it for something never followed

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from runner.checkpoints.vault import privatize, protect, sha256_of
+from runner.checkpoints import vault as vault_mod
+from runner.checkpoints.vault import privatize, protect, refresh, remove_temporaries, sha256_of
 from runner.logfile import ContainerLog, LineSplitter
 from runner.plan import BindMount, LaunchPlan
 from runner.decisions.policy import MountPolicy, StatePaths, launch_problems
@@ -128,6 +129,39 @@ def test_protect_refuses_a_symlink_and_privatize_breaks_the_shared_inode(tmp_pat
     with open(ckpt / "model_step2.pth", "wb") as f:  # torch.save's open(path, "wb") after vaulting
         f.write(b"v2-rewritten")
     assert dst.read_bytes() == b"v1"
+
+
+def test_a_vaulted_folder_never_holds_a_half_written_file_while_it_is_privatized_or_refreshed(tmp_path, monkeypatch):
+    """A person listing a vaulted folder (kept, best) sees its files and nothing else, even while runner replaces
+    the hard links by private copies or brings in a file the trainer wrote later: the copies are written beside
+    the folder, hidden, and renamed in; one a crash left is removed by remove_temporaries, nothing else is."""
+    ckpt, vault = tmp_path / "ckpt" / "checkpoint-50", tmp_path / "vault"
+    ckpt.mkdir(parents=True)
+    for name in ("model.safetensors", "optimizer.pt"):
+        (ckpt / name).write_bytes(name.encode() * 1000)
+    dst, how = protect(ckpt, vault)
+    assert how == "link"
+    seen = []
+    real_replace = os.replace
+
+    def replace(src, target):  # every copy renamed into the vault: what the folder held at that moment
+        seen.append((Path(src).parent, sorted(os.listdir(dst))))
+        return real_replace(src, target)
+    monkeypatch.setattr(vault_mod.os, "replace", replace)
+    assert privatize(dst) == []
+    (ckpt / "trainer_state.json").write_text("{}")  # written last, after the folder was vaulted
+    assert refresh(ckpt, dst) == ["trainer_state.json"]
+    assert len(seen) == 3
+    assert all(parent == vault for parent, _ in seen), seen  # never a temporary inside the folder
+    assert all(set(names) <= {"model.safetensors", "optimizer.pt", "trainer_state.json"} for _, names in seen), seen
+    assert sorted(os.listdir(dst)) == ["model.safetensors", "optimizer.pt", "trainer_state.json"]
+    assert all(os.stat(dst / n).st_nlink == 1 for n in os.listdir(dst))
+    assert sorted(os.listdir(vault)) == ["checkpoint-50"]
+    # A crash between the copy and its rename leaves a hidden temporary: removed, and only it.
+    (vault / f"{vault_mod.TMP_PREFIX}checkpoint-50-0123").write_bytes(b"half")
+    (vault / ".keep-me").write_bytes(b"a user's file")
+    assert remove_temporaries(vault) == [f"{vault_mod.TMP_PREFIX}checkpoint-50-0123"]
+    assert sorted(os.listdir(vault)) == [".keep-me", "checkpoint-50"]
 
 
 NAMES = st.sampled_from(["a", "b", "c", "d"])
