@@ -22,29 +22,49 @@ _SPLIT = re.compile(rb"\r\n|\r|\n")
 
 
 class LineSplitter:
-    """Bytes in, complete records out (see the module's docstring)."""
+    """Bytes in, complete records out (see the module's docstring).
+
+    Linear in what is fed: only the new chunk is searched for an end of record, and the record being received
+    is held as a list of pieces (joined once, when it ends or reaches ``max_line``) — a 30 MB record arriving
+    in the engine's 16 KiB frames is not copied and searched again at every frame."""
 
     def __init__(self, max_line: int = MAX_LINE):
         self.max_line = max_line
-        self.partial = b""
+        self._parts: list[bytes] = []  # the record being received: no end of record in it, at most max_line bytes
+        self._size = 0
+        self._cr = False  # the last chunk ended with \r: held back, as a \n first in the next one makes it \r\n
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        data = self.partial + chunk  # partial is at most max_line (+1) bytes: linear overall
-        hold = data.endswith(b"\r")  # a \r\n split across two chunks is one separator
-        if hold:
-            data = data[:-1]
-        lines = _SPLIT.split(data)
-        rest = lines.pop()
-        while len(rest) > self.max_line:
-            lines.append(rest[: self.max_line])
-            rest = rest[self.max_line:]
-        self.partial = rest + (b"\r" if hold else b"")
-        return lines
+        if self._cr:
+            chunk, self._cr = b"\r" + chunk, False
+        if chunk.endswith(b"\r"):
+            chunk, self._cr = chunk[:-1], True
+        pieces = _SPLIT.split(chunk)
+        rest = pieces.pop()
+        out: list[bytes] = []
+        if pieces:  # the held record ends in this chunk, and so does every piece but the last
+            self._parts.append(pieces[0])
+            pieces[0] = b"".join(self._parts)
+            self._parts, self._size = [], 0
+            for line in pieces:
+                out.extend(self._cut(line) if len(line) > self.max_line else (line,))
+        if rest:
+            self._parts.append(rest)
+            self._size += len(rest)
+            if self._size > self.max_line:  # a record with no end yet: passed on in pieces of max_line bytes
+                *full, tail = self._cut(b"".join(self._parts))
+                out.extend(full)
+                self._parts, self._size = [tail], len(tail)  # held even when full: its end may come next
+        return out
+
+    def _cut(self, data: bytes) -> list[bytes]:
+        return [data[i:i + self.max_line] for i in range(0, len(data), self.max_line)]
 
     def flush(self) -> list[bytes]:
         """What is left at the end of the stream (an unterminated last record)."""
-        rest, self.partial = self.partial.rstrip(b"\r"), b""
-        return [rest] if rest else []
+        rest, ended = b"".join(self._parts), self._cr  # a held \r ends a record, an empty one too
+        self._parts, self._size, self._cr = [], 0, False
+        return [rest] if rest or ended else []
 
 
 def _max_bytes() -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 from runner.errors import NotFound
 
 DEFAULT_STATE = "runs/runner.db"
+SETTINGS_FILE = "backend.yaml"  # the run store's backend settings, in its folder (runner.settings)
 
 
 def state_path(explicit: str | os.PathLike[str] | None = None) -> Path:

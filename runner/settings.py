@@ -21,11 +21,11 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 
 from runner.errors import Problem, SpecError
+from runner.paths import SETTINGS_FILE
 from runner.spec.loader import parse_yaml, problems_from_validation
 from runner.spec.models_base import Model
 from runner.spec.types import Duration
 
-SETTINGS_FILE = "backend.yaml"
 
 
 class SlurmSettings(Model):

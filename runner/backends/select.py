@@ -2,11 +2,16 @@
 engine calls on first use — so `validate`, `status` of finished runs and the web page never connect."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from runner.backends.base import Backend
-from runner.settings import Settings, load_settings
+from runner.paths import SETTINGS_FILE
+
+if TYPE_CHECKING:
+    from runner.settings import Settings
+
 
 
 class SlurmFactory:
@@ -32,7 +37,14 @@ def docker_factory() -> Backend:
 
 def backend_factory(runs_dir: Path | str, settings: Settings | None = None) -> Callable[[], Backend]:
     """The backend factory for the run store in ``runs_dir`` (SpecError for a bad backend.yaml)."""
-    settings = settings if settings is not None else load_settings(runs_dir)
+    if settings is None:
+        if not os.path.lexists(Path(runs_dir) / SETTINGS_FILE):
+            # No settings file: the defaults, whose backend is the local Docker engine; the settings' models
+            # (pydantic, the spec loader: a quarter second) are not imported by `runner status` and the like.
+            return docker_factory
+        from runner.settings import load_settings
+
+        settings = load_settings(runs_dir)
     if settings.backend == "slurm":
         return SlurmFactory(settings)
     return docker_factory

@@ -18,13 +18,16 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, cast
 from runner.backends.base import Backend
 from runner.backends.select import is_remote
 from runner.errors import LaunchRefused
-from runner.plan import LaunchPlan
-from runner.decisions.policy import MountPolicy, StatePaths, host_memory, launch_problems
 from runner.store import Store
 from runner.supervisor import Role
 
 if TYPE_CHECKING:
     from runner.decisions.chain import Decision
+    from runner.decisions.policy import MountPolicy, StatePaths
+    from runner.plan import LaunchPlan
+
+# runner.plan and runner.decisions.policy (pydantic, the spec loader: a quarter second) are imported where a launch
+# is checked: an Engine that only reads the store (`runner status`, `logs`, `checkpoints`) never needs them.
 
 POLL_S = 0.5
 ENGINE_RETRY_S = 120.0  # how long supervision (and a log stream) rides out an unreachable engine
@@ -185,7 +188,7 @@ class Core:
         self.launch_retry_s_set = cfg.launch_retry_s
         self.policy = cfg.policy
         self.slots: Slots = cfg.slots or (PassThrough() if self.remote else Unlimited())
-        self.state_paths = cfg.state_paths or StatePaths.of(self.runs_dir)
+        self._state_paths = cfg.state_paths
         self.detach_requested = cfg.detach_requested or threading.Event()
         self._checked: LaunchChecked | None = None
         self.interrupt_pending = False  # a Ctrl-C deferred through a launch, acted on by the follow loop
@@ -207,7 +210,18 @@ class Core:
             self._checked = LaunchChecked(backend, self.launch_problems)
         return cast(Backend, self._checked)
 
+    @property
+    def state_paths(self) -> StatePaths:
+        """runner's own state, never mountable: the configured one, else the run store's folder."""
+        if self._state_paths is None:
+            from runner.decisions.policy import StatePaths
+
+            self._state_paths = StatePaths.of(self.runs_dir)
+        return self._state_paths
+
     def launch_problems(self, plan: LaunchPlan) -> list[str]:
+        from runner.decisions.policy import host_memory, launch_problems
+
         # a Slurm node's memory is not this host's
         return launch_problems(plan, self.state_paths, self.policy, None if self.remote else host_memory())
 

@@ -2,19 +2,26 @@
 may have changed since), the folder its relative paths resolve against, and the result a caller is given."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import json
 from pathlib import Path
 
 from runner.engine.ports import PhaseResult
-from runner.plan import BindMount, LaunchPlan
-from runner.spec.models import Phase
 from runner.store import Store
+
+if TYPE_CHECKING:
+    from runner.plan import LaunchPlan
+    from runner.spec.models import Phase
+
+# The plan and the phase's models (pydantic) are imported by the functions that rebuild them: reading a phase's
+# record (`runner status`, `logs`) does not pay for them.
 
 
 def stored_plan(row: dict[str, Any]) -> LaunchPlan | None:
     """The LaunchPlan recorded for a phase (JSON lists back to tuples, mounts back to BindMount)."""
+    from runner.plan import BindMount, LaunchPlan
+
     data = json.loads(row["plan_json"] or "{}")
     if not data:
         return None
@@ -25,6 +32,8 @@ def stored_plan(row: dict[str, Any]) -> LaunchPlan | None:
 
 def phase_of(row: dict[str, Any]) -> Phase:
     """The resolved phase recorded when it was planned (the spec file may have changed since)."""
+    from runner.spec.models import Phase
+
     return Phase.model_validate(json.loads(row["phase_json"]))
 
 
