@@ -117,7 +117,8 @@ def test_find_by_labels(engine, spec_for, backend):
 
 
 def test_second_launch_of_same_phase_is_refused(engine, spec_for, backend, tmp_path):
-    spec = spec_for(["sleep", "30"])
+    # `sleep` as PID 1 ignores SIGTERM: a short grace period, not 30 s of a worker waiting for the stop.
+    spec = spec_for(["sleep", "30"], container_extra="stop_grace_period: 1s\n")
     result = engine.apply(spec, detach=True).last
     plan = build_plan(load_spec(spec), {}, result.run_id, engine.runs_dir)
     with pytest.raises(LaunchError, match="already exists"):
