@@ -20,7 +20,8 @@ bash scripts/ensure-slurm.sh
 bash images/build-offline.sh
 bash scripts/install.sh
 bash scripts/check.sh
-# In parallel: RUNNER_TEST_WORKERS pytest-xdist workers (default 4: on 2 cores most tests wait on containers,
-# trainers and polls, not on a core); tests that share the Slurm cluster or a private engine run on one worker in
+# In parallel: RUNNER_TEST_WORKERS pytest-xdist workers (default 6: on 2 cores many tests wait on containers,
+# trainers, a held lock or Slurm's clock, not on a core; with 4 the cores stood idle a fifth of the time for minutes,
+# with 6 they are busy to the end); tests that share the Slurm cluster or a private engine run on one worker in
 # turn (tests/xdist_groups.py).  --durations: the slowest tests in every CI log (issue 23's budget).
-exec .venv/bin/python -m pytest -q -n "${RUNNER_TEST_WORKERS:-4}" --durations=30 "$@"
+exec .venv/bin/python -m pytest -q -n "${RUNNER_TEST_WORKERS:-6}" --durations=30 "$@"

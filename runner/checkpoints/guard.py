@@ -100,6 +100,7 @@ class CheckpointGuard(Keeping, Hashing, Rewrites):
         self.waiting: dict[str, str] = {}  # name → why it is incomplete (said once in an event when the wait is long)
         self.why: dict[str, str] = {}  # name → why it was incomplete at the last scan
         self._paths: dict[str, Path] = {}  # name → its path in the folder (built once, looked up every rescan)
+        self.unscored: dict[str, dict] = {}  # name → the metrics snapshot recorded for it while it has no score
         self._hashes: queue.Queue = queue.Queue()
         self._hasher: threading.Thread | None = None
         self._stop = threading.Event()

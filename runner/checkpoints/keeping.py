@@ -41,6 +41,7 @@ class Keeping:
     validator: Validator | None
     seen: dict[str, int]
     why: dict[str, str]
+    unscored: dict[str, dict]
     _lock: threading.Lock
 
     if TYPE_CHECKING:  # not at run time: the guard's own methods (and Hashing's wait_hashed) must not be shadowed
@@ -91,7 +92,11 @@ class Keeping:
                 if c["score"] is None and ready:
                     value, snap = self.score(metrics, c["step"])
                     c["score"] = value
-                    self.store.checkpoint_update(self.phase_id, c["name"], score=value, metrics_json=json.dumps(snap))
+                    # Written when it changed: a checkpoint waiting for its validation, or one no keep metric
+                    # scores, was written again at every tick (a store write per checkpoint, twice a second).
+                    if value is not None or self.unscored.get(c["name"]) != snap:
+                        self.store.checkpoint_update(self.phase_id, c["name"], score=value, metrics_json=json.dumps(snap))
+                        self.unscored[c["name"]] = snap
             if self.spec.keep is None:
                 return
             k = self.spec.keep

@@ -289,3 +289,34 @@ def test_a_checkpoint_is_never_scored_by_an_older_value_of_its_keep_metric(store
     (row,) = store.checkpoints(1)
     assert row["score"] == 1.7
     guard.finish(metrics)
+
+
+def test_a_checkpoint_without_a_score_is_recorded_once_per_change_not_at_every_tick(store, tmp_path, monkeypatch):
+    """A checkpoint waiting for its keep metric (a validation still running) is looked at on every supervisor tick;
+    its row is written when what it would show changes (a metric reaching its step, its score), not at every
+    tick: a store write per checkpoint twice a second was most of a supervisor's CPU on a long run."""
+    guard = make_guard(store, tmp_path, keep={"by": "val_loss", "best": 1, "latest": 1},
+                       validate={"command": ["true"], "image": "img", "every": 1})
+    guard.start()
+    metrics = MetricSet()
+    metrics.add("loss", [10], [2.0], [time.time()])
+    save(tmp_path / "ckpt", 10)
+    assert wait_for(lambda: any(c["step"] == 10 and c["state"] != "vaulting" for c in store.checkpoints(1)))
+    writes = []
+    real = store.checkpoint_update
+    monkeypatch.setattr(store, "checkpoint_update", lambda *a, **kw: (writes.append(kw), real(*a, **kw))[1])
+    for _ in range(5):
+        guard.retain(metrics)
+    assert [w.get("score", "-") for w in writes if "metrics_json" in w] == [None]  # once, not five times
+    metrics.add("loss", [11], [1.9], [time.time()])  # past the checkpoint's step: what it shows is unchanged
+    guard.retain(metrics)
+    assert len([w for w in writes if "metrics_json" in w]) == 1
+    metrics.add("val_loss", [10], [1.5], [time.time()])  # its validation lands: scored, and written
+    guard.retain(metrics)
+    guard.retain(metrics)
+    scored = [w for w in writes if "metrics_json" in w]
+    assert [w["score"] for w in scored] == [None, 1.5]
+    (row,) = store.checkpoints(1)
+    assert row["score"] == 1.5 and row["metrics"]["val_loss"]["value"] == 1.5
+    guard.validator = None
+    guard.finish(metrics)

@@ -6,14 +6,19 @@ the [Train] lines, model_step{N}.pth every 1,000 steps plus latest.pth, rotation
 no SIGTERM handler, the ends.  Then the dynamics runner's end-to-end tests rely on (images/indextts-sim/README.md),
 at a reduced scale: diverge_after 20,000 steps.
 """
+import contextlib
+import io
 import json
 import math
 import os
 import re
+import runpy
 import signal
 import subprocess
 import sys
 import time
+import traceback
+import types
 
 import numpy as np
 import pytest
@@ -28,12 +33,53 @@ ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("INDEXTTS_SIM_
 TRAIN_LINE = re.compile(r"^\[Train\] epoch=(\d+) step=(\d+) text_loss=(\S+) mel_loss=(\S+) mel_top1=(\S+) lr=(\S+)$")
 
 
+# Run in this process (runpy, as `python SCRIPT` runs it): the simulator's trainer and checkpoint maker import only
+# the standard library, torch and tensorboard, which this process already has; a second interpreter for each run
+# spent ~2 CPU-seconds importing torch, most of this module's time. validate.py (whose point is what it does not
+# import) and the tests of signals and processes still start their own.
+IN_PROCESS = ("train_gpt_v2.py", "make_checkpoint.py")
+
+
 def run(script, *args, env=None, timeout=120, check=True):
-    proc = subprocess.run([sys.executable, str(SIM / script), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**ENV, **(env or {})}, cwd=SIM)
+    argv, environ = [str(SIM / script), *map(str, args)], {**ENV, **(env or {})}
+    if script in IN_PROCESS:
+        proc = run_in_process(argv, environ)
+    else:
+        proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout, env=environ,
+                              cwd=SIM)
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
+
+
+def run_in_process(argv, environ):
+    """``python ARGV`` in this process: the script's ``__main__`` with that argv, environment and working folder
+    (all put back after); its exit status as a process would have it (SystemExit's code; 1 and the traceback on
+    stderr for an exception); what it printed."""
+    out, err = io.StringIO(), io.StringIO()
+    saved = dict(os.environ), os.getcwd(), list(sys.path), sys.argv
+    os.environ.clear()
+    os.environ.update(environ)
+    os.chdir(SIM)
+    sys.argv = list(argv)
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(argv[0], run_name="__main__")
+            except SystemExit as exc:
+                if isinstance(exc.code, str):
+                    print(exc.code, file=sys.stderr)
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved[0])
+        os.chdir(saved[1])
+        sys.path[:], sys.argv = saved[2], saved[3]
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def make(path, *args):
