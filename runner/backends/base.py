@@ -89,6 +89,10 @@ class Backend(Protocol):
     def ping(self) -> None:
         """Raise EngineUnavailable unless the engine answers."""
 
+    def live_restore(self) -> bool | None:
+        """Whether containers outlive a stop or restart of the engine (Docker's live-restore); None when unknown
+        (the engine not answering) or not a question for this backend (Slurm's nodes)."""
+
     def check_image(self, image: str) -> None:
         """Raise ImageMissing unless the image is present locally."""
 

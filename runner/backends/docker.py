@@ -15,7 +15,7 @@ from docker.types import DeviceRequest, LogConfig, Mount
 
 from runner import faults
 from runner.backends.base import ContainerState
-from runner.errors import ContainerNotFound, EngineUnavailable, GpuUnavailable, ImageMissing, LaunchError
+from runner.errors import ContainerNotFound, EngineUnavailable, GpuUnavailable, ImageMissing, LaunchError, RunnerError
 from runner.plan import LaunchPlan
 
 BUILD_HINT = "runner never pulls; build it first (reference trainer: bash images/build-offline.sh) or `docker pull` it"
@@ -136,6 +136,12 @@ class DockerBackend:
 
     def ping(self) -> None:
         self._call(self.client.ping)
+
+    def live_restore(self) -> bool | None:
+        try:
+            return bool(self._call(self.api.info).get("LiveRestoreEnabled"))
+        except RunnerError:
+            return None
 
     def check_image(self, image: str) -> None:
         try:

@@ -78,8 +78,9 @@ class FakeBackend:
     remote = False
 
     def __init__(self, images: set[str] | None = None, gpu: bool = False, reachable: bool = True,
-                 script: dict[str, Script] | None = None):
+                 script: dict[str, Script] | None = None, live_restore: bool | None = None):
         self.images = images if images is not None else {"trainer:latest"}
+        self.restores = live_restore
         self.gpu = gpu
         self.reachable = reachable
         self.script = script or {}
@@ -95,6 +96,9 @@ class FakeBackend:
 
     def ping(self) -> None:
         self._check()
+
+    def live_restore(self) -> bool | None:
+        return self.restores if self.reachable else None
 
     def check_image(self, image: str) -> None:
         self._check()

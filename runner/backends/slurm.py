@@ -71,6 +71,9 @@ class SlurmBackend:
                                      "check `scontrol ping` and SLURM_CONF")
         return LaunchError(f"{argv[0]} failed: {first}")
 
+    def live_restore(self) -> bool | None:
+        return None  # each node's engine is its own; a job's end is Slurm's to tell (JobState)
+
     def ping(self) -> None:
         done = self._run(["scontrol", "ping"], check=False)
         if done.returncode != 0 or "UP" not in done.stdout:

@@ -139,9 +139,12 @@ def how_it_ended(core: Core, row: dict[str, Any], state: ContainerState,
         # A node that failed, a preemption: the phase did not end on its own.
         return False, f"{state.error}: an infrastructure interruption ({state.infrastructure})", F.INFRASTRUCTURE, \
             "interrupted"
-    if sup is not None and not core.remote and sup.ended_with_the_engine(state.finished_s):
+    if sup is not None and not core.remote and sup.ended_with_the_engine(state.finished_s) \
+            and core.backend.live_restore() is not True:
         # The engine went away (a restart or stop without live-restore) and took the container
-        # with it: whatever the exit code, the phase did not end on its own.
+        # with it: whatever the exit code, the phase did not end on its own.  An engine with live-restore
+        # leaves its containers running: one that ended meanwhile ended on its own (a CI run's ticker finished
+        # during a long outage and was called an interruption).
         return False, (f"exit code {state.exit_code}: an infrastructure interruption — the Docker engine "
                        "became unreachable while the container ran (restarted or stopped without live-restore) "
                        "and the container ended with it"), F.INFRASTRUCTURE, "interrupted"

@@ -148,3 +148,33 @@ def test_a_store_written_before_failure_kinds_opens_and_gains_the_columns(tmp_pa
     store = Store(path)
     cols = {r[1] for r in store.db.execute("PRAGMA table_info(phases)")}
     assert {"failure_kind", "failure_detail"} <= cols
+
+
+@pytest.mark.parametrize("live_restore, exit_code, interrupted", [
+    (True, 0, False),   # live-restore: the engine left it running; it ended on its own, well
+    (True, 1, False),   # ... or failed on its own (a crash, not the engine's doing)
+    (False, 0, True),   # the engine stopped it (a trainer that saves on SIGTERM exits 0)
+    (None, 143, True),  # the engine cannot say: taken for the engine's doing, as before
+])
+def test_a_container_ending_during_an_engine_outage_is_an_interruption_only_without_live_restore(
+        live_restore, exit_code, interrupted):
+    """A container that ended while the engine could not be reached: with live-restore the engine did not take it
+    (a CI run's 12-second ticker finished during a long outage on a loaded machine and was called an
+    infrastructure interruption); without it, or when the engine cannot say, it did."""
+    import time
+    from datetime import datetime, timezone
+    from types import SimpleNamespace
+
+    from runner.backends.base import ContainerState
+    from runner.engine.judge import how_it_ended
+    from runner.supervision import Supervision
+
+    now = time.time()
+    sup = SimpleNamespace(engine_outages=[[now - 10, now - 1]], trip=None, met_early=False, end_reached=None)
+    sup.ended_with_the_engine = lambda finished: Supervision.ended_with_the_engine(sup, finished)
+    core = SimpleNamespace(remote=False, backend=FakeBackend(live_restore=live_restore))
+    ended = datetime.fromtimestamp(now - 5, timezone.utc).isoformat()
+    state = ContainerState(id="c", name="n", status="exited", running=False, exit_code=exit_code, finished_at=ended)
+    ok, reason, got, _detail = how_it_ended(core, {"failure_kind": None, "reason": ""}, state, sup)
+    assert (got is FailureKind.INFRASTRUCTURE) == interrupted, reason
+    assert ok == (not interrupted and exit_code == 0)
