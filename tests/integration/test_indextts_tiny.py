@@ -64,11 +64,13 @@ def test_too_high_lr_diverges_guard_trips_phase1_from_the_vaulted_best_at_a_lowe
     assert len(scored) >= 2, ckpts
     best_val = min(v for _, v in scored)
     diverged_val = scored[-1][1]
-    assert diverged_val > best_val, scored  # the best is not the last checkpoint
     # Whether a checkpoint was saved (and validated) after the collapse depends on where between two saves the
-    # guard trips: runs differ (CPU training is not bit-reproducible), and one CI run tripped at step 2,860, before
-    # the 3,000 save. The collapse is always in the training loss the guard read: up by more than a nat.
+    # guard trips: runs differ (CPU training is not bit-reproducible), and CI runs tripped at step 2,860, before
+    # the 3,000 save (the real script saves every 1,000 steps). So the best is not the last checkpoint, unless the
+    # guard stopped the fine-tune before its next save. The collapse is always in the training loss the guard
+    # read: up by more than a nat.
     tl = ft["outputs"]["metrics"]["text_loss"]
+    assert diverged_val > best_val or tl["last_step"] < scored[-1][0] + 1000, (scored, tl)
     assert tl["smoothed"] > tl["min"] + 1.0, tl
     collapsed = diverged_val > best_val + 1.0  # a save after the collapse: its validation loss up by more than a nat
 
