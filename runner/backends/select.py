@@ -13,7 +13,6 @@ if TYPE_CHECKING:
     from runner.settings import Settings
 
 
-
 class SlurmFactory:
     """Makes the Slurm backend; ``remote``: containers run on other machines (no local GPU ids or
     slots: Slurm places and allocates)."""
